@@ -1,0 +1,488 @@
+"""Matrix-free curvature operators of (model, loss, data): Hessian, GGN, empirical Fisher.
+
+Every product is an exact average over the whole dataset: each batch's contribution
+is weighted by its size and accumulated in float64, so the result does not depend on
+how the data is cut into batches (never a mean of per-batch means).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
+
+__all__ = [
+    "OPERATORS",
+    "CurvatureOperator",
+    "EmpiricalFisherOperator",
+    "GGNOperator",
+    "HessianOperator",
+    "make_operator",
+]
+
+_TRAIN_MODES = ("refuse", "allow")
+_REDUCTIONS = ("mean", "sum")
+Batch = tuple[Any, Any]
+
+
+class CurvatureOperator:
+    """Base class: a symmetric ``P × P`` curvature matrix of a network, matrix-free.
+
+    The dataset objective is ``L(θ) = (1/N) Σᵢ ℓ(f(xᵢ; θ), yᵢ)`` when the loss averages
+    over its batch (``reduction="mean"``, PyTorch's default) and ``Σᵢ ℓᵢ`` when it sums.
+    ``θ`` is the flat vector of the selected parameters in ``model.named_parameters()``
+    order; ``P`` is its length.
+
+    Args:
+        model: the network, an ``nn.Module`` called as ``model(inputs)``.
+        loss_fn: ``loss_fn(outputs, targets)`` returning a scalar, e.g.
+            ``nn.CrossEntropyLoss()``.
+        data: a re-iterable collection of ``(inputs, targets)`` batches (a list, a
+            ``DataLoader``); it is read once per product.
+        params: names of the parameters to differentiate; default all parameters
+            with ``requires_grad``.
+        reduction: ``"mean"`` or ``"sum"``; default the loss's own ``reduction``
+            attribute, else ``"mean"``.
+        train_mode: a model in train mode with BatchNorm or dropout is refused
+            (``"refuse"``) because its curvature would change from batch to batch and
+            from call to call; ``"allow"`` takes it as it is.
+        dtype: the accumulation dtype of products (float64 by default); the network
+            runs in its own dtype.
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module``, ``loss_fn`` is not callable or
+            ``data`` is a one-shot iterator.
+        ValueError: on an unknown parameter name, ``reduction`` or ``train_mode``, a
+            model in train mode with BatchNorm/dropout, or a first batch on which the
+            model and loss cannot be evaluated.
+    """
+
+    #: short name used by the registry, the CLI and manifests
+    name = "curvature"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[torch.Tensor, Any], torch.Tensor],
+        data: Iterable[Batch],
+        *,
+        params: Iterable[str] | None = None,
+        reduction: str | None = None,
+        train_mode: str = "refuse",
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        if train_mode not in _TRAIN_MODES:
+            raise ValueError(f"train_mode must be one of {list(_TRAIN_MODES)}, got {train_mode!r}")
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        _check_reiterable(data)
+        self.model = model
+        self.loss_fn = loss_fn
+        self.data = data
+        self.train_mode = train_mode
+        self._dtype = dtype
+        self.reduction = _resolve_reduction(loss_fn, reduction)
+
+        named = dict(model.named_parameters())
+        if params is None:
+            names = [k for k, p in named.items() if p.requires_grad]
+        else:
+            names = list(params)
+            unknown = [k for k in names if k not in named]
+            if unknown:
+                raise ValueError(
+                    f"params names {unknown} are not parameters of the model; valid names "
+                    f"start with {list(named)[:5]}"
+                )
+        if not names:
+            raise ValueError("the model has no parameters to differentiate (params is empty)")
+        self.param_names = names
+        self._shapes = [tuple(named[k].shape) for k in names]
+        self._numels = [named[k].numel() for k in names]
+        self._dim = sum(self._numels)
+        first = named[names[0]]
+        self._device = first.device
+        self._net_dtype = first.dtype
+        self._stochastic = [
+            name
+            for name, m in model.named_modules()
+            if isinstance(m, (_BatchNorm, _DropoutNd))
+        ]
+        self._check_train_mode()
+        self._check_first_batch()
+
+    # ------------------------------------------------------------------ contract
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self._dim, self._dim)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """The product ``C v`` for a flat vector ``v`` of shape ``(P,)``, in ``self.dtype``."""
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"v must be a torch.Tensor, got {type(v).__name__}")
+        if tuple(v.shape) != (self._dim,):
+            raise ValueError(f"v must have shape ({self._dim},), got {tuple(v.shape)}")
+        return self._product(v.reshape(self._dim, 1), batched=False).reshape(self._dim)
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """``C V`` for a block of shape ``(P, k)``, all columns in one pass over the data.
+
+        The columns go through ``torch.func.vmap``: one vectorised product per batch
+        instead of ``k`` separate ones.
+        """
+        if not isinstance(V, torch.Tensor):
+            raise TypeError(f"V must be a torch.Tensor, got {type(V).__name__}")
+        if V.ndim != 2 or V.shape[0] != self._dim:
+            raise ValueError(f"V must have shape ({self._dim}, k), got {tuple(V.shape)}")
+        return self._product(V, batched=True)
+
+    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.matvec(x) if x.ndim == 1 else self.matmat(x)
+
+    def to_dense(self, chunk: int = 64) -> torch.Tensor:
+        """The full ``P × P`` matrix from ``P`` products, ``chunk`` columns per pass.
+
+        Only for small models: memory and time grow as ``P²``.
+        """
+        eye = torch.eye(self._dim, dtype=self._dtype, device=self._device)
+        cols = [self.matmat(eye[:, i : i + chunk]) for i in range(0, self._dim, chunk)]
+        return torch.cat(cols, dim=1)
+
+    def to_scipy(self) -> Any:
+        """A ``scipy.sparse.linalg.LinearOperator`` view (float64 numpy in and out)."""
+        import numpy as np
+        from scipy.sparse.linalg import LinearOperator
+
+        def mv(x: np.ndarray) -> np.ndarray:
+            t = torch.as_tensor(np.asarray(x, dtype=np.float64).reshape(-1), device=self._device)
+            return self.matvec(t).cpu().numpy()
+
+        return LinearOperator(self.shape, matvec=mv, rmatvec=mv, dtype=np.float64)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly description for manifests."""
+        return {
+            "operator": self.name,
+            "model": type(self.model).__name__,
+            "parameters": self._dim,
+            "loss": getattr(type(self.loss_fn), "__name__", repr(self.loss_fn)),
+            "reduction": self.reduction,
+            "network_dtype": str(self._net_dtype).replace("torch.", ""),
+            "accumulation_dtype": str(self._dtype).replace("torch.", ""),
+            "device": str(self._device),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(P={self._dim}, model={type(self.model).__name__}, "
+            f"reduction={self.reduction!r}, dtype={self._dtype})"
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _batch_products(
+        self, params: dict[str, torch.Tensor], inputs: Any, targets: Any, tangents: Any
+    ) -> tuple[tuple[torch.Tensor, ...], float]:
+        """Per-batch products for stacked tangents; returns (products, weight)."""
+        raise NotImplementedError
+
+    def _product(self, V: torch.Tensor, *, batched: bool) -> torch.Tensor:
+        self._check_train_mode()
+        k = V.shape[1]
+        tangents = self._unflatten(V.T.to(device=self._device, dtype=self._net_dtype))
+        params = self._params()
+        out = torch.zeros(k, self._dim, dtype=self._dtype, device=self._device)
+        count = 0
+        for index, batch in enumerate(self.data):
+            inputs, targets = _split_batch(batch, index)
+            inputs, targets = _to_device(inputs, self._device), _to_device(targets, self._device)
+            if batched:
+                prods, weight = self._batch_products(params, inputs, targets, tangents)
+            else:
+                single = tuple(t[0] for t in tangents)
+                prods, weight = self._batch_products_single(params, inputs, targets, single)
+                prods = tuple(p.unsqueeze(0) for p in prods)
+            flat = torch.cat([p.reshape(k, -1) for p in prods], dim=1).to(self._dtype)
+            if not torch.isfinite(flat).all():
+                raise FloatingPointError(
+                    f"the {self.name} product of batch {index} has NaN or inf entries; check "
+                    "the model, loss and that batch for non-finite values"
+                )
+            out.add_(flat, alpha=weight)
+            count += _batch_size(inputs, targets)
+        if count == 0:
+            raise ValueError("data yielded no batches")
+        if self.reduction == "mean":
+            out /= count
+        return out.T
+
+    def _batch_products_single(
+        self, params: dict[str, torch.Tensor], inputs: Any, targets: Any, tangent: tuple
+    ) -> tuple[tuple[torch.Tensor, ...], float]:
+        raise NotImplementedError
+
+    def _weight(self, inputs: Any, targets: Any) -> float:
+        """A batch-mean product times the batch size sums to the dataset total."""
+        return float(_batch_size(inputs, targets)) if self.reduction == "mean" else 1.0
+
+    def _params(self) -> dict[str, torch.Tensor]:
+        named = dict(self.model.named_parameters())
+        return {k: named[k].detach() for k in self.param_names}
+
+    def _unflatten(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(k, P)`` → tuple of ``(k, *shape)`` tensors in parameter order."""
+        k = flat.shape[0]
+        pieces = torch.split(flat, self._numels, dim=1)
+        return tuple(p.reshape(k, *s) for p, s in zip(pieces, self._shapes, strict=True))
+
+    def _as_dict(self, values: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        return dict(zip(self.param_names, values, strict=True))
+
+    def _forward(self, params: dict[str, torch.Tensor], inputs: Any) -> torch.Tensor:
+        return functional_call(self.model, params, (inputs,))
+
+    def _check_train_mode(self) -> None:
+        if self.train_mode == "allow" or not self._stochastic:
+            return
+        modules = dict(self.model.named_modules())
+        active = [n for n in self._stochastic if modules[n].training]
+        if active:
+            kinds = sorted({type(modules[n]).__name__ for n in active})
+            raise ValueError(
+                f"the model is in train mode with {', '.join(kinds)} (modules "
+                f"{active[:3]}{'...' if len(active) > 3 else ''}): its curvature would change "
+                "from batch to batch and call to call; call model.eval() or pass "
+                "train_mode='allow'"
+            )
+
+    def _check_first_batch(self) -> None:
+        try:
+            batch = next(iter(self.data))
+        except StopIteration:
+            raise ValueError("data yielded no batches") from None
+        inputs, targets = _split_batch(batch, 0)
+        inputs, targets = _to_device(inputs, self._device), _to_device(targets, self._device)
+        try:
+            with torch.no_grad():
+                loss = self.loss_fn(self.model(inputs), targets)
+        except Exception as exc:  # the user's model and loss may raise anything
+            raise ValueError(
+                f"the model and loss could not be evaluated on the first batch "
+                f"({type(exc).__name__}: {exc}); check that the inputs match the model's "
+                "input shape and the targets match the loss"
+            ) from exc
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise ValueError(
+                f"loss_fn must return a scalar tensor, got {shape}; use reduction='mean' "
+                "or 'sum'"
+            )
+
+
+class HessianOperator(CurvatureOperator):
+    r"""The Hessian ``∇²_θ L`` of the dataset loss, by forward-over-reverse products.
+
+    ``H v = ∂/∂ε ∇L(θ + ε v)`` is one ``torch.func.jvp`` of ``torch.func.grad``: about
+    the cost of two to three backward passes, with no graph kept between products.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Linear(3, 2).double()
+        >>> data = [(torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,)))]
+        >>> H = HessianOperator(model, nn.CrossEntropyLoss(), data)
+        >>> H.shape
+        (8, 8)
+    """
+
+    name = "hessian"
+
+    def _loss_grad(self, inputs: Any, targets: Any) -> Callable:
+        def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self.loss_fn(self._forward(p, inputs), targets)
+
+        return grad(loss)
+
+    def _batch_products_single(self, params, inputs, targets, tangent):
+        g = self._loss_grad(inputs, targets)
+        _, hv = jvp(g, (params,), (self._as_dict(tangent),))
+        return tuple(hv[k] for k in self.param_names), self._weight(inputs, targets)
+
+    def _batch_products(self, params, inputs, targets, tangents):
+        g = self._loss_grad(inputs, targets)
+
+        def hvp(*t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            _, hv = jvp(g, (params,), (self._as_dict(t),))
+            return tuple(hv[k] for k in self.param_names)
+
+        return vmap(hvp)(*tangents), self._weight(inputs, targets)
+
+
+class GGNOperator(CurvatureOperator):
+    r"""The generalised Gauss-Newton ``G = Σ Jᵀ (∇²_f ℓ) J`` (Schraudolph 2002).
+
+    ``J`` is the Jacobian of the network's outputs with respect to ``θ`` and
+    ``∇²_f ℓ`` the Hessian of the loss with respect to the outputs. ``G`` is positive
+    semi-definite for a convex loss; for cross-entropy it equals the Fisher.
+    Each product is one forward-mode ``jvp``, one output-space Hessian product and one
+    reverse-mode ``vjp`` per batch.
+    """
+
+    name = "ggn"
+
+    def _parts(self, params, inputs, targets):
+        def f(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self._forward(p, inputs)
+
+        out, pullback = vjp(f, params)
+        loss_grad = grad(lambda o: self.loss_fn(o, targets))
+
+        def ggn(t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+            _, jv = jvp(f, (params,), (t,))
+            _, hjv = jvp(loss_grad, (out,), (jv,))
+            back = pullback(hjv)[0]
+            return tuple(back[k] for k in self.param_names)
+
+        return ggn
+
+    def _batch_products_single(self, params, inputs, targets, tangent):
+        ggn = self._parts(params, inputs, targets)
+        return ggn(self._as_dict(tangent)), self._weight(inputs, targets)
+
+    def _batch_products(self, params, inputs, targets, tangents):
+        ggn = self._parts(params, inputs, targets)
+        return vmap(lambda *t: ggn(self._as_dict(t)))(*tangents), self._weight(inputs, targets)
+
+
+class EmpiricalFisherOperator(CurvatureOperator):
+    r"""The empirical Fisher ``F = (1/N) Σᵢ gᵢ gᵢᵀ`` with ``gᵢ = ∇_θ ℓ(f(xᵢ), yᵢ)``.
+
+    No per-sample gradient is ever stored: ``F v = (1/N) Jℓᵀ (Jℓ v)`` where ``Jℓ`` is
+    the Jacobian of the vector of per-sample losses, one ``jvp`` and one ``vjp`` per
+    batch. Per-sample losses are ``loss_fn`` applied to each sample as a batch of one.
+    With ``reduction="sum"`` the ``1/N`` is dropped.
+    """
+
+    name = "fisher"
+
+    def _parts(self, params, inputs, targets):
+        def per_sample(o: torch.Tensor, t: Any) -> torch.Tensor:
+            return self.loss_fn(o.unsqueeze(0), _unsqueeze(t)).reshape(())
+
+        def losses(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            return vmap(per_sample)(self._forward(p, inputs), targets)
+
+        _, pullback = vjp(losses, params)
+
+        def fisher(t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+            _, c = jvp(losses, (params,), (t,))
+            back = pullback(c)[0]
+            return tuple(back[k] for k in self.param_names)
+
+        return fisher
+
+    def _batch_products_single(self, params, inputs, targets, tangent):
+        fisher = self._parts(params, inputs, targets)
+        return fisher(self._as_dict(tangent)), 1.0
+
+    def _batch_products(self, params, inputs, targets, tangents):
+        fisher = self._parts(params, inputs, targets)
+        return vmap(lambda *t: fisher(self._as_dict(t)))(*tangents), 1.0
+
+
+#: the registry of curvature operators by name, shared by the library and the CLI
+OPERATORS: dict[str, type[CurvatureOperator]] = {
+    "hessian": HessianOperator,
+    "ggn": GGNOperator,
+    "fisher": EmpiricalFisherOperator,
+}
+
+
+def make_operator(
+    name: str, model: nn.Module, loss_fn: Callable, data: Iterable[Batch], **kwargs: Any
+) -> CurvatureOperator:
+    """Build the curvature operator registered under ``name`` (see :data:`OPERATORS`).
+
+    Raises:
+        ValueError: on an unknown name; the message lists the valid ones.
+    """
+    try:
+        cls = OPERATORS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown operator {name!r}; choose one of {sorted(OPERATORS)}") from None
+    return cls(model, loss_fn, data, **kwargs)
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_reiterable(data: Any) -> None:
+    if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
+        raise TypeError(
+            "data must be a re-iterable collection of (inputs, targets) batches, such as a "
+            f"list or a DataLoader; got {type(data).__name__}"
+        )
+    if iter(data) is data:
+        raise TypeError(
+            f"data is a one-shot iterator ({type(data).__name__}); every product reads the "
+            "data again, so pass a list or a DataLoader instead"
+        )
+
+
+def _split_batch(batch: Any, index: int) -> Batch:
+    if isinstance(batch, Mapping) or not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ValueError(
+            f"each batch must be an (inputs, targets) pair; batch {index} is a "
+            f"{type(batch).__name__}"
+            + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+        )
+    return batch[0], batch[1]
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_device(e, device) for e in x)
+    return x
+
+
+def _batch_size(inputs: Any, targets: Any) -> int:
+    for x in (targets, inputs):
+        if isinstance(x, torch.Tensor) and x.ndim > 0:
+            return int(x.shape[0])
+        if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
+            return int(x[0].shape[0])
+    raise ValueError("cannot tell the batch size: inputs and targets have no leading dimension")
+
+
+def _unsqueeze(t: Any) -> Any:
+    return t.unsqueeze(0) if isinstance(t, torch.Tensor) else t
+
+
+def _resolve_reduction(loss_fn: Any, reduction: str | None) -> str:
+    own = getattr(loss_fn, "reduction", None)
+    if reduction is None:
+        reduction = own if own is not None else "mean"
+    elif own is not None and own != reduction:
+        raise ValueError(
+            f"reduction={reduction!r} contradicts the loss's own reduction={own!r}; "
+            "leave reduction unset"
+        )
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {list(_REDUCTIONS)}, got {reduction!r}")
+    return reduction

@@ -1,0 +1,37 @@
+"""Generic matrix-free numerics: no knowledge of networks.
+
+Anything with ``shape``, ``dtype`` and ``matvec`` (or a square tensor) can be
+tridiagonalised, traced and turned into a spectral density.
+"""
+
+from spectorch.linalg._lanczos import LanczosResult, lanczos, lanczos_block, random_start
+from spectorch.linalg._operator import (
+    MatrixOperator,
+    SymmetricOperator,
+    as_operator,
+    check_symmetric,
+    operator_device,
+    operator_matmat,
+)
+from spectorch.linalg._quadrature import gauss_quadrature, tridiagonal_matrix
+from spectorch.linalg._trace import TraceEstimate, hutchinson_trace
+
+__all__ = [
+    # the operator contract
+    "MatrixOperator",
+    "SymmetricOperator",
+    "as_operator",
+    "check_symmetric",
+    "operator_device",
+    "operator_matmat",
+    # Lanczos
+    "LanczosResult",
+    "lanczos",
+    "lanczos_block",
+    "random_start",
+    # quadrature and traces
+    "TraceEstimate",
+    "gauss_quadrature",
+    "hutchinson_trace",
+    "tridiagonal_matrix",
+]
