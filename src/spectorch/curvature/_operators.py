@@ -113,9 +113,7 @@ class CurvatureOperator:
         self._device = first.device
         self._net_dtype = first.dtype
         self._stochastic = [
-            name
-            for name, m in model.named_modules()
-            if isinstance(m, (_BatchNorm, _DropoutNd))
+            name for name, m in model.named_modules() if isinstance(m, (_BatchNorm, _DropoutNd))
         ]
         self._check_train_mode()
         self._check_first_batch()
@@ -290,8 +288,7 @@ class CurvatureOperator:
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise ValueError(
-                f"loss_fn must return a scalar tensor, got {shape}; use reduction='mean' "
-                "or 'sum'"
+                f"loss_fn must return a scalar tensor, got {shape}; use reduction='mean' or 'sum'"
             )
 
 

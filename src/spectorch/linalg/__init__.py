@@ -14,7 +14,7 @@ from spectorch.linalg._operator import (
     operator_matmat,
 )
 from spectorch.linalg._quadrature import gauss_quadrature, tridiagonal_matrix
-from spectorch.linalg._trace import TraceEstimate, hutchinson_trace
+from spectorch.linalg._trace import TraceEstimate, deflated_trace_sample, hutchinson_trace
 
 __all__ = [
     # the operator contract
@@ -31,6 +31,7 @@ __all__ = [
     "random_start",
     # quadrature and traces
     "TraceEstimate",
+    "deflated_trace_sample",
     "gauss_quadrature",
     "hutchinson_trace",
     "tridiagonal_matrix",

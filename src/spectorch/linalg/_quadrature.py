@@ -8,6 +8,8 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from spectorch._utils import to_numpy
+
 __all__ = ["gauss_quadrature", "tridiagonal_matrix"]
 
 
@@ -33,8 +35,7 @@ def gauss_quadrature(alphas: Any, betas: Any) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(nodes, weights)`` as float64 numpy arrays of shape ``(m,)``, nodes ascending.
     """
-    a = np.asarray(torch.as_tensor(alphas).detach().cpu(), dtype=np.float64)
-    b = np.asarray(torch.as_tensor(betas).detach().cpu(), dtype=np.float64)
+    a, b = to_numpy(alphas), to_numpy(betas)
     if a.ndim != 1 or a.shape[0] < 1 or b.shape != (a.shape[0] - 1,):
         raise ValueError(
             f"alphas must have shape (m,) with m >= 1 and betas (m - 1,), got {a.shape} and "

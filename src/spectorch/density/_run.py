@@ -1,0 +1,355 @@
+"""Run stochastic Lanczos quadrature draws, with resumable on-disk outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from spectorch._io import atomic_save_npy, atomic_write_json
+from spectorch._version import __version__
+from spectorch.density._density import SpectralDensity
+from spectorch.linalg import (
+    LanczosResult,
+    as_operator,
+    check_symmetric,
+    deflated_trace_sample,
+    lanczos_block,
+    random_start,
+)
+
+__all__ = ["MANIFEST", "draw_generator", "load_density", "spectral_density"]
+
+MANIFEST = "manifest.json"
+_FORMAT = "spectorch.density/1"
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+# A resumed run must have been started with the same settings as these.
+_RESUME_KEYS = ("dim", "steps", "seed", "start", "dtype", "operator")
+
+
+def draw_generator(seed: int, draw: int) -> torch.Generator:
+    """The CPU generator of draw ``draw`` of a run seeded ``seed``.
+
+    Derived with numpy's ``SeedSequence`` so that draws are independent streams and a
+    draw can be recomputed alone (resume, or one draw per job).
+    """
+    state = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(draw),)).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
+
+
+def spectral_density(
+    op: Any,
+    *,
+    steps: int = 90,
+    draws: int = 10,
+    seed: int = 0,
+    start: str = "rademacher",
+    dtype: torch.dtype | str = torch.float64,
+    probes_per_pass: int = 1,
+    out: str | os.PathLike | None = None,
+    save_vectors: bool = True,
+    check_symmetry: bool = True,
+    progress: bool = True,
+    metadata: dict[str, Any] | None = None,
+) -> SpectralDensity:
+    r"""Estimate the eigenvalue density of a symmetric operator by stochastic Lanczos
+    quadrature (Ghorbani, Krishnan & Xiao 2019; Lin, Saad & Yang 2016).
+
+    Each draw runs ``steps`` Lanczos steps with full reorthogonalisation from a random
+    unit vector and keeps the Gauss quadrature of its tridiagonal; the density is the
+    average over draws.
+
+    Args:
+        op: a symmetric operator (e.g. :class:`~spectorch.curvature.HessianOperator`)
+            or a square tensor.
+        steps: Lanczos steps per draw; 90, as in Ghorbani et al. 2019.
+        draws: independent start vectors to average over.
+        seed: seeds draw ``k`` through :func:`draw_generator` (seed, k).
+        start: ``"rademacher"`` or ``"gaussian"`` start vectors.
+        dtype: dtype of the recurrence and basis (``float64`` or ``float32``).
+        probes_per_pass: draws advanced together, one ``matmat`` per step (one pass
+            over the data for all of them; memory grows with it).
+        out: a directory for ``tridiag_<k>.npy``, ``lanczos_vec_<k>.npy`` and
+            ``manifest.json``; a run found there with the same settings is resumed from
+            its last finished draw. Every file is written atomically.
+        save_vectors: also write the Lanczos vectors (``steps × n`` floats per draw).
+        check_symmetry: probe the operator for symmetry first (two products).
+        progress: show progress bars over draws and steps.
+        metadata: extra JSON-friendly entries for the manifest.
+
+    Returns:
+        The :class:`SpectralDensity` of all ``draws`` draws.
+
+    Raises:
+        ValueError: on bad arguments, a non-symmetric operator, or an ``out`` holding a
+            run with other settings; all before any Lanczos step.
+        FloatingPointError: when a product has NaN or inf entries.
+
+    Example:
+        >>> import torch
+        >>> A = torch.diag(torch.linspace(0, 1, 200, dtype=torch.float64))
+        >>> dens = spectral_density(A, steps=30, draws=4, progress=False)
+        >>> round(float(dens.moments(1)), 6)
+        0.5
+    """
+    op = as_operator(op)
+    n = op.shape[0]
+    dtype = _resolve_dtype(dtype)
+    for name, value in (("steps", steps), ("draws", draws), ("probes_per_pass", probes_per_pass)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if steps > n:
+        raise ValueError(f"steps must be at most the operator's dimension {n}, got {steps}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if start not in ("rademacher", "gaussian"):
+        raise ValueError(f"start must be 'rademacher' or 'gaussian', got {start!r}")
+
+    describe = getattr(op, "describe", None)
+    settings = {
+        "dim": n,
+        "steps": int(steps),
+        "seed": int(seed),
+        "start": start,
+        "dtype": str(dtype).replace("torch.", ""),
+        "operator": describe() if callable(describe) else {"operator": type(op).__name__},
+    }
+    done: dict[int, tuple[np.ndarray, float | None]] = {}
+    run = _RunDir(Path(out), settings, metadata) if out is not None else None
+    if run is not None:
+        done = run.load_finished()
+    todo = [k for k in range(draws) if k not in done]
+    if todo and check_symmetry:
+        check_symmetric(op, generator=draw_generator(seed, 2**31 - 1))
+
+    carry: dict[int, tuple] = {}  # the previous group's last draw, for its probe
+    bar = tqdm(total=draws, initial=draws - len(todo), desc="draws", disable=not progress)
+    try:
+        for i in range(0, len(todo), probes_per_pass):
+            group = todo[i : i + probes_per_pass]
+            starts = torch.cat(
+                [
+                    random_start(n, kind=start, generator=draw_generator(seed, k), num=1)
+                    for k in group
+                ]
+            )
+            t0 = time.perf_counter()
+            results = lanczos_block(
+                op, steps, starts, dtype=dtype, progress=progress, desc=f"draw {group[0]}"
+            )
+            seconds = (time.perf_counter() - t0) / len(group)
+            for k, res in zip(group, results, strict=True):
+                T = res.tridiagonal.cpu().numpy()
+                probe = _probe_of(k - 1, results, group, carry, run)
+                sample = None
+                if probe is not None:
+                    sample = deflated_trace_sample(res.basis, res.tridiagonal, *probe)
+                done[k] = (T, sample)
+                if run is not None:
+                    run.save_draw(k, res, T, save_vectors, seconds, sample)
+            last = results[-1]
+            if last.steps >= 2:
+                carry = {
+                    group[-1]: (
+                        last.basis[0].clone(),
+                        last.basis[1].clone(),
+                        last.alphas[0],
+                        last.betas[0],
+                    )
+                }
+            bar.update(len(group))
+    finally:
+        bar.close()
+
+    tridiags = [done[k][0] for k in range(draws)]
+    samples = [done[k][1] for k in range(draws) if done[k][1] is not None]
+    meta = dict(settings, draws=draws, **(metadata or {}))
+    return SpectralDensity.from_tridiagonals(
+        tridiags, n, steps=steps, metadata=meta, trace_samples=samples
+    )
+
+
+def _probe_of(
+    k: int,
+    results: list[LanczosResult],
+    group: list[int],
+    carry: dict[int, tuple],
+    run: _RunDir | None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Draw ``k``'s start vector as a Rademacher probe ``z = √n q₀`` and ``Az``.
+
+    ``Az = √n (α₀q₀ + β₀q₁)`` by the Lanczos relation, so no product is spent. The
+    vectors come from the current group or, after a resume, from ``lanczos_vec_k.npy``.
+    """
+    if k < 0:
+        return None
+    if k in group:
+        res = results[group.index(k)]
+        if res.steps < 2:
+            return None
+        q0, q1, a0, b0 = res.basis[0], res.basis[1], res.alphas[0], res.betas[0]
+    elif k in carry:
+        q0, q1, a0, b0 = carry[k]
+    else:
+        if run is None:
+            return None
+        loaded = run.first_vectors(k)
+        if loaded is None:
+            return None
+        q0, q1, a0, b0 = loaded
+    scale = float(q0.numel()) ** 0.5
+    return scale * q0, scale * (a0 * q0 + b0 * q1)
+
+
+def load_density(directory: str | os.PathLike) -> SpectralDensity:
+    """Read a run's ``tridiag_<k>.npy`` files back into a :class:`SpectralDensity`.
+
+    Raises:
+        FileNotFoundError: if the directory has no manifest.
+        ValueError: if the manifest is not a spectorch density manifest.
+    """
+    directory = Path(directory)
+    manifest = _read_manifest(directory)
+    if manifest is None:
+        raise FileNotFoundError(f"no {MANIFEST} in {directory}: not a spectorch density run")
+    finished = sorted(int(k) for k in manifest["finished_draws"])
+    if not finished:
+        raise ValueError(f"the run in {directory} has no finished draw yet")
+    tridiags = [np.load(directory / f"tridiag_{k}.npy") for k in finished]
+    info = manifest.get("draw_info", {})
+    samples = [
+        info[str(k)]["trace_sample"]
+        for k in finished
+        if info.get(str(k), {}).get("trace_sample") is not None
+    ]
+    return SpectralDensity.from_tridiagonals(
+        tridiags, manifest["dim"], steps=manifest["steps"], metadata=manifest, trace_samples=samples
+    )
+
+
+class _RunDir:
+    """The on-disk state of a run: created on the first finished draw, never before."""
+
+    def __init__(self, path: Path, settings: dict[str, Any], metadata: dict | None) -> None:
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"out must be a directory, but {path} is a file")
+        self.path = path
+        self.settings = settings
+        self.metadata = metadata or {}
+        self.manifest = _read_manifest(path)
+        if self.manifest is not None:
+            diffs = {
+                key: (self.manifest.get(key), settings[key])
+                for key in _RESUME_KEYS
+                if self.manifest.get(key) != settings[key]
+            }
+            if diffs:
+                detail = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diffs.items())
+                raise ValueError(
+                    f"{path} holds a run with other settings ({detail}); choose another out "
+                    "directory or delete that one"
+                )
+        elif path.is_dir() and any(path.glob("tridiag_*.npy")):
+            raise ValueError(
+                f"{path} holds tridiag files but no {MANIFEST}; choose another out directory"
+            )
+
+    def first_vectors(self, k: int) -> tuple[torch.Tensor, ...] | None:
+        """``q₀, q₁, α₀, β₀`` of a finished draw, read from its saved files."""
+        vec_file = self.path / f"lanczos_vec_{k}.npy"
+        if not vec_file.exists():
+            return None
+        Q = np.load(vec_file, mmap_mode="r")
+        T = np.load(self.path / f"tridiag_{k}.npy")
+        if Q.shape[0] < 2:
+            return None
+        q = torch.from_numpy(np.array(Q[:2], dtype=np.float64))
+        return q[0], q[1], float(T[0, 0]), float(T[0, 1])
+
+    def load_finished(self) -> dict[int, tuple[np.ndarray, float | None]]:
+        if self.manifest is None:
+            return {}
+        done = {}
+        for key, info in self.manifest.get("draw_info", {}).items():
+            k = int(key)
+            file = self.path / f"tridiag_{k}.npy"
+            try:
+                T = np.load(file)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"cannot read {file} of the run to resume: {exc}") from exc
+            done[k] = (T, info.get("trace_sample"))
+        return done
+
+    def save_draw(
+        self,
+        k: int,
+        res: LanczosResult,
+        T: np.ndarray,
+        save_vectors: bool,
+        seconds: float,
+        trace_sample: float | None,
+    ) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        if save_vectors:
+            atomic_save_npy(self.path / f"lanczos_vec_{k}.npy", res.basis.cpu().numpy())
+        atomic_save_npy(self.path / f"tridiag_{k}.npy", T)
+        if self.manifest is None:
+            self.manifest = dict(
+                self.settings,
+                format=_FORMAT,
+                versions=_versions(),
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                draw_info={},
+                **self.metadata,
+            )
+        self.manifest["draw_info"][str(k)] = {
+            "steps": res.steps,
+            "breakdown": res.breakdown,
+            "seconds": round(seconds, 4),
+            "vectors": save_vectors,
+            "trace_sample": trace_sample,
+        }
+        self.manifest["finished_draws"] = sorted(int(d) for d in self.manifest["draw_info"])
+        atomic_write_json(self.path / MANIFEST, self.manifest)
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    file = path / MANIFEST
+    if not file.exists():
+        return None
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {file}: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
+        raise ValueError(f"{file} is not a spectorch density manifest (format {_FORMAT})")
+    return manifest
+
+
+def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
+        return _DTYPES[dtype]
+    if dtype not in _DTYPES.values():
+        raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
+    return dtype
+
+
+def _versions() -> dict[str, str]:
+    import scipy
+
+    return {
+        "spectorch": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "python": platform.python_version(),
+    }

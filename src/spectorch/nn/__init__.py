@@ -1,0 +1,5 @@
+"""Reusable network modules."""
+
+from spectorch.nn._resnet import CifarResNet, cifar_resnet
+
+__all__ = ["CifarResNet", "cifar_resnet"]
