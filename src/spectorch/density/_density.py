@@ -215,20 +215,33 @@ class SpectralDensity:
         ev = to_numpy(eigenvalues)
         return float(wasserstein_distance(x, ev.reshape(-1), u_weights=w))
 
-    def outliers(self, *, whisker: float = 3.0) -> np.ndarray:
-        """Ritz values far outside the bulk, ``whisker`` interquartile ranges beyond
-        the quartiles of the estimated spectrum (the largest first)."""
+    def outliers(self, *, whisker: float = 3.0, max_count: int = 20) -> np.ndarray:
+        """Eigenvalues standing out of the bulk, the largest first.
+
+        An outlier is a Ritz value that lies ``whisker`` interquartile ranges beyond
+        the quartiles of the estimated spectrum and that has converged: at least half
+        of the other draws reproduce it to ``1e-4`` of the spectral range (a bulk Ritz
+        value moves from draw to draw; an isolated eigenvalue does not). With a single
+        draw only the first test applies. At most ``max_count`` are returned.
+        """
         x, w = self.pooled()
         c = np.cumsum(w)
-        q1 = x[np.searchsorted(c, 0.25)]
+        q1 = x[min(np.searchsorted(c, 0.25), len(x) - 1)]
         q3 = x[min(np.searchsorted(c, 0.75), len(x) - 1)]
-        iqr = max(q3 - q1, 1e-12 * max(abs(x[0]), abs(x[-1]), 1e-300))
+        lo_all, hi_all = self.bounds()
+        span = max(hi_all - lo_all, 1e-300)
+        iqr = max(q3 - q1, 1e-9 * span)
         lo, hi = q1 - whisker * iqr, q3 + whisker * iqr
-        # A node of one draw stands for the same outlier as its twin in another draw:
-        # report the first draw's copies.
         first = self.nodes[0]
-        out = first[(first > hi) | (first < lo)]
-        return np.sort(out)[::-1]
+        candidates = first[(first > hi) | (first < lo)]
+        others = self.nodes[1:]
+        keep = []
+        for value in candidates:
+            agree = sum(np.min(np.abs(o - value)) <= 1e-4 * span for o in others)
+            if not others or 2 * agree >= len(others):
+                keep.append(value)
+        keep = np.sort(np.asarray(keep, dtype=np.float64))[::-1]
+        return keep[:max_count]
 
     # ------------------------------------------------------------------ smoothing
     def grid(self, num_points: int = 1024, margin: float = 0.05) -> np.ndarray:

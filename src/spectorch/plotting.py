@@ -1,0 +1,130 @@
+"""Every figure the library draws. Uses matplotlib's object API: no global state."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spectorch._io import atomic_path
+from spectorch._utils import to_numpy
+from spectorch.density import SpectralDensity
+
+__all__ = ["plot_densities", "plot_density"]
+
+_LOG_RANGE = 1e-8  # the log panels show eight decades below the peak
+
+
+def _figure(ncols: int, width: float = 5.0, height: float = 3.6) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: str | os.PathLike) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130)
+    with atomic_path(path) as fh:
+        fh.write(buf.getvalue())
+    return Path(path)
+
+
+def plot_density(
+    density: SpectralDensity,
+    path: str | os.PathLike,
+    *,
+    exact: Any = None,
+    title: str | None = None,
+    width: str = "spacing",
+    **evaluate_kwargs: Any,
+) -> Path:
+    """The estimated density on linear and log axes, outliers marked, as a PNG.
+
+    Args:
+        density: the estimate to draw.
+        path: where the PNG goes (written atomically).
+        exact: exact eigenvalues, drawn as a histogram for comparison.
+        title: the figure's title.
+        width: the kernel-width convention of :meth:`SpectralDensity.evaluate`.
+        evaluate_kwargs: passed on to :meth:`SpectralDensity.evaluate`.
+
+    Returns:
+        The path written.
+    """
+    grid, phi = density.evaluate(width=width, **evaluate_kwargs)
+    outliers = density.outliers()
+    fig = _figure(2)
+    axes = fig.subplots(1, 2)
+    for ax, log in zip(axes, (False, True), strict=True):
+        if exact is not None:
+            ev = to_numpy(exact).reshape(-1)
+            hist, edges = np.histogram(ev, bins=np.linspace(grid[0], grid[-1], 120), density=True)
+            if log:  # empty bins have no logarithm: leave them out
+                ax.stairs(
+                    np.where(hist > 0, hist, np.nan),
+                    edges,
+                    color="0.45",
+                    lw=1.0,
+                    label="exact eigenvalues (histogram)",
+                )
+            else:
+                ax.stairs(
+                    hist,
+                    edges,
+                    color="0.6",
+                    fill=True,
+                    alpha=0.5,
+                    label="exact eigenvalues (histogram)",
+                )
+        ax.plot(
+            grid,
+            phi,
+            color="C0",
+            lw=1.4,
+            label=f"SLQ ({density.draws} draws × {density.steps} steps)",
+        )
+        for i, x in enumerate(outliers):
+            ax.axvline(x, color="C3", lw=0.8, ls="--", label="outliers" if i == 0 else None)
+        ax.set_xlabel("eigenvalue λ")
+        ax.set_ylabel("density φ(λ)" + (" (log)" if log else ""))
+        if log:
+            ax.set_yscale("log")
+            ax.set_ylim(phi.max() * _LOG_RANGE, phi.max() * 3)
+    axes[0].legend(fontsize=8, loc="upper right")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_densities(
+    densities: Mapping[str, SpectralDensity],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    width: str = "spacing",
+) -> Path:
+    """Several densities (e.g. Hessian, GGN, Fisher) on shared log axes, as a PNG."""
+    if not densities:
+        raise ValueError("densities is empty: nothing to plot")
+    fig = _figure(1, width=6.5, height=4.0)
+    ax = fig.subplots()
+    peak = 0.0
+    for i, (label, dens) in enumerate(densities.items()):
+        grid, phi = dens.evaluate(width=width)
+        ax.plot(grid, phi, color=f"C{i}", lw=1.3, label=label)
+        peak = max(peak, float(phi.max()))
+    ax.set_yscale("log")
+    ax.set_xlabel("eigenvalue λ")
+    ax.set_ylabel("density φ(λ) (log)")
+    ax.set_ylim(peak * _LOG_RANGE, peak * 3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
