@@ -292,11 +292,56 @@ class CurvatureOperator:
             )
 
 
-class HessianOperator(CurvatureOperator):
+def _second_order(fn: Callable, primal: Any, *, reverse: bool) -> Callable:
+    """``t ↦ ∇²fn(primal) t`` for a scalar ``fn``: forward-over-reverse (``jvp`` of
+    ``grad``), or reverse-over-reverse (``vjp`` of ``grad``, built once and reused for
+    every tangent) where PyTorch lacks a forward-mode rule."""
+    g = grad(fn)
+    if reverse:
+        _, pullback = vjp(g, primal)
+        return lambda t: pullback(t)[0]
+    return lambda t: jvp(g, (primal,), (t,))[1]
+
+
+def _needs_reverse(exc: RuntimeError) -> bool:
+    # torch's forward-mode derivative of some losses' backward (mse_loss among them)
+    # writes into an immutable ZeroTensor; reverse-over-reverse has no such rule.
+    return "ZeroTensors are immutable" in str(exc)
+
+
+class _SecondOrderOperator(CurvatureOperator):
+    """Shared plumbing of operators whose products differentiate the loss twice."""
+
+    _reverse = False
+
+    def _hvp(self, params, inputs, targets) -> Callable:
+        raise NotImplementedError
+
+    def _batch_products_single(self, params, inputs, targets, tangent):
+        return self._retry(lambda: self._hvp(params, inputs, targets)(*tangent), inputs, targets)
+
+    def _batch_products(self, params, inputs, targets, tangents):
+        return self._retry(
+            lambda: vmap(self._hvp(params, inputs, targets))(*tangents), inputs, targets
+        )
+
+    def _retry(self, compute: Callable, inputs: Any, targets: Any):
+        try:
+            return compute(), self._weight(inputs, targets)
+        except RuntimeError as exc:
+            if self._reverse or not _needs_reverse(exc):
+                raise
+            self._reverse = True
+            return compute(), self._weight(inputs, targets)
+
+
+class HessianOperator(_SecondOrderOperator):
     r"""The Hessian ``∇²_θ L`` of the dataset loss, by forward-over-reverse products.
 
     ``H v = ∂/∂ε ∇L(θ + ε v)`` is one ``torch.func.jvp`` of ``torch.func.grad``: about
     the cost of two to three backward passes, with no graph kept between products.
+    Losses whose double-backward has no forward-mode rule in PyTorch (``mse_loss``)
+    switch to reverse-over-reverse automatically.
 
     Example:
         >>> import torch
@@ -310,28 +355,20 @@ class HessianOperator(CurvatureOperator):
 
     name = "hessian"
 
-    def _loss_grad(self, inputs: Any, targets: Any) -> Callable:
+    def _hvp(self, params, inputs, targets) -> Callable:
         def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
             return self.loss_fn(self._forward(p, inputs), targets)
 
-        return grad(loss)
+        hvp = _second_order(loss, params, reverse=self._reverse)
 
-    def _batch_products_single(self, params, inputs, targets, tangent):
-        g = self._loss_grad(inputs, targets)
-        _, hv = jvp(g, (params,), (self._as_dict(tangent),))
-        return tuple(hv[k] for k in self.param_names), self._weight(inputs, targets)
-
-    def _batch_products(self, params, inputs, targets, tangents):
-        g = self._loss_grad(inputs, targets)
-
-        def hvp(*t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            _, hv = jvp(g, (params,), (self._as_dict(t),))
+        def product(*t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            hv = hvp(self._as_dict(t))
             return tuple(hv[k] for k in self.param_names)
 
-        return vmap(hvp)(*tangents), self._weight(inputs, targets)
+        return product
 
 
-class GGNOperator(CurvatureOperator):
+class GGNOperator(_SecondOrderOperator):
     r"""The generalised Gauss-Newton ``G = Σ Jᵀ (∇²_f ℓ) J`` (Schraudolph 2002).
 
     ``J`` is the Jacobian of the network's outputs with respect to ``θ`` and
@@ -343,28 +380,21 @@ class GGNOperator(CurvatureOperator):
 
     name = "ggn"
 
-    def _parts(self, params, inputs, targets):
+    def _hvp(self, params, inputs, targets) -> Callable:
         def f(p: dict[str, torch.Tensor]) -> torch.Tensor:
             return self._forward(p, inputs)
 
         out, pullback = vjp(f, params)
-        loss_grad = grad(lambda o: self.loss_fn(o, targets))
+        loss_hvp = _second_order(
+            lambda o: self.loss_fn(o, targets), out.detach(), reverse=self._reverse
+        )
 
-        def ggn(t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-            _, jv = jvp(f, (params,), (t,))
-            _, hjv = jvp(loss_grad, (out,), (jv,))
-            back = pullback(hjv)[0]
+        def product(*t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            _, jv = jvp(f, (params,), (self._as_dict(t),))
+            back = pullback(loss_hvp(jv))[0]
             return tuple(back[k] for k in self.param_names)
 
-        return ggn
-
-    def _batch_products_single(self, params, inputs, targets, tangent):
-        ggn = self._parts(params, inputs, targets)
-        return ggn(self._as_dict(tangent)), self._weight(inputs, targets)
-
-    def _batch_products(self, params, inputs, targets, tangents):
-        ggn = self._parts(params, inputs, targets)
-        return vmap(lambda *t: ggn(self._as_dict(t)))(*tangents), self._weight(inputs, targets)
+        return product
 
 
 class EmpiricalFisherOperator(CurvatureOperator):

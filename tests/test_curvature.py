@@ -1,0 +1,209 @@
+"""Curvature products against dense matrices built with torch.func (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import cnn, flat_params, forward_flat, inputs_for, mlp, targets_for
+from torch import nn
+from torch.func import grad, hessian, jacrev
+
+from spectorch.curvature import (
+    OPERATORS,
+    EmpiricalFisherOperator,
+    GGNOperator,
+    HessianOperator,
+    make_operator,
+)
+
+RTOL = 1e-10  # float64 products against float64 dense matrices
+N = 13
+MODELS = {"mlp": mlp, "cnn": cnn}
+LOSSES = {"ce": nn.CrossEntropyLoss, "mse": nn.MSELoss}
+
+
+def _problem(model_name: str, loss_name: str):
+    model = MODELS[model_name]()
+    X, y = inputs_for(model_name, N), targets_for(loss_name, N)
+    # uneven batches: the exact average must not depend on how the data is cut
+    data = [(X[:5], y[:5]), (X[5:6], y[5:6]), (X[6:], y[6:])]
+    return model, LOSSES[loss_name](), X, y, data
+
+
+def _dense_hessian(model, loss, X, y):
+    flat, unflatten = flat_params(model)
+    return hessian(lambda t: loss(forward_flat(model, unflatten, t, X), y))(flat)
+
+
+def _dense_ggn(model, loss, X, y):
+    flat, unflatten = flat_params(model)
+    out = forward_flat(model, unflatten, flat, X)
+    J = jacrev(lambda t: forward_flat(model, unflatten, t, X))(flat).reshape(out.numel(), -1)
+    HL = hessian(lambda o: loss(o, y))(out).reshape(out.numel(), out.numel())
+    return J.T @ HL @ J
+
+
+def _dense_fisher(model, loss, X, y):
+    flat, unflatten = flat_params(model)
+    g = torch.stack(
+        [
+            grad(
+                lambda t, i=i: loss(forward_flat(model, unflatten, t, X[i : i + 1]), y[i : i + 1])
+            )(flat)
+            for i in range(X.shape[0])
+        ]
+    )
+    return g.T @ g / X.shape[0]
+
+
+DENSE = {"hessian": _dense_hessian, "ggn": _dense_ggn, "fisher": _dense_fisher}
+
+
+def _assert_close(actual, expected):
+    scale = expected.abs().max()
+    assert (actual - expected).abs().max() <= RTOL * scale
+
+
+@pytest.mark.parametrize("kind", sorted(DENSE))
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+@pytest.mark.parametrize("loss_name", sorted(LOSSES))
+def test_products_equal_dense_matrix(kind, model_name, loss_name):
+    model, loss, X, y, data = _problem(model_name, loss_name)
+    expected = DENSE[kind](model, loss, X, y)
+    op = make_operator(kind, model, loss, data)
+    assert op.shape == expected.shape and op.dtype == torch.float64
+    _assert_close(op.to_dense(chunk=7), expected)  # matmat, vmap over probes
+    v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _assert_close(op.matvec(v), expected @ v)  # matvec, one probe
+    _assert_close(op @ v, expected @ v)
+
+
+def test_ggn_equals_hessian_for_linear_model_with_mse():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2).double()
+    X = torch.randn(9, 4, dtype=torch.float64)
+    data = [(X, torch.randn(9, 2, dtype=torch.float64))]
+    H = HessianOperator(model, nn.MSELoss(), data).to_dense()
+    G = GGNOperator(model, nn.MSELoss(), data).to_dense()
+    _assert_close(G, H)
+
+
+def test_sum_reduction_scales_by_dataset_size():
+    model, _, X, y, data = _problem("mlp", "ce")
+    mean = HessianOperator(model, nn.CrossEntropyLoss(), data).to_dense()
+    total = HessianOperator(model, nn.CrossEntropyLoss(reduction="sum"), data).to_dense()
+    _assert_close(total, N * mean)
+    fisher_sum = EmpiricalFisherOperator(model, nn.CrossEntropyLoss(reduction="sum"), data)
+    _assert_close(fisher_sum.to_dense(), N * _dense_fisher(model, nn.CrossEntropyLoss(), X, y))
+
+
+def test_plain_function_loss_and_parameter_subset():
+    model, _, X, y, data = _problem("mlp", "ce")
+    op = HessianOperator(
+        model, torch.nn.functional.cross_entropy, data, params=["2.weight", "2.bias"]
+    )
+    full = _dense_hessian(model, nn.CrossEntropyLoss(), X, y)
+    P = full.shape[0]
+    k = 6 * 3 + 3
+    assert op.shape == (k, k)
+    _assert_close(op.to_dense(), full[P - k :, P - k :])
+
+
+def test_float32_network_accumulates_in_float64():
+    model, loss, X, y, data = _problem("mlp", "ce")
+    expected = _dense_hessian(model, loss, X, y)
+    model32 = model.float()
+    data32 = [(a.float(), b) for a, b in data]
+    op = HessianOperator(model32, loss, data32)
+    assert op.dtype == torch.float64
+    v = torch.ones(op.shape[0], dtype=torch.float64)
+    err = (op.matvec(v) - expected @ v).abs().max() / (expected @ v).abs().max()
+    assert err < 1e-5  # float32 network round-off
+
+
+def test_train_mode_with_batchnorm_or_dropout_is_refused():
+    X, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 2, (8,))
+    for layer in (nn.BatchNorm1d(4), nn.Dropout(0.1)):
+        model = nn.Sequential(nn.Linear(4, 4), layer, nn.Linear(4, 2)).double().train()
+        with pytest.raises(
+            ValueError, match=r"train mode with .*model\.eval\(\).*train_mode='allow'"
+        ):
+            HessianOperator(model, nn.CrossEntropyLoss(), [(X, y)])
+        HessianOperator(model, nn.CrossEntropyLoss(), [(X, y)], train_mode="allow")
+        op = HessianOperator(model.eval(), nn.CrossEntropyLoss(), [(X, y)])
+        model.train()  # switched back after construction: the product refuses too
+        with pytest.raises(ValueError, match="train mode"):
+            op.matvec(torch.ones(op.shape[0], dtype=torch.float64))
+
+
+def test_train_mode_without_stochastic_layers_is_fine():
+    model = mlp().train()
+    HessianOperator(model, nn.CrossEntropyLoss(), [(inputs_for("mlp", 4), targets_for("ce", 4))])
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "match"),
+    [
+        (iter([]), TypeError, "one-shot iterator"),
+        (torch.ones(3), TypeError, "re-iterable collection"),
+        ([], ValueError, "data yielded no batches"),
+        ([(torch.ones(2, 5, dtype=torch.float64),)], ValueError, "each batch must be an"),
+        (
+            [(torch.ones(2, 7, dtype=torch.float64), torch.zeros(2, dtype=torch.long))],
+            ValueError,
+            "could not be evaluated on the first batch",
+        ),
+    ],
+)
+def test_bad_data(data, error, match):
+    with pytest.raises(error, match=match):
+        HessianOperator(mlp(), nn.CrossEntropyLoss(), data)
+
+
+def test_bad_arguments():
+    data = [(inputs_for("mlp", 4), targets_for("ce", 4))]
+    with pytest.raises(
+        ValueError, match=r"unknown operator 'hesian'; choose one of \['fisher', 'ggn', 'hessian'\]"
+    ):
+        make_operator("hesian", mlp(), nn.CrossEntropyLoss(), data)
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
+        HessianOperator(lambda x: x, nn.CrossEntropyLoss(), data)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        HessianOperator(mlp(), torch.nn.functional.cross_entropy, data, reduction="none")
+    with pytest.raises(ValueError, match="contradicts the loss's own reduction"):
+        HessianOperator(mlp(), nn.CrossEntropyLoss(), data, reduction="sum")
+    with pytest.raises(ValueError, match="not parameters of the model"):
+        HessianOperator(mlp(), nn.CrossEntropyLoss(), data, params=["nope"])
+    with pytest.raises(ValueError, match="loss_fn must return a scalar"):
+        HessianOperator(
+            mlp(), lambda o, t: nn.functional.cross_entropy(o, t, reduction="none"), data
+        )
+    op = HessianOperator(mlp(), nn.CrossEntropyLoss(), data)
+    with pytest.raises(ValueError, match=r"v must have shape \(57,\), got \(3,\)"):
+        op.matvec(torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"V must have shape \(57, k\)"):
+        op.matmat(torch.ones(3, 2, dtype=torch.float64))
+    assert set(OPERATORS) == {"hessian", "ggn", "fisher"}
+
+
+def test_non_finite_batch_is_named():
+    X = inputs_for("mlp", 6)
+    y = targets_for("ce", 6)
+    bad = X.clone()
+    bad[0, 0] = float("inf")
+    op = HessianOperator(mlp(), nn.CrossEntropyLoss(), [(X, y), (bad, y)])
+    with pytest.raises(FloatingPointError, match="product of batch 1 has NaN or inf"):
+        op.matvec(torch.ones(op.shape[0], dtype=torch.float64))
+
+
+def test_scipy_view_and_describe():
+    model, loss, X, y, data = _problem("mlp", "mse")
+    op = GGNOperator(model, loss, data)
+    import numpy as np
+
+    x = np.linspace(-1, 1, op.shape[0])
+    expected = _dense_ggn(model, loss, X, y).numpy() @ x
+    np.testing.assert_allclose(
+        op.to_scipy() @ x, expected, rtol=0, atol=1e-12 * abs(expected).max()
+    )
+    assert op.describe()["operator"] == "ggn" and op.describe()["parameters"] == op.shape[0]

@@ -1,0 +1,208 @@
+"""Lanczos, quadrature and traces against matrices with a known spectrum."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import matrix_with_spectrum
+
+from spectorch.density import lanczos_alg
+from spectorch.linalg import (
+    MatrixOperator,
+    check_symmetric,
+    gauss_quadrature,
+    hutchinson_trace,
+    lanczos,
+    lanczos_block,
+    random_start,
+)
+
+EXACT = 1e-10  # float64 round-off of an n=60 eigenproblem, with room to spare
+
+
+@pytest.fixture
+def spectrum() -> torch.Tensor:
+    # distinct eigenvalues with a cluster, a negative part and two outliers
+    bulk = torch.linspace(-1.0, 2.0, 55, dtype=torch.float64)
+    return torch.cat([bulk, torch.tensor([2.0 + 1e-3, 5.0, 7.5, 30.0, 100.0], dtype=torch.float64)])
+
+
+def test_full_lanczos_reproduces_eigenvalues(spectrum):
+    A = matrix_with_spectrum(spectrum)
+    res = lanczos(A, steps=A.shape[0], seed=3)
+    assert not res.breakdown and res.steps == A.shape[0]
+    ritz = torch.linalg.eigvalsh(res.tridiagonal)
+    torch.testing.assert_close(ritz, torch.sort(spectrum).values, rtol=0, atol=EXACT * 100)
+
+
+def test_basis_reconstructs_matrix(spectrum):
+    A = matrix_with_spectrum(spectrum)
+    res = lanczos(A, steps=A.shape[0], seed=4)
+    Q, T = res.basis, res.tridiagonal
+    torch.testing.assert_close(
+        Q @ Q.T, torch.eye(A.shape[0], dtype=torch.float64), rtol=0, atol=EXACT
+    )
+    torch.testing.assert_close(Q.T @ T @ Q, A, rtol=0, atol=EXACT * 100)
+
+
+def test_partial_lanczos_is_orthonormal_and_projects(spectrum):
+    A = matrix_with_spectrum(spectrum)
+    res = lanczos(A, steps=20, start="gaussian", seed=5)
+    Q = res.basis
+    torch.testing.assert_close(Q @ Q.T, torch.eye(20, dtype=torch.float64), rtol=0, atol=EXACT)
+    torch.testing.assert_close(Q @ A @ Q.T, res.tridiagonal, rtol=0, atol=EXACT * 100)
+    # the largest Ritz value converges to the isolated top eigenvalue
+    assert abs(torch.linalg.eigvalsh(res.tridiagonal)[-1].item() - 100.0) < 1e-8
+
+
+def test_quadrature_moments_are_exact_for_diagonal_rademacher(spectrum):
+    # For diagonal A and a Rademacher start v = z/√n: vᵀAᵐv = tr(Aᵐ)/n exactly.
+    A = torch.diag(spectrum)
+    n = A.shape[0]
+    res = lanczos(A, steps=10, start="rademacher", seed=0)
+    nodes, weights = res.quadrature()
+    assert weights.sum() == pytest.approx(1.0, abs=1e-14)
+    for m in (1, 2, 3):
+        exact = float((spectrum**m).sum() / n)
+        assert np.sum(weights * nodes**m) == pytest.approx(exact, rel=1e-12)
+
+
+def test_quadrature_equals_quadratic_form(spectrum):
+    A = matrix_with_spectrum(spectrum)
+    v = random_start(A.shape[0], kind="gaussian", generator=torch.Generator().manual_seed(2))
+    res = lanczos(A, steps=8, start=v)
+    nodes, weights = res.quadrature()
+    for m in range(1, 16):  # exact for degree < 2·steps
+        exact = float(v @ torch.linalg.matrix_power(A, m) @ v)
+        assert np.sum(weights * nodes**m) == pytest.approx(exact, rel=1e-9)
+
+
+def test_breakdown_stops_cleanly():
+    # 3 distinct eigenvalues: the Krylov space is invariant after 3 steps.
+    A = torch.diag(torch.tensor([1.0, 1.0, 2.0, 2.0, 3.0, 3.0], dtype=torch.float64))
+    res = lanczos(A, steps=6, seed=0)
+    assert res.breakdown and res.steps == 3
+    nodes, weights = res.quadrature()
+    np.testing.assert_allclose(nodes, [1.0, 2.0, 3.0], atol=1e-13)
+    np.testing.assert_allclose(weights, [1 / 3] * 3, atol=1e-13)
+    assert torch.isfinite(res.basis).all()
+
+
+def test_zero_operator_breaks_down_at_first_step():
+    res = lanczos(torch.zeros(5, 5, dtype=torch.float64), steps=4, seed=0)
+    assert res.breakdown and res.steps == 1 and res.alphas.item() == 0.0
+
+
+def test_block_matches_single_runs(spectrum):
+    A = matrix_with_spectrum(spectrum)
+    starts = random_start(A.shape[0], num=3, generator=torch.Generator().manual_seed(9))
+    block = lanczos_block(A, 15, starts)
+    for i, res in enumerate(block):
+        single = lanczos(A, 15, start=starts[i])
+        torch.testing.assert_close(res.alphas, single.alphas, rtol=0, atol=1e-12)
+        torch.testing.assert_close(res.betas, single.betas, rtol=0, atol=1e-12)
+
+
+def test_block_handles_one_draw_breaking_down():
+    A = torch.diag(torch.tensor([1.0, 1.0, 2.0, 2.0, 3.0, 4.0], dtype=torch.float64))
+    e = torch.zeros(6, dtype=torch.float64)
+    e[0] = 1.0  # an eigenvector: breakdown after one step
+    starts = torch.stack([e, torch.ones(6, dtype=torch.float64)])
+    a, b = lanczos_block(A, 5, starts)
+    assert a.breakdown and a.steps == 1 and a.alphas.item() == pytest.approx(1.0)
+    assert b.breakdown and b.steps == 4
+    np.testing.assert_allclose(b.quadrature()[0], [1, 2, 3, 4], atol=1e-12)
+
+
+def test_seed_and_generator_are_reproducible(spectrum):
+    A = matrix_with_spectrum(spectrum)
+    r1 = lanczos(A, 10, seed=11)
+    r2 = lanczos(A, 10, generator=torch.Generator().manual_seed(11))
+    torch.testing.assert_close(r1.alphas, r2.alphas, rtol=0, atol=0)
+    assert not torch.equal(r1.alphas, lanczos(A, 10, seed=12).alphas)
+
+
+def test_float32_recurrence(spectrum):
+    A = matrix_with_spectrum(spectrum)
+    res = lanczos(A, A.shape[0], seed=0, dtype=torch.float32)
+    assert res.alphas.dtype == torch.float32
+    ritz = torch.linalg.eigvalsh(res.tridiagonal.double())
+    torch.testing.assert_close(ritz, torch.sort(spectrum).values, rtol=0, atol=1e-3)
+
+
+def test_lanczos_alg_keeps_the_original_signature(spectrum):
+    A = matrix_with_spectrum(spectrum)
+    n = A.shape[0]
+    tridiag, vecs = lanczos_alg(lambda v: A @ v, n, 12, 0)
+    assert tridiag.shape == (12, 12) and vecs.shape == (12, n)
+    torch.testing.assert_close(vecs @ A @ vecs.T, tridiag, rtol=0, atol=1e-10)
+    # the same seed gives the same tridiagonal; Gaussian start as the original
+    torch.testing.assert_close(lanczos_alg(lambda v: A @ v, n, 12, 0)[0], tridiag)
+    start = random_start(n, kind="gaussian", generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(lanczos(A, 12, start=start).tridiagonal, tridiag)
+
+
+def test_gauss_quadrature_single_step():
+    nodes, weights = gauss_quadrature(torch.tensor([2.5]), torch.tensor([]))
+    assert nodes.tolist() == [2.5] and weights.tolist() == [1.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"steps": 0}, "steps must be a positive int, got 0"),
+        ({"steps": 2.5}, "steps must be a positive int"),
+        ({"steps": 61}, "steps must be at most the dimension n=60"),
+        ({"steps": 5, "start": "uniform"}, "start must be one of"),
+        ({"steps": 5, "start": torch.ones(3)}, r"start must have shape \(60,\)"),
+        ({"steps": 5, "start": torch.zeros(60)}, "finite and non-zero"),
+    ],
+)
+def test_bad_arguments(spectrum, kwargs, match):
+    A = matrix_with_spectrum(spectrum)
+    with pytest.raises(ValueError, match=match):
+        lanczos(A, **kwargs)
+
+
+def test_non_square_and_non_operator():
+    with pytest.raises(ValueError, match="must be square"):
+        lanczos(torch.ones(3, 4), 2)
+    with pytest.raises(TypeError, match="lacks shape, dtype, matvec"):
+        lanczos(object(), 2)
+
+
+def test_nan_product_is_an_error():
+    A = torch.eye(4, dtype=torch.float64)
+    A[1, 1] = float("nan")
+    with pytest.raises(FloatingPointError, match="NaN or inf at Lanczos step 1"):
+        lanczos(A, 3, seed=0)
+
+
+def test_symmetry_probe(spectrum):
+    A = matrix_with_spectrum(spectrum)
+    assert check_symmetric(A) < 1e-14
+    B = A.clone()
+    B[0, 1] += 1.0
+    with pytest.raises(ValueError, match="not symmetric"):
+        check_symmetric(B)
+
+
+def test_matrix_operator_checks_shapes():
+    op = MatrixOperator(torch.eye(3))
+    with pytest.raises(ValueError, match=r"v must have shape \(3,\), got \(4,\)"):
+        op.matvec(torch.ones(4))
+    with pytest.raises(ValueError, match=r"V must have shape \(3, k\)"):
+        op.matmat(torch.ones(4, 2))
+
+
+def test_hutchinson_exact_on_diagonal_and_unbiased(spectrum):
+    D = torch.diag(spectrum)
+    est = hutchinson_trace(D, probes=4, seed=0)
+    assert est.value == pytest.approx(float(spectrum.sum()), rel=1e-13)
+    A = matrix_with_spectrum(spectrum)
+    est = hutchinson_trace(A, probes=4000, seed=1, probes_per_pass=500)
+    # 5 standard errors: fails with probability below 1e-6 for a correct estimator
+    assert abs(est.value - float(spectrum.sum())) < 5 * est.stderr
+    with pytest.raises(ValueError, match="distribution must be"):
+        hutchinson_trace(A, distribution="cauchy")
