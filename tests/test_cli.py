@@ -1,0 +1,160 @@
+"""The command line as a user runs it: real processes, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import spectorch
+
+ENTRY = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    def problem():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).eval()
+        X = torch.randn(40, 4)
+        y = torch.randint(0, 3, (40,))
+        return model, nn.CrossEntropyLoss(), [(X[:25], y[:25]), (X[25:], y[25:])]
+
+    def nan_problem():
+        model, loss, data = problem()
+        X, y = data[0]
+        X = X.clone()
+        X[0, 0] = float("nan")
+        return model, loss, [(X, y)]
+
+    def train_mode_problem():
+        model = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.5), nn.Linear(6, 3)).train()
+        return model, nn.CrossEntropyLoss(), [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+
+    not_callable = 3
+    """
+)
+
+
+def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run(
+        [sys.executable, "-m", "spectorch.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def entry(tmp_path):
+    path = tmp_path / "problem.py"
+    path.write_text(ENTRY)
+    return path
+
+
+def test_version_and_help():
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"spectorch {spectorch.__version__}"
+    r = run("--help")
+    assert r.returncode == 0 and "density" in r.stdout and "tour" in r.stdout
+    r = run("density", "--help")
+    assert r.returncode == 0 and "--operator {fisher,ggn,hessian}" in r.stdout
+
+
+def test_density_writes_the_originals_files_and_resumes(tmp_path, entry):
+    out = tmp_path / "run"
+    args = (
+        "density",
+        f"{entry}:problem",
+        "--steps",
+        "20",
+        "--draws",
+        "3",
+        "--out",
+        str(out),
+        "--quiet",
+        "--operator",
+        "ggn",
+    )
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        [f"tridiag_{k}.npy" for k in range(3)]
+        + [f"lanczos_vec_{k}.npy" for k in range(3)]
+        + ["manifest.json", "summary.json", "density.png"]
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["operator"]["operator"] == "ggn" and manifest["dim"] == 51
+    assert manifest["entry"] == f"{entry}:problem"
+    T = np.load(out / "tridiag_0.npy")
+    assert T.shape == (20, 20) and np.allclose(T, T.T)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bottom_eigenvalue"] > -1e-6  # the GGN is positive semi-definite
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("tridiag_*.npy")}
+    r = run(*args)  # everything is done: nothing is recomputed
+    assert r.returncode == 0
+    assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("tridiag_*.npy")}
+
+
+@pytest.mark.parametrize(
+    ("entry_spec", "extra", "message"),
+    [
+        ("{entry}", (), "ENTRY must look like MODULE:FUNCTION"),
+        ("no_such_module_xyz:f", (), "cannot import module 'no_such_module_xyz'"),
+        ("{entry}:missing", (), "has no function 'missing'"),
+        ("{entry}:not_callable", (), "is not callable"),
+        ("{dir}/nope.py:f", (), "does not exist"),
+        ("{entry}:nan_problem", ("--no-vectors",), "NaN or inf"),
+        ("{entry}:train_mode_problem", (), "train mode with Dropout"),
+        ("{entry}:problem", ("--steps", "1000"), "exceeds the number of parameters 51"),
+        ("{entry}:problem", ("--device", "cuda"), "CUDA is not available"),
+    ],
+)
+def test_user_errors_are_one_line_and_leave_nothing(tmp_path, entry, entry_spec, extra, message):
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    out = tmp_path / "out"
+    spec = entry_spec.format(entry=entry, dir=tmp_path)
+    r = run("density", spec, "--out", str(out), "--quiet", "--steps", "10", *extra)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_argparse_rejects_unknown_operator_and_bad_numbers(entry):
+    r = run("density", f"{entry}:problem", "--operator", "hesian")
+    assert r.returncode == 2 and "invalid choice: 'hesian'" in r.stderr
+    r = run("density", f"{entry}:problem", "--steps", "0")
+    assert r.returncode == 2 and "expected a positive int, got 0" in r.stderr
+
+
+def test_out_that_is_a_file(tmp_path, entry):
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = run("density", f"{entry}:problem", "--out", str(f))
+    assert r.returncode == 2 and "is a file, expected a directory" in r.stderr
+
+
+def test_tour(tmp_path):
+    r = run("tour", "--out", "tour", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "tour"
+    assert "figures and summary in" in r.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    for name, rep in summary["curvature_spectra"]["operators"].items():
+        assert rep["top_eigenvalue_rel_error"] < 1e-6, name
+        assert rep["wasserstein1_over_range"] < 0.01, name
+        assert (out / "curvature" / f"density_{name}.png").stat().st_size > 10_000
+    assert summary["curvature_spectra"]["train"]["test_accuracy"] > 0.9
+    assert summary["seconds"] < 60

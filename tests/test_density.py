@@ -1,0 +1,245 @@
+"""Densities: the original's conventions, moments, traces, resumable runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import matrix_with_spectrum
+
+from spectorch.density import (
+    SpectralDensity,
+    eigv_to_density,
+    load_density,
+    spectral_density,
+    tridiag_to_density,
+    tridiag_to_eigv,
+)
+from spectorch.linalg import lanczos
+
+
+def _spectrum(n: int = 300) -> torch.Tensor:
+    # a bulk near zero and three outliers, like a trained network's Hessian
+    bulk = torch.linspace(-0.5, 1.0, n - 3, dtype=torch.float64) ** 3
+    return torch.cat([bulk, torch.tensor([8.0, 20.0, 45.0], dtype=torch.float64)])
+
+
+class Counting:
+    """An operator that counts products and can fail at a chosen one."""
+
+    def __init__(self, A: torch.Tensor, fail_at: int | None = None) -> None:
+        self.A, self.fail_at, self.calls = A, fail_at, 0
+        self.shape, self.dtype = tuple(A.shape), A.dtype
+
+    def matvec(self, v):
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise KeyboardInterrupt
+        return self.A @ v
+
+
+def test_tridiag_to_eigv_matches_eigh():
+    A = matrix_with_spectrum(_spectrum(50))
+    Ts = [lanczos(A, 10, seed=s).tridiagonal.numpy() for s in range(3)]
+    eig_vals, weights = tridiag_to_eigv(Ts)
+    assert eig_vals.shape == (3, 10) and weights.shape == (3, 10)
+    for T, x, w in zip(Ts, eig_vals, weights, strict=True):
+        vals, vecs = np.linalg.eigh(T)
+        np.testing.assert_allclose(x, vals, atol=1e-12)
+        np.testing.assert_allclose(w, vecs[0] ** 2, atol=1e-12)
+
+
+def test_original_density_formula():
+    # one draw, two nodes: the original's Gaussian kernel with variance
+    # sigma_squared · max(1, range), normalised on its grid
+    eig_vals = np.array([[0.0, 4.0]])
+    weights = np.array([[0.25, 0.75]])
+    density, grids = eigv_to_density(eig_vals, weights, grid_len=2001, sigma_squared=0.01)
+    assert grids[0] == pytest.approx(-0.01) and grids[-1] == pytest.approx(4.01)
+    var = 0.01 * 4.02
+    raw = 0.25 * np.exp(-(grids**2) / (2 * var)) + 0.75 * np.exp(-((grids - 4) ** 2) / (2 * var))
+    raw /= math.sqrt(2 * math.pi * var)
+    raw /= raw.sum() * (grids[1] - grids[0])
+    np.testing.assert_allclose(density, raw, rtol=1e-12)
+    assert density.sum() * (grids[1] - grids[0]) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_tridiag_to_density_defaults():
+    A = matrix_with_spectrum(_spectrum(80))
+    T = lanczos(A, 20, seed=0).tridiagonal
+    density, grids = tridiag_to_density([T])
+    assert density.shape == grids.shape == (10000,)
+    # normalised as the original does: a Riemann sum on the grid
+    assert density.sum() * (grids[1] - grids[0]) == pytest.approx(1.0, abs=1e-12)
+    assert grids[0] == pytest.approx(T.diagonal().min().item() - 1, abs=1)  # spans the nodes
+
+
+def test_spacing_width_is_scale_free():
+    A = matrix_with_spectrum(_spectrum(100))
+    d1 = spectral_density(A, steps=30, draws=3, progress=False)
+    d2 = spectral_density(7.0 * A, steps=30, draws=3, progress=False)
+    g1, p1 = d1.evaluate()
+    g2, p2 = d2.evaluate()
+    np.testing.assert_allclose(g2, 7.0 * g1, rtol=1e-10)
+    np.testing.assert_allclose(p2, p1 / 7.0, rtol=1e-8)
+    lo, hi = d1.bounds()
+    assert d1.sigma(kappa=3.0) == pytest.approx((hi - lo) / 29 / math.sqrt(8 * math.log(3.0)))
+    assert np.trapezoid(p1, g1) == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(ValueError, match="width must be one of"):
+        d1.evaluate(width="silverman")
+    with pytest.raises(ValueError, match="kappa must be greater than 1"):
+        d1.sigma(kappa=1.0)
+
+
+def test_moments_top_eigenvalues_and_cdf():
+    ev = _spectrum()
+    A = matrix_with_spectrum(ev)
+    dens = spectral_density(A, steps=60, draws=8, seed=1, progress=False)
+    n = ev.numel()
+    # top eigenvalues: isolated, converged to round-off
+    np.testing.assert_allclose(dens.top_eigenvalues(3), [45.0, 20.0, 8.0], rtol=1e-12)
+    np.testing.assert_allclose(dens.outliers(), [45.0, 20.0, 8.0], rtol=1e-12)
+    assert dens.bottom_eigenvalues(1)[0] == pytest.approx(-0.125, abs=1e-6)
+    # moments: unbiased, within 5 standard errors of tr(Aᵐ)/n
+    per_draw = np.array(
+        [[np.sum(w * x**m) for m in (1, 2)] for x, w in zip(dens.nodes, dens.weights, strict=True)]
+    )
+    se = per_draw.std(axis=0, ddof=1) / math.sqrt(dens.draws)
+    exact = np.array([float(ev.sum()) / n, float((ev**2).sum()) / n])
+    assert np.all(np.abs(dens.moments([1, 2]) - exact) < 5 * se)
+    assert dens.cdf(ev.max().item() + 1) == pytest.approx(1.0)
+    assert dens.cdf(ev.min().item() - 1) == 0.0
+    assert dens.wasserstein(ev) < 0.01 * float(ev.max() - ev.min())
+
+
+def test_deflated_trace_beats_hutchinson():
+    ev = _spectrum()
+    A = matrix_with_spectrum(ev)
+    dens = spectral_density(A, steps=40, draws=10, seed=2, progress=False)
+    exact = float(ev.sum())
+    deflated, plain = dens.trace("deflated"), dens.trace("quadrature")
+    assert deflated.samples == 9 and plain.samples == 10
+    assert abs(deflated.value - exact) < 5 * deflated.stderr + 1e-9
+    # the bulk of this spectrum is wide, so deflating the outliers gains "only" 4x here;
+    # on the digits Hessian it is 40x (see test_digits_slq.py)
+    assert deflated.stderr < plain.stderr / 4
+    assert dens.trace().value == deflated.value
+    with pytest.raises(ValueError, match="method must be"):
+        dens.trace("exact")
+
+
+def test_deflated_trace_is_exact_when_krylov_space_holds_the_range():
+    # rank-5 A: a generic Krylov space of 6+ steps contains A's whole range, so
+    # (I - P) A (I - P) = 0 and every deflated sample is tr(A) exactly.
+    g = torch.Generator().manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(40, 5, generator=g, dtype=torch.float64))
+    A = U @ torch.diag(torch.tensor([1.0, 2.0, 3.0, 5.0, 8.0], dtype=torch.float64)) @ U.T
+    dens = spectral_density(A, steps=10, draws=3, progress=False)
+    assert dens.trace().samples == 2
+    np.testing.assert_allclose(dens.trace_samples, [19.0, 19.0], rtol=1e-12)
+
+
+def test_density_from_a_single_draw_has_no_deflated_trace():
+    A = matrix_with_spectrum(_spectrum(40))
+    dens = spectral_density(A, steps=10, draws=1, progress=False)
+    assert dens.trace().samples == 1
+    with pytest.raises(ValueError, match="need at least two draws"):
+        dens.trace("deflated")
+
+
+def test_probes_per_pass_gives_the_same_draws():
+    A = matrix_with_spectrum(_spectrum(60))
+    a = spectral_density(A, steps=15, draws=5, seed=3, progress=False)
+    b = spectral_density(A, steps=15, draws=5, seed=3, probes_per_pass=2, progress=False)
+    for x, y in zip(a.nodes, b.nodes, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-12)
+    assert a.trace().value == pytest.approx(b.trace().value, rel=1e-12)
+
+
+def test_outputs_are_the_originals_files(tmp_path):
+    A = matrix_with_spectrum(_spectrum(60))
+    dens = spectral_density(A, steps=12, draws=3, seed=4, out=tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for k in range(3):
+        T = np.load(run / f"tridiag_{k}.npy")
+        V = np.load(run / f"lanczos_vec_{k}.npy")
+        assert T.shape == (12, 12) and V.shape == (12, 60)
+        np.testing.assert_allclose(V @ A.numpy() @ V.T, T, atol=1e-10)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["finished_draws"] == [0, 1, 2]
+    assert manifest["steps"] == 12 and manifest["seed"] == 4 and manifest["dtype"] == "float64"
+    assert set(manifest["versions"]) >= {"spectorch", "torch", "numpy", "python"}
+    assert not list(run.glob("*.tmp"))
+    loaded = load_density(run)
+    np.testing.assert_allclose(loaded.moments([1, 2]), dens.moments([1, 2]), rtol=1e-12)
+    assert loaded.trace().value == pytest.approx(dens.trace().value, rel=1e-12)
+
+
+def test_interrupted_run_resumes_from_last_finished_draw(tmp_path):
+    A = matrix_with_spectrum(_spectrum(60))
+    steps, draws = 10, 4
+    full = spectral_density(A, steps=steps, draws=draws, seed=5, progress=False)
+    # die in the middle of draw 2 (products 1-2 are the symmetry probe)
+    op = Counting(A, fail_at=2 + 2 * steps + 5)
+    with pytest.raises(KeyboardInterrupt):
+        spectral_density(op, steps=steps, draws=draws, seed=5, out=tmp_path, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["finished_draws"] == [0, 1]
+    assert not (tmp_path / "tridiag_2.npy").exists() and not list(tmp_path.glob(".*tmp"))
+    op = Counting(A)
+    resumed = spectral_density(op, steps=steps, draws=draws, seed=5, out=tmp_path, progress=False)
+    assert op.calls == 2 + 2 * steps  # only draws 2 and 3 were computed again
+    for x, y in zip(full.nodes, resumed.nodes, strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-13)
+    assert resumed.trace().value == pytest.approx(full.trace().value, rel=1e-12)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    A = matrix_with_spectrum(_spectrum(30))
+    spectral_density(A, steps=5, draws=1, seed=0, out=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other settings .*steps: 5 there, 6 now"):
+        spectral_density(A, steps=6, draws=1, seed=0, out=tmp_path, progress=False)
+
+
+def test_failure_before_any_draw_leaves_nothing(tmp_path):
+    A = matrix_with_spectrum(_spectrum(30))
+    B = A.clone()
+    B[0, 3] += 1.0
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="not symmetric"):
+        spectral_density(B, steps=5, out=out, progress=False)
+    assert not out.exists()
+    C = A.clone()
+    C[2, 2] = float("nan")
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        spectral_density(C, steps=5, out=out, progress=False, check_symmetry=False)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"steps": 0}, "steps must be a positive int, got 0"),
+        ({"steps": 31}, "at most the operator's dimension 30"),
+        ({"draws": -1}, "draws must be a positive int"),
+        ({"seed": -3}, "seed must be a non-negative int"),
+        ({"start": "sobol"}, "start must be 'rademacher' or 'gaussian'"),
+        ({"dtype": "float16"}, "dtype must be one of"),
+        ({"probes_per_pass": 0}, "probes_per_pass must be a positive int"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    A = matrix_with_spectrum(_spectrum(30))
+    with pytest.raises(ValueError, match=match):
+        spectral_density(A, **{"steps": 5, "progress": False, **kwargs})
+
+
+def test_spectral_density_object_checks():
+    with pytest.raises(ValueError, match="non-empty lists"):
+        SpectralDensity([], [], 3)
+    dens = SpectralDensity([np.array([1.0, 2.0])], [np.array([0.5, 0.5])], 2)
+    with pytest.raises(ValueError, match=r"k must be an int in \[1, 2\]"):
+        dens.top_eigenvalues(3)
