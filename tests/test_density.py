@@ -200,7 +200,7 @@ def test_interrupted_run_resumes_from_last_finished_draw(tmp_path):
 def test_resume_with_other_settings_is_refused(tmp_path):
     A = matrix_with_spectrum(_spectrum(30))
     spectral_density(A, steps=5, draws=1, seed=0, out=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="other settings .*steps: 5 there, 6 now"):
+    with pytest.raises(ValueError, match=r"other settings .*steps: 5 there, 6 now"):
         spectral_density(A, steps=6, draws=1, seed=0, out=tmp_path, progress=False)
 
 
