@@ -64,13 +64,22 @@ def _assert_close(actual, expected):
     assert (actual - expected).abs().max() <= RTOL * scale
 
 
-@pytest.mark.parametrize("kind", sorted(DENSE))
+KINDS = [
+    ("hessian", "reverse"),
+    ("hessian", "forward"),
+    ("ggn", "reverse"),
+    ("ggn", "forward"),
+    ("fisher", None),
+]
+
+
+@pytest.mark.parametrize(("kind", "hvp"), KINDS)
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 @pytest.mark.parametrize("loss_name", sorted(LOSSES))
-def test_products_equal_dense_matrix(kind, model_name, loss_name):
+def test_products_equal_dense_matrix(kind, hvp, model_name, loss_name):
     model, loss, X, y, data = _problem(model_name, loss_name)
     expected = DENSE[kind](model, loss, X, y)
-    op = make_operator(kind, model, loss, data)
+    op = make_operator(kind, model, loss, data, **({"hvp": hvp} if hvp else {}))
     assert op.shape == expected.shape and op.dtype == torch.float64
     _assert_close(op.to_dense(chunk=7), expected)  # matmat, vmap over probes
     v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -86,6 +95,21 @@ def test_ggn_equals_hessian_for_linear_model_with_mse():
     H = HessianOperator(model, nn.MSELoss(), data).to_dense()
     G = GGNOperator(model, nn.MSELoss(), data).to_dense()
     _assert_close(G, H)
+
+
+def test_parameter_without_curvature_gets_zero_rows():
+    # an unused parameter has no gradient at all: zero rows and columns, no error
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2)).double()
+    model.register_parameter("unused", nn.Parameter(torch.ones(2, dtype=torch.float64)))
+    X = torch.randn(6, 3, dtype=torch.float64)
+    data = [(X, torch.randn(6, 2, dtype=torch.float64))]
+    for hvp in ("reverse", "forward"):
+        dense = HessianOperator(model, nn.MSELoss(), data, hvp=hvp).to_dense()
+        assert dense.shape == (10, 10)  # "unused" comes first in named_parameters()
+        assert torch.all(dense[:2] == 0) and torch.all(dense[:, :2] == 0)
+        used = HessianOperator(model, nn.MSELoss(), data, params=["0.weight", "0.bias"])
+        _assert_close(dense[2:, 2:], used.to_dense())
 
 
 def test_sum_reduction_scales_by_dataset_size():
@@ -168,6 +192,8 @@ def test_bad_arguments():
         make_operator("hesian", mlp(), nn.CrossEntropyLoss(), data)
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         HessianOperator(lambda x: x, nn.CrossEntropyLoss(), data)
+    with pytest.raises(ValueError, match=r"hvp must be one of \['forward', 'reverse'\]"):
+        HessianOperator(mlp(), nn.CrossEntropyLoss(), data, hvp="backward")
     with pytest.raises(ValueError, match="reduction must be one of"):
         HessianOperator(mlp(), torch.nn.functional.cross_entropy, data, reduction="none")
     with pytest.raises(ValueError, match="contradicts the loss's own reduction"):
