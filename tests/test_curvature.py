@@ -233,3 +233,20 @@ def test_scipy_view_and_describe():
         op.to_scipy() @ x, expected, rtol=0, atol=1e-12 * abs(expected).max()
     )
     assert op.describe()["operator"] == "ggn" and op.describe()["parameters"] == op.shape[0]
+
+
+def test_cached_graphs_give_the_same_products_and_follow_the_model():
+    model, loss, X, y, data = _problem("cnn", "ce")
+    op = HessianOperator(model, loss, data, cache_graphs=True)
+    expected = _dense_hessian(model, loss, X, y)
+    v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for _ in range(2):  # the second product reuses the graphs
+        _assert_close(op.matvec(v), expected @ v)
+    assert len(op._graphs) == len(data)
+    _assert_close(op.to_dense(chunk=5), expected)
+    with torch.no_grad():  # an optimiser step: the cache must not serve stale graphs
+        for p in model.parameters():
+            p.mul_(1.5)
+    _assert_close(op.matvec(v), _dense_hessian(model, loss, X, y) @ v)
+    with pytest.raises(ValueError, match="cache_graphs=True needs hvp='reverse'"):
+        HessianOperator(model, loss, data, cache_graphs=True, hvp="forward")
