@@ -110,6 +110,7 @@ def main() -> None:
         "spectorch-cached (gradient graphs kept between products), curvlinops, pyhessian",
     )
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory pass")
     parser.add_argument("--memory-pass", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -201,7 +202,9 @@ def main() -> None:
         lib["lanczos"]()
         _sync(device)
         results[name]["step_s"] = (time.perf_counter() - t0) / args.steps
-    if device.type == "cuda":
+    if args.no_memory:
+        memory = {name: {"hvp_mem": float("nan"), "step_mem": float("nan")} for name in libs}
+    elif device.type == "cuda":
         memory = _memory(libs, device)
     else:
         # On the CPU the peak is read off the resident set, in a second run of this

@@ -250,3 +250,14 @@ def test_cached_graphs_give_the_same_products_and_follow_the_model():
     _assert_close(op.matvec(v), _dense_hessian(model, loss, X, y) @ v)
     with pytest.raises(ValueError, match="cache_graphs=True needs hvp='reverse'"):
         HessianOperator(model, loss, data, cache_graphs=True, hvp="forward")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", sorted(OPERATORS))
+def test_cuda_products_equal_cpu(kind):
+    model, loss, X, y, data = _problem("cnn", "ce")
+    expected = DENSE[kind](model, loss, X, y)
+    cuda_data = [(a.cuda(), b.cuda()) for a, b in data]
+    op = make_operator(kind, model.cuda(), loss, cuda_data)
+    _assert_close(op.to_dense().cpu(), expected)
