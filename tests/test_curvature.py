@@ -261,3 +261,39 @@ def test_cuda_products_equal_cpu(kind):
     cuda_data = [(a.cuda(), b.cuda()) for a, b in data]
     op = make_operator(kind, model.cuda(), loss, cuda_data)
     _assert_close(op.to_dense().cpu(), expected)
+
+
+class _CountingData(list):
+    """A list of batches that counts how often it is read."""
+
+    reads = 0
+
+    def __iter__(self):
+        type(self).reads += 1
+        return super().__iter__()
+
+
+def test_auto_cache_reads_the_data_once_and_respects_its_budget():
+    model, loss, X, y, data = _problem("mlp", "ce")
+    expected = _dense_hessian(model, loss, X, y)
+    v = torch.randn(
+        expected.shape[0], generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    counted = _CountingData(data)
+    op = HessianOperator(model, loss, counted)  # cache_graphs="auto" by default
+    before = _CountingData.reads
+    for _ in range(3):
+        _assert_close(op.matvec(v), expected @ v)
+    assert op.caching and _CountingData.reads == before + 1  # later products skip the data
+    assert op._cache_bytes > 0
+
+    tight = HessianOperator(model, loss, data)
+    tight._budget = 1  # no graph fits: "auto" gives up and computes afresh
+    _assert_close(tight.matvec(v), expected @ v)
+    assert not tight.caching and not tight._graphs
+    _assert_close(tight.matvec(v), expected @ v)
+    off = HessianOperator(model, loss, data, cache_graphs=False)
+    _assert_close(off.matvec(v), expected @ v)
+    assert not off._graphs
+    with pytest.raises(ValueError, match="cache_graphs must be True, False or 'auto'"):
+        HessianOperator(model, loss, data, cache_graphs="yes")
