@@ -140,9 +140,10 @@ def main() -> None:
 
     libs: dict[str, dict[str, Callable[[], Any]]] = {}
     for name in peers:
-        if name in ("spectorch", "spectorch-forward", "spectorch-cached"):
+        if name in ("spectorch", "spectorch-forward", "spectorch-nocache"):
             mode = "forward" if name.endswith("forward") else "reverse"
-            op = HessianOperator(model, loss, data, hvp=mode, cache_graphs=name.endswith("cached"))
+            cache = False if name.endswith("nocache") else "auto"
+            op = HessianOperator(model, loss, data, hvp=mode, cache_graphs=cache)
             libs[name] = {
                 "hvp": lambda op=op: op.matvec(v64),
                 "lanczos": lambda op=op: lanczos(op, args.steps, seed=0),
