@@ -150,10 +150,9 @@ def _cmd_tour(args: argparse.Namespace) -> int:
     from spectorch._tour import run_tour
 
     out = Path(args.out)
-    summary = run_tour(out, progress=not args.quiet)
+    run_tour(out, progress=not args.quiet)
     print((out / "summary.txt").read_text(), end="")
     print(f"figures and summary in {out.resolve()}/")
-    del summary
     return 0
 
 
