@@ -391,8 +391,9 @@ class HessianOperator(_SecondOrderOperator):
     ``H v = ∂/∂ε ∇L(θ + ε v)``. With ``hvp="forward"`` this is one ``torch.func.jvp``
     of ``torch.func.grad`` (forward-over-reverse) and ``matmat`` vmaps it over the
     probes; with ``hvp="reverse"`` the graph of ``∇L`` is built once per batch and
-    differentiated once per probe. Either costs about two to three backward passes
-    per probe and keeps no graph between products. Losses whose double-backward has
+    differentiated once per probe, and (``cache_graphs``) kept for later products.
+    Without a kept graph either costs about two to three backward passes per probe.
+    Losses whose double-backward has
     no forward-mode rule in PyTorch (``mse_loss``) switch to ``"reverse"`` by
     themselves.
 
