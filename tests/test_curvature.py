@@ -297,3 +297,18 @@ def test_auto_cache_reads_the_data_once_and_respects_its_budget():
     assert not off._graphs
     with pytest.raises(ValueError, match="cache_graphs must be True, False or 'auto'"):
         HessianOperator(model, loss, data, cache_graphs="yes")
+
+
+def test_kept_graphs_follow_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2))
+    model = model.double().eval()
+    X = torch.randn(10, 3, dtype=torch.float64)
+    y = torch.randint(0, 2, (10,))
+    op = HessianOperator(model, nn.CrossEntropyLoss(), [(X, y)], cache_graphs=True)
+    v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    op.matvec(v)
+    with torch.no_grad():  # new running statistics, parameters untouched
+        model[1].running_mean.add_(0.5)
+        model[1].running_var.mul_(2.0)
+    _assert_close(op.matvec(v), _dense_hessian(model, nn.CrossEntropyLoss(), X, y) @ v)

@@ -246,7 +246,7 @@ class CurvatureOperator:
             inputs, targets = _to_device(inputs, self._device), _to_device(targets, self._device)
             yield index, inputs, targets, _batch_size(inputs, targets)
 
-    def _weight(self, inputs: Any, targets: Any) -> float:
+    def _weight(self) -> float:
         """A batch-mean product times the batch size sums to the dataset total."""
         return float(self._size) if self.reduction == "mean" else 1.0
 
@@ -352,9 +352,9 @@ class _SecondOrderOperator(CurvatureOperator):
             batch and differentiated again per probe; ``"forward"``:
             forward-over-reverse with ``torch.func`` (``jvp`` of ``grad``, vmapped
             over probes). Both are exact; on a CIFAR ResNet on the CPU ``"reverse"``
-            was 1.3x faster per product and 2.6x faster for three probes at once
-            (docs/benchmarks.md). A loss without a forward-mode rule for its
-            double-backward in PyTorch (``mse_loss``) switches to ``"reverse"``.
+            was about 1.5x faster per product and 1.8x leaner (docs/benchmarks.md).
+            A loss without a forward-mode rule for its double-backward in PyTorch
+            (``mse_loss``) switches to ``"reverse"``.
         **kwargs: as :class:`CurvatureOperator`.
     """
 
@@ -368,21 +368,19 @@ class _SecondOrderOperator(CurvatureOperator):
         raise NotImplementedError
 
     def _batch_products_single(self, params, inputs, targets, tangent):
-        return self._retry(lambda: self._hvp(params, inputs, targets)(*tangent), inputs, targets)
+        return self._retry(lambda: self._hvp(params, inputs, targets)(*tangent))
 
     def _batch_products(self, params, inputs, targets, tangents):
-        return self._retry(
-            lambda: vmap(self._hvp(params, inputs, targets))(*tangents), inputs, targets
-        )
+        return self._retry(lambda: vmap(self._hvp(params, inputs, targets))(*tangents))
 
-    def _retry(self, compute: Callable, inputs: Any, targets: Any):
+    def _retry(self, compute: Callable):
         try:
-            return compute(), self._weight(inputs, targets)
+            return compute(), self._weight()
         except RuntimeError as exc:
             if self._reverse or not _needs_reverse(exc):
                 raise
             self._reverse = True
-            return compute(), self._weight(inputs, targets)
+            return compute(), self._weight()
 
 
 class HessianOperator(_SecondOrderOperator):
@@ -400,12 +398,12 @@ class HessianOperator(_SecondOrderOperator):
     Args:
         cache_graphs: keep each batch's gradient graph between products
             (``hvp="reverse"`` only), so that every later product is a single second
-            backward pass (about 1.6x faster on a CIFAR ResNet) and the data is not
+            backward pass (2x faster per Lanczos step on a CIFAR ResNet) and the data is not
             read again. ``"auto"`` (the default) keeps them while they fit in a
             quarter of the memory available at construction, measured from the
             tensors the graphs save, and gives up for good otherwise; ``True`` keeps
             them whatever the size; ``False`` never. The cached batches are those of
-            the first pass; an in-place change of a parameter drops the cache.
+            the first pass; an in-place change of a parameter or buffer drops the cache.
         **kwargs: as :class:`CurvatureOperator` and ``hvp``.
 
     Example:
@@ -443,8 +441,10 @@ class HessianOperator(_SecondOrderOperator):
 
     def _product(self, V: torch.Tensor, *, batched: bool) -> torch.Tensor:
         if self.caching:
-            # any in-place change of a parameter (an optimiser step) bumps its version
-            key = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+            # any in-place change of a parameter (an optimiser step) or of a buffer
+            # (BatchNorm statistics) bumps its version and drops the kept graphs
+            tensors = [*self.model.parameters(), *self.model.buffers()]
+            key = tuple((t.data_ptr(), t._version) for t in tensors)
             if key != self._graph_key:
                 self._drop_cache()
                 self._graph_key = key
@@ -480,14 +480,12 @@ class HessianOperator(_SecondOrderOperator):
         if not self._reverse:
             return super()._batch_products_single(params, inputs, targets, tangent)
         prods = self._double_backward(params, inputs, targets, tuple(t[None] for t in tangent))
-        return tuple(p[0] for p in prods), self._weight(inputs, targets)
+        return tuple(p[0] for p in prods), self._weight()
 
     def _batch_products(self, params, inputs, targets, tangents):
         if not self._reverse:
             return super()._batch_products(params, inputs, targets, tangents)
-        return self._double_backward(params, inputs, targets, tangents), self._weight(
-            inputs, targets
-        )
+        return self._double_backward(params, inputs, targets, tangents), self._weight()
 
     def _double_backward(self, params, inputs, targets, tangents):
         """Reverse-over-reverse with plain autograd: the graph of ``∇L`` is built once
