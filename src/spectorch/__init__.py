@@ -15,6 +15,7 @@ from spectorch.curvature import (
 )
 from spectorch.density import (
     SpectralDensity,
+    combine_densities,
     eigv_to_density,
     lanczos_alg,
     load_density,
@@ -39,6 +40,7 @@ __all__ = [
     "lanczos",
     # densities
     "SpectralDensity",
+    "combine_densities",
     "load_density",
     "spectral_density",
     # google/spectral-density's names

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from spectorch._version import __version__
+from spectorch.distributed import DistributedError
 
 __all__ = ["load_entry", "main"]
 
@@ -37,6 +38,18 @@ def _int_at_least(lowest: int, what: str):
 
 
 _positive_int = _int_at_least(1, "positive")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
 _nonnegative_int = _int_at_least(0, "non-negative")
 
 
@@ -74,16 +87,26 @@ def load_entry(spec: str) -> Any:
     return func
 
 
-def _problem(entry: str) -> tuple[Any, Any, Any]:
-    result = load_entry(entry)()
+def _problem(entry: str, rank: int = 0, world_size: int = 1) -> tuple[Any, Any, Any, bool]:
+    """Call ENTRY; returns (model, loss, data, sharded): an ENTRY that takes ``rank`` and
+    ``world_size`` shards its data itself."""
+    import inspect
+
+    func = load_entry(entry)
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        params = {}
+    sharded = world_size > 1 and {"rank", "world_size"} <= set(params)
+    result = func(rank=rank, world_size=world_size) if sharded else func()
     if isinstance(result, dict):
         missing = [k for k in ("model", "loss", "data") if k not in result]
         if missing:
             raise CLIError(f"{entry} returned a dict without {missing}")
-        return result["model"], result["loss"], result["data"]
+        return result["model"], result["loss"], result["data"], sharded
     if not isinstance(result, (tuple, list)) or len(result) != 3:
         raise CLIError(f"{entry} must return (model, loss, data), got {type(result).__name__}")
-    return tuple(result)
+    return (*result, sharded)
 
 
 def _device(name: str) -> Any:
@@ -97,42 +120,83 @@ def _device(name: str) -> Any:
 
 
 def _cmd_density(args: argparse.Namespace) -> int:
-    import json
-
-    from spectorch._io import atomic_write_json
+    from spectorch import distributed
     from spectorch.curvature import OPERATORS, make_operator
-    from spectorch.density import spectral_density
-    from spectorch.plotting import plot_density
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file, expected a directory")
     if args.operator not in OPERATORS:  # argparse checks too; the registry is the truth
         raise CLIError(f"unknown --operator {args.operator!r}; choose one of {sorted(OPERATORS)}")
-    device = _device(args.device)
-    model, loss, data = _problem(args.entry)
-    model.to(device)
-    op = make_operator(args.operator, model, loss, data)
+    if args.draw_index is not None and args.draws != 10:
+        raise CLIError("give either --draws N or --draw-index K, not both")
+    draws = [args.draw_index] if args.draw_index is not None else args.draws
+
+    if not distributed.launched():
+        device = _device(args.device)
+        model, loss, data, _ = _problem(args.entry)
+        model.to(device)
+        op = make_operator(args.operator, model, loss, data)
+        _check_steps(args, op)
+        return _density_run(args, op, out, draws, world_size=1)
+
+    ctx = distributed.setup(args.backend, timeout=args.timeout, device=args.device)
+    try:
+        model, loss, data, sharded = _problem(args.entry, ctx.rank, ctx.world_size)
+        if not sharded:
+            data = distributed.shard(data, ctx.rank, ctx.world_size)
+        model.to(ctx.device)
+        with distributed.DistributedOperator(make_operator(args.operator, model, loss, data)) as op:
+            if not op.is_root:
+                op.serve()
+                return 0
+            _check_steps(args, op)
+            return _density_run(args, op, out, draws, world_size=ctx.world_size)
+    finally:
+        distributed.teardown()
+
+
+def _check_steps(args: argparse.Namespace, op: Any) -> None:
     if args.steps > op.shape[0]:
         raise CLIError(f"--steps {args.steps} exceeds the number of parameters {op.shape[0]}")
-    print(f"spectorch density: {op!r}, {args.draws} draws x {args.steps} steps -> {out}/")
+
+
+def _density_run(
+    args: argparse.Namespace, op: Any, out: Path, draws: Any, *, world_size: int
+) -> int:
+    from spectorch.density import spectral_density
+
+    what = f"draw {draws[0]}" if isinstance(draws, list) else f"{draws} draws"
+    ranks = f" on {world_size} processes" if world_size > 1 else ""
+    print(f"spectorch density: {op!r}, {what} x {args.steps} steps{ranks} -> {out}/")
     dens = spectral_density(
         op,
         steps=args.steps,
-        draws=args.draws,
+        draws=draws,
         seed=args.seed,
         dtype=args.dtype,
         probes_per_pass=args.probes_per_pass,
+        basis=args.basis,
         out=out,
         save_vectors=not args.no_vectors,
         progress=not args.quiet,
-        metadata={"entry": args.entry},
+        metadata={"entry": args.entry, "world_size": world_size},
     )
-    plot_density(
-        dens, out / "density.png", title=f"{args.operator} spectral density", width=args.width
-    )
+    _report(dens, out, f"{args.operator} spectral density", args.width)
+    return 0
+
+
+def _report(dens: Any, out: Path, title: str, width: str) -> None:
+    """The figure and ``summary.json`` of a density, also printed."""
+    import json
+
+    from spectorch._io import atomic_write_json
+    from spectorch.plotting import plot_density
+
+    plot_density(dens, out / "density.png", title=title, width=width)
     trace = dens.trace()
     summary = {
+        "draws": len(dens.nodes),
         "top_eigenvalues": dens.top_eigenvalues(min(5, dens.steps)).tolist(),
         "bottom_eigenvalue": float(dens.bottom_eigenvalues(1)[0]),
         "outliers": dens.outliers().tolist(),
@@ -143,6 +207,22 @@ def _cmd_density(args: argparse.Namespace) -> int:
     atomic_write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=1))
     print(f"wrote {out}/density.png, tridiag_<k>.npy, manifest.json, summary.json")
+
+
+def _cmd_combine(args: argparse.Namespace) -> int:
+    from spectorch.density import combine_densities
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file, expected a directory")
+    missing = [d for d in args.dirs if not Path(d).is_dir()]
+    if missing:
+        raise CLIError(f"not a directory: {', '.join(missing)}")
+    if out.resolve() in {Path(d).resolve() for d in args.dirs}:
+        raise CLIError("--out must be a new directory, not one of the runs to combine")
+    dens = combine_densities(args.dirs, out=out)
+    print(f"spectorch density combine: {len(dens.nodes)} draws from {len(args.dirs)} runs")
+    _report(dens, out, "combined spectral density", args.width)
     return 0
 
 
@@ -177,7 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "ENTRY is MODULE:FUNCTION (or path/file.py:FUNCTION), a function that returns "
             "(model, loss, data): data is a re-iterable of (inputs, targets) batches. "
-            "Example: spectorch density spectorch.demo:digits_problem"
+            "Example: spectorch density spectorch.demo:digits_problem. Under torchrun "
+            "(torchrun --nproc_per_node=N spectorch density ...) each rank takes a disjoint "
+            "shard of the batches (an ENTRY that accepts rank= and world_size= shards its "
+            "own data) and rank 0 writes the outputs. `spectorch density combine DIR... "
+            "--out OUT` merges runs made one draw per job (--draw-index)."
         ),
     )
     dens.add_argument(
@@ -186,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     dens.add_argument("--operator", choices=sorted(OPERATORS), default="hessian")
     dens.add_argument("--steps", type=_positive_int, default=90, help="Lanczos steps per draw (90)")
     dens.add_argument("--draws", type=_positive_int, default=10, help="independent draws (10)")
+    dens.add_argument(
+        "--draw-index",
+        type=_nonnegative_int,
+        default=None,
+        metavar="K",
+        help="run only draw K of the seed's stream (one draw per job; merge with combine)",
+    )
     dens.add_argument("--seed", type=_nonnegative_int, default=0)
     dens.add_argument(
         "--dtype",
@@ -201,12 +292,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="draws advanced together, one pass over the data per step (1)",
     )
     dens.add_argument(
-        "--width",
-        choices=("spacing", "original"),
-        default="spacing",
-        help="kernel width of the figure: node spacing (Papyan 2020) or the "
-        "original's sigma_squared",
+        "--basis",
+        choices=("memory", "float32", "disk"),
+        default="memory",
+        help="where the Lanczos vectors are kept: memory, float32 (half of it) or disk "
+        "(in --out; memory no longer grows with --steps); the recurrence stays float64",
     )
+    dens.add_argument(
+        "--backend",
+        choices=("auto", "gloo", "nccl"),
+        default="auto",
+        help="torch.distributed backend under torchrun: gloo on CPU, nccl on GPU (auto)",
+    )
+    dens.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=1800.0,
+        help="seconds a rank waits for the others before the job fails (1800)",
+    )
+    _add_width(dens)
     dens.add_argument("--no-vectors", action="store_true", help="do not save lanczos_vec_<k>.npy")
     dens.add_argument("--out", default="spectorch-out/density", help="output directory")
     dens.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -214,9 +318,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_width(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--width",
+        choices=("spacing", "original"),
+        default="spacing",
+        help="kernel width of the figure: node spacing (Papyan 2020) or the "
+        "original's sigma_squared",
+    )
+
+
+def build_combine_parser() -> argparse.ArgumentParser:
+    """``spectorch density combine``: its own parser, since ``density`` takes an ENTRY."""
+    parser = argparse.ArgumentParser(
+        prog="spectorch density combine",
+        description="Merge density runs of one study made by separate jobs (--draw-index) "
+        "into one density: figure, summary.json and a run directory of their draws.",
+    )
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="run directories to merge")
+    parser.add_argument("--out", required=True, help="directory of the merged run")
+    _add_width(parser)
+    parser.set_defaults(func=_cmd_combine)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spectorch`` command; returns the exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["density", "combine"]:
+        parser = build_combine_parser()
+        argv = argv[2:]
+    else:
+        parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -229,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _USER_ERRORS as exc:
         print(f"spectorch: error: {exc}", file=sys.stderr)
         return 2
+    except DistributedError as exc:
+        print(f"spectorch: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("spectorch: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

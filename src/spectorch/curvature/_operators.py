@@ -206,6 +206,20 @@ class CurvatureOperator:
         raise NotImplementedError
 
     def _product(self, V: torch.Tensor, *, batched: bool) -> torch.Tensor:
+        out, count = self._accumulate(V, batched=batched)
+        if count == 0:
+            raise ValueError("data yielded no batches")
+        if self.reduction == "mean":
+            out /= count
+        return out.T
+
+    def _accumulate(self, V: torch.Tensor, *, batched: bool) -> tuple[torch.Tensor, int]:
+        """The unnormalised sum over this operator's data of the weighted batch
+        products, shape ``(k, P)`` in ``self.dtype``, and the number of samples.
+
+        A distributed product (:class:`spectorch.distributed.DistributedOperator`)
+        adds these over ranks before dividing.
+        """
         self._check_train_mode()
         k = V.shape[1]
         tangents = self._unflatten(V.T.to(device=self._device, dtype=self._net_dtype))
@@ -228,11 +242,7 @@ class CurvatureOperator:
                 )
             out.add_(flat, alpha=weight)
             count += size
-        if count == 0:
-            raise ValueError("data yielded no batches")
-        if self.reduction == "mean":
-            out /= count
-        return out.T
+        return out, count
 
     def _batch_products_single(
         self, params: dict[str, torch.Tensor], inputs: Any, targets: Any, tangent: tuple
@@ -439,7 +449,7 @@ class HessianOperator(_SecondOrderOperator):
         they outgrow the budget)."""
         return bool(self.cache_graphs)
 
-    def _product(self, V: torch.Tensor, *, batched: bool) -> torch.Tensor:
+    def _accumulate(self, V: torch.Tensor, *, batched: bool) -> tuple[torch.Tensor, int]:
         if self.caching:
             # any in-place change of a parameter (an optimiser step) or of a buffer
             # (BatchNorm statistics) bumps its version and drops the kept graphs
@@ -448,7 +458,7 @@ class HessianOperator(_SecondOrderOperator):
             if key != self._graph_key:
                 self._drop_cache()
                 self._graph_key = key
-        return super()._product(V, batched=batched)
+        return super()._accumulate(V, batched=batched)
 
     def _drop_cache(self) -> None:
         self._graphs.clear()

@@ -58,17 +58,29 @@ class Batches:
     def __len__(self) -> int:
         return -(-self.inputs.shape[0] // self.batch_size)
 
+    def _order(self) -> torch.Tensor | None:
+        if not self.shuffle:
+            return None
+        state = np.random.SeedSequence(self.seed, spawn_key=(self.epoch,)).generate_state(1)
+        g = torch.Generator().manual_seed(int(state[0]))
+        return torch.randperm(self.inputs.shape[0], generator=g)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = self.inputs.shape[0]
-        if self.shuffle:
-            state = np.random.SeedSequence(self.seed, spawn_key=(self.epoch,)).generate_state(1)
-            g = torch.Generator().manual_seed(int(state[0]))
-            order = torch.randperm(n, generator=g)
-        else:
-            order = None
-        for i in range(0, n, self.batch_size):
-            if order is None:
-                yield self.inputs[i : i + self.batch_size], self.targets[i : i + self.batch_size]
-            else:
-                idx = order[i : i + self.batch_size]
-                yield self.inputs[idx], self.targets[idx]
+        order = self._order()
+        for i in range(len(self)):
+            yield self._batch(i, order)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``i`` of the current epoch (what sharding over ranks reads)."""
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise TypeError(f"batch index must be an int, got {type(i).__name__}")
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"batch index {i} out of range for {len(self)} batches")
+        return self._batch(i % len(self), self._order())
+
+    def _batch(self, i: int, order: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = i * self.batch_size, (i + 1) * self.batch_size
+        if order is None:
+            return self.inputs[lo:hi], self.targets[lo:hi]
+        idx = order[lo:hi]
+        return self.inputs[idx], self.targets[idx]

@@ -6,12 +6,19 @@ Also the public names of google/spectral-density (``lanczos_alg``,
 
 from spectorch.density._density import WIDTHS, SpectralDensity, eigv_to_density, gaussian_mixture
 from spectorch.density._original import lanczos_alg, tridiag_to_density, tridiag_to_eigv
-from spectorch.density._run import MANIFEST, draw_generator, load_density, spectral_density
+from spectorch.density._run import (
+    MANIFEST,
+    combine_densities,
+    draw_generator,
+    load_density,
+    spectral_density,
+)
 
 __all__ = [
     # running and loading
     "MANIFEST",
     "SpectralDensity",
+    "combine_densities",
     "draw_generator",
     "load_density",
     "spectral_density",

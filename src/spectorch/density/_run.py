@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +19,17 @@ from spectorch._io import atomic_save_npy, atomic_write_json
 from spectorch._version import __version__
 from spectorch.density._density import SpectralDensity
 from spectorch.linalg import (
+    BASIS_MODES,
     LanczosResult,
     as_operator,
     check_symmetric,
     deflated_trace_sample,
     lanczos_block,
+    operator_device,
     random_start,
 )
 
-__all__ = ["MANIFEST", "draw_generator", "load_density", "spectral_density"]
+__all__ = ["MANIFEST", "combine_densities", "draw_generator", "load_density", "spectral_density"]
 
 MANIFEST = "manifest.json"
 _FORMAT = "spectorch.density/1"
@@ -48,11 +52,12 @@ def spectral_density(
     op: Any,
     *,
     steps: int = 90,
-    draws: int = 10,
+    draws: int | Sequence[int] = 10,
     seed: int = 0,
     start: str = "rademacher",
     dtype: torch.dtype | str = torch.float64,
     probes_per_pass: int = 1,
+    basis: str = "memory",
     out: str | os.PathLike | None = None,
     save_vectors: bool = True,
     check_symmetry: bool = True,
@@ -70,12 +75,18 @@ def spectral_density(
         op: a symmetric operator (e.g. :class:`~spectorch.curvature.HessianOperator`)
             or a square tensor.
         steps: Lanczos steps per draw; 90, as in Ghorbani et al. 2019.
-        draws: independent start vectors to average over.
+        draws: independent start vectors to average over: a count ``N`` runs draws
+            ``0..N-1``; a sequence of indices runs just those draws of the seed's
+            stream, e.g. ``[k]`` for one draw per job, whose outputs
+            :func:`combine_densities` merges into the density of all of them.
         seed: seeds draw ``k`` through :func:`draw_generator` (seed, k).
         start: ``"rademacher"`` or ``"gaussian"`` start vectors.
         dtype: dtype of the recurrence and basis (``float64`` or ``float32``).
         probes_per_pass: draws advanced together, one ``matmat`` per step (one pass
             over the data for all of them; memory grows with it).
+        basis: where the Lanczos vectors are kept while a draw runs: ``"memory"``,
+            ``"float32"`` or ``"disk"`` (in ``out``, or a temporary directory); see
+            :func:`~spectorch.linalg.lanczos`. The recurrence stays in ``dtype``.
         out: a directory for ``tridiag_<k>.npy``, ``lanczos_vec_<k>.npy`` and
             ``manifest.json``; a run found there with the same settings is resumed from
             its last finished draw. Every file is written atomically.
@@ -102,15 +113,20 @@ def spectral_density(
     op = as_operator(op)
     n = op.shape[0]
     dtype = _resolve_dtype(dtype)
-    for name, value in (("steps", steps), ("draws", draws), ("probes_per_pass", probes_per_pass)):
+    for name, value in (("steps", steps), ("probes_per_pass", probes_per_pass)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    indices = _draw_indices(draws)
     if steps > n:
         raise ValueError(f"steps must be at most the operator's dimension {n}, got {steps}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if start not in ("rademacher", "gaussian"):
         raise ValueError(f"start must be 'rademacher' or 'gaussian', got {start!r}")
+    if basis not in BASIS_MODES:
+        raise ValueError(f"basis must be one of {list(BASIS_MODES)}, got {basis!r}")
+    if basis == "disk" and dtype != torch.float64:
+        raise ValueError("basis='disk' stores float64 vectors; use it with dtype=float64")
 
     describe = getattr(op, "describe", None)
     settings = {
@@ -120,17 +136,19 @@ def spectral_density(
         "start": start,
         "dtype": str(dtype).replace("torch.", ""),
         "operator": describe() if callable(describe) else {"operator": type(op).__name__},
+        "basis": basis,
     }
     done: dict[int, tuple[np.ndarray, float | None]] = {}
     run = _RunDir(Path(out), settings, metadata) if out is not None else None
     if run is not None:
         done = run.load_finished()
-    todo = [k for k in range(draws) if k not in done]
+    todo = [k for k in indices if k not in done]
     if todo and check_symmetry:
         check_symmetric(op, generator=draw_generator(seed, 2**31 - 1))
 
     carry: dict[int, tuple] = {}  # the previous group's last draw, for its probe
-    bar = tqdm(total=draws, initial=draws - len(todo), desc="draws", disable=not progress)
+    total = len(indices)
+    bar = tqdm(total=total, initial=total - len(todo), desc="draws", disable=not progress)
     try:
         for i in range(0, len(todo), probes_per_pass):
             group = todo[i : i + probes_per_pass]
@@ -142,35 +160,45 @@ def spectral_density(
             )
             t0 = time.perf_counter()
             results = lanczos_block(
-                op, steps, starts, dtype=dtype, progress=progress, desc=f"draw {group[0]}"
+                op,
+                steps,
+                starts,
+                dtype=dtype,
+                basis=basis,
+                basis_dir=run.path if run is not None and basis == "disk" else None,
+                basis_names=[str(k) for k in group],
+                progress=progress,
+                desc=f"draw {group[0]}",
             )
             seconds = (time.perf_counter() - t0) / len(group)
-            for k, res in zip(group, results, strict=True):
-                T = res.tridiagonal.cpu().numpy()
-                probe = _probe_of(k - 1, results, group, carry, run)
-                sample = None
-                if probe is not None:
-                    sample = deflated_trace_sample(res.basis, res.tridiagonal, *probe)
-                done[k] = (T, sample)
-                if run is not None:
-                    run.save_draw(k, res, T, save_vectors, seconds, sample)
-            last = results[-1]
-            if last.steps >= 2:
-                carry = {
-                    group[-1]: (
-                        last.basis[0].clone(),
-                        last.basis[1].clone(),
-                        last.alphas[0],
-                        last.betas[0],
-                    )
-                }
+            try:
+                for k, res in zip(group, results, strict=True):
+                    T = res.tridiagonal.cpu().numpy()
+                    probe = _probe_of(k - 1, results, group, carry, run)
+                    if probe is None and k >= 1:
+                        probe = _regenerated_probe(op, n, start, seed, k - 1, res)
+                    sample = None
+                    if probe is not None:
+                        sample = deflated_trace_sample(res, res.tridiagonal, *probe)
+                    done[k] = (T, sample)
+                    if run is not None:
+                        run.save_draw(k, res, T, save_vectors, seconds, sample)
+                last = results[-1]
+                if last.steps >= 2:
+                    carry = {group[-1]: (last.row(0), last.row(1), last.alphas[0], last.betas[0])}
+            finally:
+                for res in results:  # disk files not handed over to ``out``
+                    if res.disk is not None and res.disk.path.name.endswith(".partial"):
+                        res.disk.close()
+                        with contextlib.suppress(FileNotFoundError):
+                            res.disk.path.unlink()
             bar.update(len(group))
     finally:
         bar.close()
 
-    tridiags = [done[k][0] for k in range(draws)]
-    samples = [done[k][1] for k in range(draws) if done[k][1] is not None]
-    meta = dict(settings, draws=draws, **(metadata or {}))
+    tridiags = [done[k][0] for k in indices]
+    samples = [done[k][1] for k in indices if done[k][1] is not None]
+    meta = dict(settings, draws=indices, **(metadata or {}))
     return SpectralDensity.from_tridiagonals(
         tridiags, n, steps=steps, metadata=meta, trace_samples=samples
     )
@@ -194,7 +222,7 @@ def _probe_of(
         res = results[group.index(k)]
         if res.steps < 2:
             return None
-        q0, q1, a0, b0 = res.basis[0], res.basis[1], res.alphas[0], res.betas[0]
+        q0, q1, a0, b0 = res.row(0), res.row(1), res.alphas[0], res.betas[0]
     elif k in carry:
         q0, q1, a0, b0 = carry[k]
     else:
@@ -206,6 +234,37 @@ def _probe_of(
         q0, q1, a0, b0 = loaded
     scale = float(q0.numel()) ** 0.5
     return scale * q0, scale * (a0 * q0 + b0 * q1)
+
+
+def _regenerated_probe(
+    op: Any, n: int, start: str, seed: int, k: int, res: LanczosResult
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``k``'s probe when its vectors are not at hand (one draw per job, or a
+    resume without saved vectors): regenerated from the seed, ``Az`` for one product."""
+    z = random_start(n, kind=start, generator=draw_generator(seed, k)) * float(n) ** 0.5
+    z = z.to(operator_device(op))
+    Az = op.matvec(z.to(op.dtype)).to(torch.float64)
+    return z, Az
+
+
+def _draw_indices(draws: Any) -> list[int]:
+    if isinstance(draws, (int, np.integer)) and not isinstance(draws, bool):
+        if draws < 1:
+            raise ValueError(f"draws must be a positive int or a list of draw indices, got {draws}")
+        return list(range(int(draws)))
+    if isinstance(draws, (str, bytes)) or not isinstance(draws, Sequence):
+        raise ValueError(
+            f"draws must be a positive int or a list of draw indices, got {type(draws).__name__}"
+        )
+    indices = list(draws)
+    bad = [
+        k for k in indices if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0
+    ]
+    if not indices or bad:
+        raise ValueError(f"draw indices must be non-negative ints, got {indices!r}")
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"draw indices must not repeat, got {indices!r}")
+    return sorted(int(k) for k in indices)
 
 
 def load_density(directory: str | os.PathLike) -> SpectralDensity:
@@ -232,6 +291,91 @@ def load_density(directory: str | os.PathLike) -> SpectralDensity:
     return SpectralDensity.from_tridiagonals(
         tridiags, manifest["dim"], steps=manifest["steps"], metadata=manifest, trace_samples=samples
     )
+
+
+def combine_densities(
+    directories: Sequence[str | os.PathLike], out: str | os.PathLike | None = None
+) -> SpectralDensity:
+    """Merge runs of the same study made by separate jobs (``draws=[k]`` each, or any
+    disjoint sets of draws) into one density.
+
+    The runs must agree on dimension, steps, seed, start vectors, dtype and operator
+    (its device aside) and hold different draws. With ``out``, the merged run is
+    written there as a run directory of its own (``tridiag_<k>.npy`` and a manifest
+    naming where each draw came from; Lanczos vectors stay where they are), so
+    :func:`load_density` and ``spectorch density combine`` read it like any other.
+
+    Raises:
+        ValueError: with no directory, a directory that is not a run, runs with other
+            settings, or a draw found in two runs.
+    """
+    dirs = [Path(d) for d in directories]
+    if not dirs:
+        raise ValueError("directories is empty: give the run directories to combine")
+    manifests = []
+    for d in dirs:
+        manifest = _read_manifest(d)
+        if manifest is None:
+            raise ValueError(f"{d} has no {MANIFEST}: not a spectorch density run")
+        if not manifest.get("finished_draws"):
+            raise ValueError(f"the run in {d} has no finished draw yet")
+        manifests.append(manifest)
+    first = manifests[0]
+    for d, manifest in zip(dirs[1:], manifests[1:], strict=True):
+        diffs = [
+            key for key in _RESUME_KEYS if _comparable(manifest, key) != _comparable(first, key)
+        ]
+        if diffs:
+            detail = "; ".join(
+                f"{key}: {first.get(key)!r} in {dirs[0]}, {manifest.get(key)!r} in {d}"
+                for key in diffs
+            )
+            raise ValueError(f"cannot combine runs of different studies ({detail})")
+    source: dict[int, tuple[Path, dict]] = {}
+    for d, manifest in zip(dirs, manifests, strict=True):
+        for key, info in manifest["draw_info"].items():
+            k = int(key)
+            if k in source:
+                raise ValueError(f"draw {k} is in both {source[k][0]} and {d}; give each once")
+            source[k] = (d, info)
+    indices = sorted(source)
+    tridiags = [np.load(source[k][0] / f"tridiag_{k}.npy") for k in indices]
+    samples = [source[k][1]["trace_sample"] for k in indices]
+    meta = {key: first[key] for key in (*_RESUME_KEYS, "basis") if key in first}
+    meta["combined_from"] = [str(d) for d in dirs]
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"out must be a directory, but {out} is a file")
+        out.mkdir(parents=True, exist_ok=True)
+        for k, T in zip(indices, tridiags, strict=True):
+            atomic_save_npy(out / f"tridiag_{k}.npy", T)
+        draw_info = {
+            str(k): dict(source[k][1], vectors=False, source=str(source[k][0])) for k in indices
+        }
+        manifest = dict(
+            meta,
+            format=_FORMAT,
+            versions=_versions(),
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            draw_info=draw_info,
+            finished_draws=indices,
+        )
+        atomic_write_json(out / MANIFEST, manifest)
+    return SpectralDensity.from_tridiagonals(
+        tridiags,
+        first["dim"],
+        steps=first["steps"],
+        metadata=dict(meta, draws=indices),
+        trace_samples=[t for t in samples if t is not None],
+    )
+
+
+def _comparable(manifest: dict[str, Any], key: str) -> Any:
+    value = manifest.get(key)
+    if key == "operator" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "device"}
+    return value
 
 
 class _RunDir:
@@ -297,8 +441,14 @@ class _RunDir:
         trace_sample: float | None,
     ) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        if save_vectors:
-            atomic_save_npy(self.path / f"lanczos_vec_{k}.npy", res.basis.cpu().numpy())
+        vec_file = self.path / f"lanczos_vec_{k}.npy"
+        if res.disk is not None and res.disk.path.parent == self.path:
+            if save_vectors:  # the basis is already a .npy file here: hand it over
+                res.disk.sync()
+                os.replace(res.disk.path, vec_file)
+                res.disk.path = vec_file
+        elif save_vectors:
+            atomic_save_npy(vec_file, res.basis.cpu().numpy())
         atomic_save_npy(self.path / f"tridiag_{k}.npy", T)
         if self.manifest is None:
             self.manifest = dict(

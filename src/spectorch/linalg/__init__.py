@@ -4,6 +4,7 @@ Anything with ``shape``, ``dtype`` and ``matvec`` (or a square tensor) can be
 tridiagonalised, traced and turned into a spectral density.
 """
 
+from spectorch.linalg._basis import BASIS_MODES
 from spectorch.linalg._lanczos import LanczosResult, lanczos, lanczos_block, random_start
 from spectorch.linalg._operator import (
     MatrixOperator,
@@ -25,6 +26,7 @@ __all__ = [
     "operator_device",
     "operator_matmat",
     # Lanczos
+    "BASIS_MODES",
     "LanczosResult",
     "lanczos",
     "lanczos_block",

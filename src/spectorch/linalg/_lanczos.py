@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from spectorch.linalg._basis import BASIS_MODES, BlockBasis, DiskRows
 from spectorch.linalg._operator import as_operator, operator_device, operator_matmat
 from spectorch.linalg._quadrature import gauss_quadrature, tridiagonal_matrix
 
@@ -25,7 +27,9 @@ class LanczosResult:
         alphas: diagonal of the tridiagonal ``T``, shape ``(m,)``.
         betas: off-diagonal of ``T``, shape ``(m - 1,)``.
         basis: the orthonormal Lanczos vectors as rows, shape ``(m, n)``, so that
-            ``basis @ A @ basis.T == T`` (up to round-off).
+            ``basis @ A @ basis.T == T`` (up to round-off). With ``basis="float32"``
+            they are float32; with ``basis="disk"`` the tensor is a memory map of
+            :attr:`basis_file`.
         breakdown: ``True`` when the Krylov space became invariant before the
             requested number of steps (``β ≈ 0``); ``m`` is then the number of steps
             actually taken and the Ritz values are exact eigenvalues of ``A``.
@@ -35,6 +39,24 @@ class LanczosResult:
     betas: torch.Tensor
     basis: torch.Tensor
     breakdown: bool
+    disk: DiskRows | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def basis_file(self) -> os.PathLike | None:
+        """The ``.npy`` file holding the basis with ``basis="disk"``, else ``None``."""
+        return None if self.disk is None else self.disk.path
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """``basis @ x`` in float64; on disk, read chunk by chunk."""
+        if self.disk is not None:
+            return self.disk.project(x, self.steps)
+        return self.basis.to(torch.float64) @ x.to(torch.float64)
+
+    def row(self, i: int) -> torch.Tensor:
+        """Lanczos vector ``i`` in float64."""
+        if self.disk is not None:
+            return torch.from_numpy(self.disk.read(i, i + 1)[0])
+        return self.basis[i].to(torch.float64)
 
     @property
     def steps(self) -> int:
@@ -83,6 +105,8 @@ def lanczos(
     seed: int | None = None,
     dtype: torch.dtype = torch.float64,
     breakdown_tol: float | None = None,
+    basis: str = "memory",
+    basis_dir: str | os.PathLike | None = None,
     progress: bool = False,
     desc: str = "lanczos",
 ) -> LanczosResult:
@@ -103,6 +127,11 @@ def lanczos(
         dtype: floating dtype of the recurrence and of the basis.
         breakdown_tol: relative size of ``β`` below which the Krylov space counts as
             invariant; default ``max(1000, n) · eps(dtype)``.
+        basis: where the Lanczos vectors are kept: ``"memory"`` (in ``dtype``),
+            ``"float32"`` (half of float64's memory, orthogonal to about 1e-7) or
+            ``"disk"`` (a ``.npy`` file in ``basis_dir``, read back chunk by chunk, so
+            memory does not grow with ``steps``). The recurrence stays in ``dtype``.
+        basis_dir: directory of the ``"disk"`` files; default a temporary one.
         progress: show a progress bar over the steps.
         desc: label of the progress bar.
 
@@ -130,7 +159,15 @@ def lanczos(
     else:
         starts = _random_starts(n, 1, start, generator, seed, dtype)
     return lanczos_block(
-        op, steps, starts, dtype=dtype, breakdown_tol=breakdown_tol, progress=progress, desc=desc
+        op,
+        steps,
+        starts,
+        dtype=dtype,
+        breakdown_tol=breakdown_tol,
+        basis=basis,
+        basis_dir=basis_dir,
+        progress=progress,
+        desc=desc,
     )[0]
 
 
@@ -141,6 +178,9 @@ def lanczos_block(
     *,
     dtype: torch.dtype = torch.float64,
     breakdown_tol: float | None = None,
+    basis: str = "memory",
+    basis_dir: str | os.PathLike | None = None,
+    basis_names: list[str] | None = None,
     progress: bool = False,
     desc: str = "lanczos",
 ) -> list[LanczosResult]:
@@ -152,6 +192,8 @@ def lanczos_block(
 
     Args:
         starts: start vectors as rows, shape ``(b, n)``; each is normalised here.
+        basis_names: with ``basis="disk"``, the file of row ``d`` of ``starts`` is
+            ``lanczos_vec_<basis_names[d]>.npy.partial`` in ``basis_dir``.
 
     Returns:
         One :class:`LanczosResult` per row of ``starts``.
@@ -166,14 +208,20 @@ def lanczos_block(
         raise ValueError(f"starts must be a tensor of shape (b, {n}), got {shape}")
     if breakdown_tol is None:
         breakdown_tol = max(1000, n) * torch.finfo(dtype).eps
+    if basis not in BASIS_MODES:
+        raise ValueError(f"basis must be one of {list(BASIS_MODES)}, got {basis!r}")
     device = operator_device(op)
     b = starts.shape[0]
-    Q = torch.zeros(b, steps, n, dtype=dtype, device=device)
     q0 = starts.to(device=device, dtype=dtype)
     norms = q0.norm(dim=1)
     if not torch.all(torch.isfinite(norms) & (norms > 0)):
         raise ValueError("every start vector must be finite and non-zero")
-    Q[:, 0] = q0 / norms[:, None]
+    store = BlockBasis(
+        b, steps, n, dtype=dtype, device=device, mode=basis, directory=basis_dir, names=basis_names
+    )
+    q = q0 / norms[:, None]
+    q_prev = torch.zeros_like(q)
+    store.set(0, q)
     alphas = torch.zeros(b, steps, dtype=dtype, device=device)
     betas = torch.zeros(b, max(steps - 1, 0), dtype=dtype, device=device)
     lengths = [steps] * b
@@ -183,7 +231,6 @@ def lanczos_block(
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, unit="step")
     try:
         for j in range(steps):
-            q = Q[:, j]
             if b == 1:
                 w = op.matvec(q[0]).to(dtype).reshape(1, n)
             else:
@@ -197,12 +244,10 @@ def lanczos_block(
             alpha = (w * q).sum(dim=1)
             w = w - alpha[:, None] * q
             if j > 0:
-                w = w - betas[:, j - 1, None] * Q[:, j - 1]
+                w = w - betas[:, j - 1, None] * q_prev
             # Full reorthogonalisation: classical Gram-Schmidt applied twice ("twice
             # is enough", Giraud et al. 2005) keeps Q orthonormal to working precision.
-            basis = Q[:, : j + 1]
-            for _ in range(2):
-                w = w - torch.einsum("bkn,bk->bn", basis, torch.einsum("bkn,bn->bk", basis, w))
+            w = store.orthogonalize(w, j + 1)
             alphas[:, j] = torch.where(active, alpha, alphas[:, j])
             bar.update(1)
             if j == steps - 1:
@@ -217,19 +262,25 @@ def lanczos_block(
             # β is stored after reorthogonalisation, so T matches the basis.
             safe = torch.where(active, beta, torch.ones_like(beta))
             betas[:, j] = torch.where(active, beta, torch.zeros_like(beta))
-            Q[:, j + 1] = torch.where(active[:, None], w / safe[:, None], torch.zeros_like(w))
+            q_prev, q = q, torch.where(active[:, None], w / safe[:, None], torch.zeros_like(w))
+            store.set(j + 1, q)
+    except BaseException:
+        store.discard()
+        raise
     finally:
         bar.close()
 
     results = []
     for d in range(b):
         m = lengths[d]
+        rows, disk = store.result(d, m)
         results.append(
             LanczosResult(
                 alphas=alphas[d, :m].clone(),
                 betas=betas[d, : m - 1].clone(),
-                basis=Q[d, :m],
+                basis=rows,
                 breakdown=m < steps,
+                disk=disk,
             )
         )
     return results

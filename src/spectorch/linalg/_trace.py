@@ -71,7 +71,7 @@ def hutchinson_trace(
 
 
 def deflated_trace_sample(
-    basis: torch.Tensor, tridiagonal: torch.Tensor, z: torch.Tensor, Az: torch.Tensor
+    basis: Any, tridiagonal: torch.Tensor, z: torch.Tensor, Az: torch.Tensor
 ) -> float:
     r"""One unbiased sample of ``tr(A)`` that deflates a Krylov space; no new products.
 
@@ -85,8 +85,13 @@ def deflated_trace_sample(
     cᵀTc`` with ``c = Qz``. The Krylov space holds the large outlying eigenvalues that
     make plain Hutchinson noisy (a Hutch++-style split, Meyer et al. 2021), so the
     variance drops by orders of magnitude for curvature spectra.
+
+    ``basis`` may also be a :class:`~spectorch.linalg.LanczosResult`, whose basis is
+    then read through ``project`` (chunk by chunk when it is on disk).
     """
-    c = basis @ z
-    e = basis @ Az
-    T = tridiagonal.to(basis.dtype)
+    project = basis.project if hasattr(basis, "project") else lambda x: basis @ x
+    z, Az = z.to(torch.float64), Az.to(torch.float64)
+    c = project(z).to(torch.float64)
+    e = project(Az).to(torch.float64)
+    T = tridiagonal.to(device=c.device, dtype=torch.float64)
     return float(torch.trace(T) + z @ Az - 2 * (c @ e) + c @ (T @ c))
