@@ -249,9 +249,9 @@ def test_basis_modes_match_memory(tmp_path, basis):
     ]
     if basis == "float32":
         # orthogonal to float32 precision: once the outlier has converged, later
-        # coefficients drift, but what the density is made of stays exact
+        # coefficients drift, but the quadrature keeps float32 accuracy
         assert ortho < 1e-6
-        np.testing.assert_allclose(quadrature_moments(res), exact, rtol=1e-9)
+        np.testing.assert_allclose(quadrature_moments(res), exact, rtol=1e-7)
         assert res.quadrature()[0].max() == pytest.approx(5.0, abs=1e-6)
         return
     # disk: float64 rows, the same recurrence up to the order of additions (until the

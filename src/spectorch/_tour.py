@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from spectorch._io import atomic_path, atomic_write_json
+from spectorch.cifar import cifar_demo
 from spectorch.curvature import make_operator
 from spectorch.data import Batches, load_digits
 from spectorch.demo import train_digits_mlp
@@ -108,6 +109,9 @@ def run_tour(out: str | os.PathLike = "spectorch-out", *, progress: bool = True)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     summary = {"curvature_spectra": _curvature_spectra(out / "curvature", progress)}
+    t1 = time.perf_counter()
+    summary["cifar_workflow"] = cifar_demo(out / "cifar", progress=progress)
+    summary["cifar_workflow"]["seconds"] = round(time.perf_counter() - t1, 1)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(out / "summary.json", summary)
     with atomic_path(out / "summary.txt", "w") as fh:
@@ -132,6 +136,21 @@ def _summary_text(summary: dict[str, Any]) -> str:
             f"{r['wasserstein1_over_range']:.1e}  trace rel err {r['trace_rel_error']:.1e}"
         )
     lines.append(f"   figures: {', '.join('curvature/' + f for f in cs['figures'])}")
+    cw = summary.get("cifar_workflow")
+    if cw:
+        lines += [
+            "",
+            "2. CIFAR workflow: train -> checkpoints -> densities (generated CIFAR-format files)",
+            f"   ResNet-{cw['depth']} (width {cw['width']}) on {cw['images']} images, "
+            f"in {cw['seconds']:.1f}s",
+        ]
+        for name, rows in cw["runs"].items():
+            for r in rows:
+                lines.append(
+                    f"   {name:13s} step {r['step']:4d}  test acc {r['test_accuracy']:.3f}  "
+                    f"top eig {r['top_eigenvalue']:.4g}  trace {r['trace']:.4g}"
+                )
+        lines.append(f"   figures: {', '.join('cifar/' + f for f in cw['figures'])}")
     lines.append("")
     lines.append(f"total {summary['seconds']:.1f}s")
     return "\n".join(lines) + "\n"

@@ -226,6 +226,127 @@ def _cmd_combine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cifar_config(args: argparse.Namespace) -> Any:
+    from spectorch.cifar import CifarConfig
+
+    return CifarConfig(
+        steps=args.steps,
+        depth=args.depth,
+        batchnorm=not args.no_batchnorm,
+        width=args.width,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        lr_drops=tuple(args.lr_drops),
+        augment=not args.no_augment,
+        seed=args.seed,
+    )
+
+
+def _cmd_cifar_train(args: argparse.Namespace) -> int:
+    from spectorch.cifar import train_cifar
+
+    config = _cifar_config(args)
+    out = Path(args.out)
+    print(f"spectorch cifar train: ResNet-{config.depth}, {config.steps} steps -> {out}/")
+    result = train_cifar(
+        args.train_data,
+        out,
+        config,
+        checkpoint_every=args.checkpoint_every,
+        device=_device(args.device),
+        progress=not args.quiet,
+    )
+    if result.resumed_from:
+        print(f"resumed from step {result.resumed_from}")
+    last = result.losses[-1] if result.losses else float("nan")
+    print(f"final training loss {last:.4f}; {len(result.checkpoints)} checkpoints in {out}/")
+    return 0
+
+
+def _cmd_cifar_eval(args: argparse.Namespace) -> int:
+    from spectorch._io import atomic_write_json
+    from spectorch.cifar import evaluate, list_checkpoints, load_cifar_checkpoint
+    from spectorch.data import CifarBatches, read_cifar10
+
+    files = list_checkpoints(args.checkpoints)
+    if not files:
+        raise CLIError(f"no checkpoint step_<n>.pt in {args.checkpoints}")
+    models = [load_cifar_checkpoint(f) for f in files]
+    X, y = read_cifar10(args.test_data)
+    batches = CifarBatches(X, y, args.batch_size)
+    device = _device(args.device)
+    rows = []
+    for f, (model, state) in zip(files, models, strict=True):
+        row = {"checkpoint": str(f), "step": int(state["step"])}
+        row |= evaluate(model, batches, device)
+        rows.append(row)
+        print(f"{f.name}: loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}")
+    if args.out:
+        atomic_write_json(args.out, rows)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_cifar_density(args: argparse.Namespace) -> int:
+    from spectorch import distributed
+    from spectorch.cifar import checkpoint_densities
+
+    kwargs = {
+        "images": args.images,
+        "batch_size": args.batch_size,
+        "operator": args.operator,
+        "steps": args.steps,
+        "draws": args.draws,
+        "seed": args.seed,
+        "basis": args.basis,
+        "progress": not args.quiet,
+    }
+    out = Path(args.out)
+    if not distributed.launched():
+        dens = checkpoint_densities(
+            args.checkpoints, args.train_data, out, device=_device(args.device), **kwargs
+        )
+    else:
+        ctx = distributed.setup(args.backend, timeout=args.timeout, device=args.device)
+        try:
+            dens = checkpoint_densities(
+                args.checkpoints,
+                args.train_data,
+                out,
+                device=ctx.device,
+                rank=ctx.rank,
+                world_size=ctx.world_size,
+                **kwargs,
+            )
+        finally:
+            distributed.teardown()
+        if not ctx.is_root:
+            return 0
+    for name, d in dens.items():
+        print(f"{name}: top eigenvalue {d.top_eigenvalues(1)[0]:.6g}, trace {d.trace().value:.6g}")
+    print(f"wrote {out}/<checkpoint>/ and {out}/trajectory.png")
+    return 0
+
+
+def _cmd_cifar_figure(args: argparse.Namespace) -> int:
+    from spectorch.cifar import load_trajectory
+    from spectorch.plotting import plot_trajectories
+
+    panels = {}
+    for i, d in enumerate(args.dirs):
+        label, curves = load_trajectory(d)
+        if args.labels:
+            label = args.labels[i]
+        panels[label if label not in panels else f"{label} ({d})"] = curves
+    if args.labels and len(args.labels) != len(args.dirs):
+        raise CLIError(f"--labels needs {len(args.dirs)} labels, one per DIR")
+    plot_trajectories(panels, args.out, title=args.title)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _cmd_tour(args: argparse.Namespace) -> int:
     from spectorch._tour import run_tour
 
@@ -315,7 +436,84 @@ def build_parser() -> argparse.ArgumentParser:
     dens.add_argument("--out", default="spectorch-out/density", help="output directory")
     dens.add_argument("--quiet", action="store_true", help="no progress bars")
     dens.set_defaults(func=_cmd_density)
+    _add_cifar(sub)
     return parser
+
+
+def _add_cifar(sub: Any) -> None:
+    from spectorch.curvature import OPERATORS
+
+    cifar = sub.add_parser(
+        "cifar",
+        help="the CIFAR-10 workflow: train with checkpoints, eval, densities, figures",
+        description="Ghorbani et al. 2019's workflow on CIFAR-10 binary batches "
+        "(cifar-10-batches-bin/data_batch_*.bin): train a CIFAR ResNet with checkpoints "
+        "every N steps, evaluate them, one Hessian density per checkpoint, and the "
+        "figure of the densities along training.",
+    )
+    csub = cifar.add_subparsers(dest="cifar_command", metavar="STEP", required=True)
+
+    train = csub.add_parser("train", help="SGD with momentum and a step schedule, resumable")
+    train.add_argument("--train-data", required=True, help="glob of CIFAR-10 binary batches")
+    train.add_argument("--out", required=True, help="run directory (checkpoints step_<n>.pt)")
+    train.add_argument("--steps", type=_positive_int, default=64000, help="(64000)")
+    train.add_argument("--checkpoint-every", type=_positive_int, default=1000, help="(1000)")
+    train.add_argument("--depth", type=_positive_int, default=32, help="6n+2: 20, 32, ... (32)")
+    train.add_argument("--no-batchnorm", action="store_true", help="ResNet without BatchNorm")
+    train.add_argument("--width", type=_positive_int, default=16, help="first stage channels")
+    train.add_argument("--batch-size", type=_positive_int, default=128, help="(128)")
+    train.add_argument("--lr", type=_positive_float, default=0.1, help="(0.1)")
+    train.add_argument("--momentum", type=float, default=0.9, help="(0.9)")
+    train.add_argument("--weight-decay", type=float, default=1e-4, help="(1e-4)")
+    train.add_argument(
+        "--lr-drops",
+        type=float,
+        nargs="*",
+        default=[0.5, 0.75],
+        help="fractions of --steps where the learning rate is divided by 10 (0.5 0.75)",
+    )
+    train.add_argument("--no-augment", action="store_true", help="no random crops and flips")
+    train.add_argument("--seed", type=_nonnegative_int, default=0)
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_cifar_train)
+
+    ev = csub.add_parser("eval", help="test loss and accuracy of every checkpoint")
+    ev.add_argument("checkpoints", metavar="CHECKPOINTS", help="a run directory or a .pt file")
+    ev.add_argument("--test-data", required=True, help="glob, e.g. .../test_batch.bin")
+    ev.add_argument("--batch-size", type=_positive_int, default=1000)
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ev.add_argument("--out", help="also write the results to this JSON file")
+    ev.set_defaults(func=_cmd_cifar_eval)
+
+    dens = csub.add_parser(
+        "density",
+        help="one curvature density per checkpoint (deterministic data), torchrun-ready",
+    )
+    dens.add_argument("checkpoints", metavar="CHECKPOINTS", help="a run directory or a .pt file")
+    dens.add_argument("--train-data", required=True, help="glob of CIFAR-10 binary batches")
+    dens.add_argument("--out", required=True, help="directory: <checkpoint>/ per checkpoint")
+    dens.add_argument("--images", type=_positive_int, default=None, help="first N images (all)")
+    dens.add_argument("--batch-size", type=_positive_int, default=500, help="(500)")
+    dens.add_argument("--operator", choices=sorted(OPERATORS), default="hessian")
+    dens.add_argument("--steps", type=_positive_int, default=90, help="Lanczos steps (90)")
+    dens.add_argument("--draws", type=_positive_int, default=10, help="(10)")
+    dens.add_argument("--seed", type=_nonnegative_int, default=0)
+    dens.add_argument("--basis", choices=("memory", "float32", "disk"), default="memory")
+    dens.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    dens.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto")
+    dens.add_argument("--timeout", type=_positive_float, default=1800.0)
+    dens.add_argument("--quiet", action="store_true", help="no progress bars")
+    dens.set_defaults(func=_cmd_cifar_density)
+
+    fig = csub.add_parser(
+        "figure", help="densities along training, one panel per density directory"
+    )
+    fig.add_argument("dirs", nargs="+", metavar="DIR", help="outputs of `cifar density`")
+    fig.add_argument("--labels", nargs="*", help="panel titles, one per DIR")
+    fig.add_argument("--title", default=None)
+    fig.add_argument("--out", required=True, help="the PNG to write")
+    fig.set_defaults(func=_cmd_cifar_figure)
 
 
 def _add_width(parser: argparse.ArgumentParser) -> None:

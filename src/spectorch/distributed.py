@@ -220,6 +220,10 @@ class DistributedOperator:
         return self.local.device
 
     @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.local.compute_dtype
+
+    @property
     def is_root(self) -> bool:
         return self.rank == self.root
 

@@ -14,7 +14,7 @@ from spectorch._io import atomic_path
 from spectorch._utils import to_numpy
 from spectorch.density import SpectralDensity
 
-__all__ = ["plot_densities", "plot_density"]
+__all__ = ["plot_densities", "plot_density", "plot_trajectories"]
 
 _LOG_RANGE = 1e-8  # the log panels show eight decades below the peak
 
@@ -127,4 +127,55 @@ def plot_densities(
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_trajectories(
+    panels: Mapping[str, Mapping[str, SpectralDensity]],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    width: str = "spacing",
+) -> Path:
+    """Densities along training, one panel per run side by side (e.g. with and without
+    BatchNorm), one curve per checkpoint on a shared log-density axis; each curve's
+    outliers are marked by ticks of its colour under it (Ghorbani et al. 2019, Fig. 2-4).
+
+    Args:
+        panels: ``{panel title: {curve label: density}}``, curves in trajectory order.
+        path: where the PNG goes (written atomically).
+    """
+    if not panels or not all(panels.values()):
+        raise ValueError("panels is empty, or one has no density: nothing to plot")
+    from matplotlib import colormaps
+
+    fig = _figure(len(panels), width=5.5, height=4.0)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    peak = 0.0
+    curves = []
+    for ax, (panel, densities) in zip(axes, panels.items(), strict=True):
+        lo = min(d.bounds()[0] for d in densities.values())
+        hi = max(d.bounds()[1] for d in densities.values())
+        pad = 0.05 * max(hi - lo, 1e-12)
+        grid = np.linspace(lo - pad, hi + pad, 2048)
+        cmap = colormaps["viridis"]
+        n = len(densities)
+        for i, (label, dens) in enumerate(densities.items()):
+            color = cmap(0.9 * i / max(n - 1, 1))
+            _, phi = dens.evaluate(grid, width=width)
+            ax.plot(grid, phi, color=color, lw=1.3, label=label)
+            peak = max(peak, float(np.nanmax(phi)))
+            curves.append((ax, dens.outliers(), color, i))
+        ax.set_yscale("log")
+        ax.set_xlabel("eigenvalue λ")
+        ax.set_title(panel, fontsize=10)
+        ax.legend(fontsize=7, loc="upper right")
+    low = peak * _LOG_RANGE
+    for ax, outliers, color, i in curves:
+        # a row of ticks per checkpoint just above the bottom of the axis
+        ax.plot(outliers, np.full(len(outliers), low * 3.0 ** (i + 1)), "|", color=color, ms=9)
+    axes[0].set_ylabel("density φ(λ) (log); ticks: outliers")
+    axes[0].set_ylim(low, peak * 3)
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)

@@ -133,6 +133,11 @@ class CurvatureOperator:
     def device(self) -> torch.device:
         return self._device
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the network computes in, which bounds the products' accuracy."""
+        return self._net_dtype
+
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """The product ``C v`` for a flat vector ``v`` of shape ``(P,)``, in ``self.dtype``."""
         if not isinstance(v, torch.Tensor):

@@ -1,6 +1,26 @@
-"""Real data readers and batching: the bundled 8x8 digits and in-memory batches."""
+"""Real data readers and batching: the bundled 8x8 digits, CIFAR-10 binary batches and
+in-memory batches."""
 
 from spectorch.data._batches import Batches
+from spectorch.data._cifar import (
+    CIFAR10_CLASSES,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CifarBatches,
+    read_cifar10,
+    synthetic_cifar10,
+    write_cifar10,
+)
 from spectorch.data._digits import load_digits
 
-__all__ = ["Batches", "load_digits"]
+__all__ = [
+    "CIFAR10_CLASSES",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "Batches",
+    "CifarBatches",
+    "load_digits",
+    "read_cifar10",
+    "synthetic_cifar10",
+    "write_cifar10",
+]

@@ -116,7 +116,7 @@ class BlockBasis:
         mode: ``"memory"`` keeps the rows in the recurrence ``dtype`` on its device;
             ``"float32"`` keeps them in float32 (half the memory of float64; the basis
             is then orthogonal to about 1e-7, which bounds how accurately interior
-            Ritz values separate) and reorthogonalises in float64 chunk by chunk;
+            Ritz values separate) and reorthogonalises with float32 products;
             ``"disk"`` writes them to ``.npy`` files in ``directory`` and reads them back
             chunk by chunk (block modified Gram-Schmidt), so resident memory no longer
             grows with the number of steps.
@@ -159,8 +159,6 @@ class BlockBasis:
         else:
             store = dtype if mode == "memory" else torch.float32
             self.Q = torch.zeros(b, steps, n, dtype=store, device=device)
-        chunk_cols = max(1, _CHUNK_BYTES // (8 * max(1, b) * steps))
-        self._cols = chunk_cols
 
     def set(self, j: int, rows: torch.Tensor) -> None:
         """Store row ``j`` of every recurrence from ``rows`` of shape ``(b, n)``."""
@@ -177,7 +175,7 @@ class BlockBasis:
                 Q = self.Q[:, :m]
                 w = w - torch.einsum("bkn,bk->bn", Q, torch.einsum("bkn,bn->bk", Q, w))
             elif self.mode == "float32":
-                w = self._orthogonalize_chunked(w, m)
+                w = self._orthogonalize_float32(w, m)
             else:
                 w = w.clone()
                 for d, f in enumerate(self.files):
@@ -185,17 +183,12 @@ class BlockBasis:
                         w[d] -= rows.T @ (rows @ w[d])
         return w
 
-    def _orthogonalize_chunked(self, w: torch.Tensor, m: int) -> torch.Tensor:
-        # classical Gram-Schmidt in float64 over column chunks of the float32 rows
-        c = torch.zeros(self.b, m, dtype=w.dtype, device=w.device)
-        for a in range(0, self.n, self._cols):
-            Qc = self.Q[:, :m, a : a + self._cols].to(w.dtype)
-            c += torch.einsum("bkn,bn->bk", Qc, w[:, a : a + self._cols])
-        w = w.clone()
-        for a in range(0, self.n, self._cols):
-            Qc = self.Q[:, :m, a : a + self._cols].to(w.dtype)
-            w[:, a : a + self._cols] -= torch.einsum("bkn,bk->bn", Qc, c)
-        return w
+    def _orthogonalize_float32(self, w: torch.Tensor, m: int) -> torch.Tensor:
+        # The rows are only float32-accurate, so float32 BLAS products lose nothing
+        # more: c = Q w from w rounded to float32, then w -= Qᵀc added in w's dtype.
+        Q = self.Q[:, :m]
+        c = torch.einsum("bkn,bn->bk", Q, w.to(torch.float32))
+        return w - torch.einsum("bkn,bk->bn", Q, c).to(w.dtype)
 
     def result(self, d: int, m: int) -> tuple[torch.Tensor, DiskRows | None]:
         """Recurrence ``d``'s first ``m`` rows, and its disk file if any."""

@@ -131,7 +131,8 @@ def check_symmetric(
     """Probe an operator for symmetry with two random vectors (two products).
 
     Computes ``|uᵀ(Av) − vᵀ(Au)| / (‖Au‖‖v‖ + ‖Av‖‖u‖)``; a symmetric operator gives
-    round-off only. The default tolerance is ``sqrt(eps)`` of the operator's dtype:
+    round-off only. The default tolerance is ``sqrt(eps)`` of the operator's dtype (of
+    its ``compute_dtype`` when it has one):
     products of a float32 network agree to about that, a non-symmetric operator
     misses by orders of magnitude.
 
@@ -144,7 +145,10 @@ def check_symmetric(
     op = as_operator(op)
     n = op.shape[0]
     if rtol is None:
-        op_dtype = op.dtype if op.dtype.is_floating_point else torch.float64
+        # products computed in a narrower dtype than they are returned in (a float32
+        # network with float64 accumulation) are only that accurate
+        op_dtype = getattr(op, "compute_dtype", op.dtype)
+        op_dtype = op_dtype if op_dtype.is_floating_point else torch.float64
         rtol = math.sqrt(torch.finfo(op_dtype).eps)
     if generator is None:
         generator = torch.Generator().manual_seed(0x5EC7)
