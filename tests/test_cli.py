@@ -118,6 +118,7 @@ def test_density_writes_the_originals_files_and_resumes(tmp_path, entry):
         ("{entry}:train_mode_problem", (), "train mode with Dropout"),
         ("{entry}:problem", ("--steps", "1000"), "exceeds the number of parameters 51"),
         ("{entry}:problem", ("--device", "cuda"), "CUDA is not available"),
+        ("{entry}:problem", ("--draws", "10", "--draw-index", "1"), "either --draws N or"),
     ],
 )
 def test_user_errors_are_one_line_and_leave_nothing(tmp_path, entry, entry_spec, extra, message):

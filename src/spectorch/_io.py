@@ -12,7 +12,13 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_save_npy", "atomic_torch_save", "atomic_write_json"]
+__all__ = [
+    "atomic_path",
+    "atomic_save_npy",
+    "atomic_torch_save",
+    "atomic_write_json",
+    "load_torch_checkpoint",
+]
 
 
 @contextlib.contextmanager
@@ -54,3 +60,25 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
     import torch
 
     _atomic(lambda fh: torch.save(obj, fh), path)
+
+
+def load_torch_checkpoint(path: str | os.PathLike, fmt: str, kind: str) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a spectorch checkpoint of format ``fmt``.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if the file is corrupt, truncated or not a ``kind`` checkpoint;
+            the message names the file.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged file
+        raise ValueError(f"checkpoint {path} is corrupt or truncated: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise ValueError(f"{path} is not a {kind} checkpoint (format {fmt})")
+    return state

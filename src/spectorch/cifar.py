@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from spectorch._io import atomic_torch_save, atomic_write_json
+from spectorch._io import atomic_torch_save, atomic_write_json, load_torch_checkpoint
 from spectorch.data import CifarBatches, read_cifar10
 from spectorch.nn import cifar_resnet
 
@@ -256,13 +256,7 @@ def _save(out: Path, model: nn.Module, opt: Any, step: int, config: CifarConfig,
 
 
 def _load(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a damaged file
-        raise ValueError(f"checkpoint {path} is corrupt or truncated: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a spectorch CIFAR checkpoint (format {_FORMAT})")
-    return state
+    return load_torch_checkpoint(path, _FORMAT, "spectorch CIFAR")
 
 
 def list_checkpoints(path: str | os.PathLike) -> list[Path]:
@@ -291,8 +285,6 @@ def load_cifar_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
             (the message names the file).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
     state = _load(path)
     model = CifarConfig.from_dict(state["config"]).model()
     try:

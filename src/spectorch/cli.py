@@ -128,9 +128,9 @@ def _cmd_density(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {out} is a file, expected a directory")
     if args.operator not in OPERATORS:  # argparse checks too; the registry is the truth
         raise CLIError(f"unknown --operator {args.operator!r}; choose one of {sorted(OPERATORS)}")
-    if args.draw_index is not None and args.draws != 10:
+    if args.draw_index is not None and args.draws is not None:
         raise CLIError("give either --draws N or --draw-index K, not both")
-    draws = [args.draw_index] if args.draw_index is not None else args.draws
+    draws = [args.draw_index] if args.draw_index is not None else (args.draws or 10)
 
     if not distributed.launched():
         device = _device(args.device)
@@ -334,14 +334,14 @@ def _cmd_cifar_figure(args: argparse.Namespace) -> int:
     from spectorch.cifar import load_trajectory
     from spectorch.plotting import plot_trajectories
 
+    if args.labels and len(args.labels) != len(args.dirs):
+        raise CLIError(f"--labels needs {len(args.dirs)} labels, one per DIR")
     panels = {}
     for i, d in enumerate(args.dirs):
         label, curves = load_trajectory(d)
         if args.labels:
             label = args.labels[i]
         panels[label if label not in panels else f"{label} ({d})"] = curves
-    if args.labels and len(args.labels) != len(args.dirs):
-        raise CLIError(f"--labels needs {len(args.dirs)} labels, one per DIR")
     plot_trajectories(panels, args.out, title=args.title)
     print(f"wrote {args.out}")
     return 0
@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dens.add_argument("--operator", choices=sorted(OPERATORS), default="hessian")
     dens.add_argument("--steps", type=_positive_int, default=90, help="Lanczos steps per draw (90)")
-    dens.add_argument("--draws", type=_positive_int, default=10, help="independent draws (10)")
+    dens.add_argument("--draws", type=_positive_int, default=None, help="independent draws (10)")
     dens.add_argument(
         "--draw-index",
         type=_nonnegative_int,

@@ -35,12 +35,14 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "Context",
     "DistributedError",
     "DistributedOperator",
     "ShardedData",
     "launched",
     "setup",
     "shard",
+    "teardown",
 ]
 
 _STOP, _ABORT, _MATVEC, _MATMAT = 0, -1, 1, 2
@@ -200,9 +202,11 @@ class DistributedOperator:
                 f"local must be a spectorch curvature operator, got {type(local).__name__}"
             )
         self.local = local
-        self.root = root
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
+        if isinstance(root, bool) or not isinstance(root, int) or not 0 <= root < self.world_size:
+            raise ValueError(f"root must be a rank in [0, {self.world_size}), got {root!r}")
+        self.root = root
         self._comm = local.device if dist.get_backend() == "nccl" else torch.device("cpu")
         self._closed = False
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from spectorch._io import atomic_torch_save
+from spectorch._io import atomic_torch_save, load_torch_checkpoint
 
 __all__ = ["FitResult", "fit", "load_checkpoint"]
 
@@ -164,13 +164,4 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         FileNotFoundError: if ``path`` does not exist.
         ValueError: if the file is corrupt, truncated or not a spectorch checkpoint.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a damaged file
-        raise ValueError(f"checkpoint {path} is corrupt or truncated: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a spectorch checkpoint (format {_FORMAT})")
-    return state
+    return load_torch_checkpoint(path, _FORMAT, "spectorch")
