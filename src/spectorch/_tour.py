@@ -97,6 +97,36 @@ def _curvature_spectra(out: Path, progress: bool) -> dict[str, Any]:
     }
 
 
+def _spectral_inference(out: Path, progress: bool) -> dict[str, Any]:
+    """A kernel run (each objective against eigh) and a short 2-D hydrogen run."""
+    from spectorch.spin.examples import kernel_example
+    from spectorch.spin.hydrogen import HydrogenConfig, train_hydrogen
+
+    t0 = time.perf_counter()
+    kernel = kernel_example(out / "kernel", steps=1500, progress=progress)
+    kernel["seconds"] = round(time.perf_counter() - t0, 1)
+    t1 = time.perf_counter()
+    cfg = HydrogenConfig(
+        objective="neuralef",
+        niter=2000,
+        batch_size=256,
+        lr=1e-3,
+        optimizer="adam",
+        importance=True,
+        cosine=True,
+        log_image_every=500,
+        save_params_every=500,
+    )
+    result = train_hydrogen(out / "hydrogen", cfg, progress=progress, eval_samples=10_000)
+    hyd = result.summary()
+    hyd["seconds"] = round(time.perf_counter() - t1, 1)
+    return {
+        "kernel": kernel,
+        "hydrogen": hyd,
+        "figures": ["kernel/kernel.png", "hydrogen/eigenfunctions.png", "hydrogen/eigenvalues.png"],
+    }
+
+
 def run_tour(out: str | os.PathLike = "spectorch-out", *, progress: bool = True) -> dict[str, Any]:
     """Run every capability briefly, write figures and ``summary.json``/``summary.txt``.
 
@@ -112,6 +142,7 @@ def run_tour(out: str | os.PathLike = "spectorch-out", *, progress: bool = True)
     t1 = time.perf_counter()
     summary["cifar_workflow"] = cifar_demo(out / "cifar", progress=progress)
     summary["cifar_workflow"]["seconds"] = round(time.perf_counter() - t1, 1)
+    summary["spectral_inference"] = _spectral_inference(out / "spin", progress)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(out / "summary.json", summary)
     with atomic_path(out / "summary.txt", "w") as fh:
@@ -151,6 +182,29 @@ def _summary_text(summary: dict[str, Any]) -> str:
                     f"top eig {r['top_eigenvalue']:.4g}  trace {r['trace']:.4g}"
                 )
         lines.append(f"   figures: {', '.join('cifar/' + f for f in cw['figures'])}")
+    si = summary.get("spectral_inference")
+    if si:
+        k = si["kernel"]
+        lines += [
+            "",
+            "3. Spectral inference networks",
+            f"   RBF kernel on 200 points, top {len(k['exact'])} eigenvalues (eigh): "
+            + ", ".join(f"{v:.4f}" for v in k["exact"])
+            + f"  ({k['seconds']:.1f}s)",
+        ]
+        for name, r in k["objectives"].items():
+            lines.append(
+                f"   {name:9s} max rel err {r['max_relative_error']:.1%}  "
+                f"subspace overlap {r['overlap']:.3f}"
+            )
+        h = si["hydrogen"]
+        shells = ", ".join(f"{d:.2f}" for d in h["shell_distances"])
+        lines += [
+            f"   2-D hydrogen, NeuralEF, {h['steps']} steps in {h['seconds']:.1f}s: mean rel err "
+            f"of the 9 lowest energies {h['mean_relative_error']:.1%}; "
+            f"subspace distance per shell {shells}",
+            f"   figures: {', '.join('spin/' + f for f in si['figures'])}",
+        ]
     lines.append("")
     lines.append(f"total {summary['seconds']:.1f}s")
     return "\n".join(lines) + "\n"

@@ -14,7 +14,15 @@ from spectorch._io import atomic_path
 from spectorch._utils import to_numpy
 from spectorch.density import SpectralDensity
 
-__all__ = ["plot_densities", "plot_density", "plot_trajectories"]
+__all__ = [
+    "draw_eigenfunctions",
+    "draw_eigenvalue_curves",
+    "plot_densities",
+    "plot_density",
+    "plot_eigenfunctions",
+    "plot_eigenvalue_curves",
+    "plot_trajectories",
+]
 
 _LOG_RANGE = 1e-8  # the log panels show eight decades below the peak
 
@@ -178,4 +186,96 @@ def plot_trajectories(
     axes[0].set_ylim(low, peak * 3)
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+def draw_eigenfunctions(
+    fig: Any,
+    images: Any,
+    eigenvalues: Any,
+    *,
+    extent: tuple[float, float, float, float] | None = None,
+    title: str | None = None,
+) -> None:
+    """Draw ``k`` images (``points x points x k``) on a square grid of panels of ``fig``,
+    each titled with its eigenvalue (the original's GUI, as a figure)."""
+    images = np.asarray(images)
+    eigenvalues = np.asarray(eigenvalues, dtype=np.float64).reshape(-1)
+    k = images.shape[-1]
+    fig.clear()
+    n = max(2, int(np.ceil(np.sqrt(k))))
+    axes = fig.subplots(n, n)
+    for i, ax in enumerate(np.asarray(axes).reshape(-1)):
+        ax.axis("off")
+        if i >= k:
+            continue
+        img = images[..., i]
+        ax.imshow(img, cmap="plasma", origin="lower", extent=extent, interpolation="nearest")
+        value = eigenvalues[i] if i < len(eigenvalues) else float("nan")
+        ax.set_title(f"{i}: λ = {value:.4g}", fontsize=9)
+    if title:
+        fig.suptitle(title)
+
+
+def plot_eigenfunctions(
+    images: Any,
+    eigenvalues: Any,
+    path: str | os.PathLike,
+    *,
+    extent: tuple[float, float, float, float] | None = None,
+    title: str | None = None,
+) -> Path:
+    """:func:`draw_eigenfunctions` into a new figure saved (atomically) as a PNG."""
+    k = np.asarray(images).shape[-1]
+    n = max(2, int(np.ceil(np.sqrt(k))))
+    fig = _figure(1, width=2.6 * n, height=2.6 * n)
+    draw_eigenfunctions(fig, images, eigenvalues, extent=extent, title=title)
+    return _save(fig, path)
+
+
+def draw_eigenvalue_curves(
+    fig: Any,
+    curves: Any,
+    *,
+    exact: Any = None,
+    ylabel: str = "eigenvalue",
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> None:
+    """Draw the eigenvalue estimates along training (``steps x k``), one colour per
+    eigenvalue, with the exact values as dashed lines of the same colour."""
+    curves = np.asarray(curves, dtype=np.float64)
+    fig.clear()
+    ax = fig.subplots()
+    steps = np.arange(1, len(curves) + 1)
+    k = curves.shape[1] if curves.ndim == 2 else 0
+    for i in range(k):
+        ax.plot(steps, curves[:, i], color=f"C{i % 10}", lw=1.0, label=f"λ{i}")
+    if exact is not None:
+        for i, value in enumerate(np.asarray(exact, dtype=np.float64).reshape(-1)):
+            ax.axhline(value, color=f"C{i % 10}", ls="--", lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if len(steps) > 1:
+        ax.set_xlim(1, len(steps))
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    if 0 < k <= 16:
+        ax.legend(fontsize=7, ncol=2, loc="upper right")
+    if title:
+        ax.set_title(title)
+
+
+def plot_eigenvalue_curves(
+    curves: Any,
+    path: str | os.PathLike,
+    *,
+    exact: Any = None,
+    ylabel: str = "eigenvalue",
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """:func:`draw_eigenvalue_curves` into a new figure saved (atomically) as a PNG."""
+    fig = _figure(1, width=6.5, height=4.2)
+    draw_eigenvalue_curves(fig, curves, exact=exact, ylabel=ylabel, title=title, ylim=ylim)
     return _save(fig, path)

@@ -1,0 +1,664 @@
+"""SpectralNetwork: learn eigenfunctions of an operator with SpIN, NeuralEF or NeuralSVD."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from spectorch._io import atomic_torch_save, load_torch_checkpoint
+from spectorch.spin import util
+from spectorch.spin._objectives import (
+    NESTINGS,
+    OBJECTIVES,
+    cholesky,
+    neuralef_loss,
+    neuralsvd_loss,
+    spin_gradients,
+    spin_loss,
+)
+from spectorch.spin._operators import Batch, LinearOperator, covariance
+
+__all__ = ["SpectralNetwork"]
+
+_FORMAT = "spectorch.spin/1"
+_LOGGING_KEYS = ("log_image_every", "save_params_every", "saver_path", "saver_name")
+log = logging.getLogger("spectorch.spin")
+
+
+class SpectralNetwork:
+    """A network ``u(x)`` in ``R^k`` trained so its outputs span the top or bottom ``k``
+    eigenfunctions of ``operator``.
+
+    ``objective="spin"`` is the original algorithm of Pfau et al. (2019):
+    ``Sigma = E[u u^T]``, ``Pi = E[u (T u)^T]``, ``L = chol(Sigma)``,
+    ``Lambda = L^-1 Pi L^-T``, loss ``tr(Lambda)`` with the masked gradient that orders
+    the eigenfunctions, and moving averages of ``Sigma`` and of its Jacobian (weight
+    ``decay`` on the new batch, starting from the identity and zero; ``decay=0`` means
+    no averaging). ``eigenvalues`` are ``diag(Lambda)``; the eigenfunctions are
+    ``L^-1 u``. ``objective="neuralef"`` (Deng et al., 2022) and ``"neuralsvd"`` (Ryu
+    et al., 2024; ``nesting="joint"`` or ``"sequential"``) use the same operators, data
+    and loop without a Cholesky factorisation.
+
+    Args:
+        operator: a :class:`~spectorch.spin.LinearOperator` (sums and scalings included).
+        network: an ``nn.Module`` or a function ``x -> u`` (``n x k``).
+        data: where batches come from: a tensor (the same batch every step, like a
+            constant in the original's graph), a callable returning a batch, or an
+            iterable of batches (cycled). A batch is ``x`` or ``(x, weights)``, the
+            weights being importance weights ``p(x)/q(x)``.
+        params: the trainable tensors; default ``network.parameters()``.
+        decay: weight of the new batch in the moving averages of ``Sigma`` and of its
+            Jacobian (SpIN); for the other objectives it only smooths the ``Sigma``
+            used to normalise :meth:`eigenfunctions`. ``0`` means no averaging.
+        objective: ``"spin"``, ``"neuralef"`` or ``"neuralsvd"``.
+        which: ``"smallest"`` or ``"largest"`` eigenvalues.
+        nesting: NeuralSVD's ``"joint"`` or ``"sequential"`` nesting.
+        shift: a constant added to the operator the objective sees (``T + shift`` for
+            ``which="largest"``, ``shift - T`` for ``"smallest"``); NeuralEF and NeuralSVD
+            need the eigenvalues they look for to be positive. Reported eigenvalues are
+            always ``T``'s.
+
+    Raises:
+        ValueError / TypeError: naming the argument, before any work.
+    """
+
+    def __init__(
+        self,
+        operator: LinearOperator,
+        network: Callable[[Tensor], Tensor],
+        data: Any,
+        params: Sequence[Tensor] | None = None,
+        *,
+        decay: float = 0.01,
+        objective: str = "spin",
+        which: str = "smallest",
+        nesting: str = "joint",
+        shift: float = 0.0,
+    ) -> None:
+        if not isinstance(operator, LinearOperator):
+            raise TypeError(
+                f"operator: expected a spectorch.spin.LinearOperator, got {type(operator).__name__}"
+            )
+        if not callable(network):
+            raise TypeError(
+                f"network: expected an nn.Module or a callable, got {type(network).__name__}"
+            )
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective: expected one of {OBJECTIVES}, got {objective!r}")
+        if which not in ("smallest", "largest"):
+            raise ValueError(f"which: expected 'smallest' or 'largest', got {which!r}")
+        if nesting not in NESTINGS:
+            raise ValueError(f"nesting: expected one of {NESTINGS}, got {nesting!r}")
+        if not (isinstance(decay, (int, float)) and 0.0 <= decay <= 1.0):
+            raise ValueError(f"decay: expected a number in [0, 1], got {decay!r}")
+        if not math.isfinite(shift):
+            raise ValueError(f"shift: expected a finite number, got {shift!r}")
+        if params is None:
+            if not isinstance(network, nn.Module):
+                raise ValueError(
+                    "params: required when network is a plain function (pass its tensors)"
+                )
+            params = [p for p in network.parameters() if p.requires_grad]
+        params = list(params)
+        if not params or not all(isinstance(p, Tensor) for p in params):
+            raise ValueError("params: expected a non-empty list of tensors")
+        for i, p in enumerate(params):
+            if not p.requires_grad:
+                raise ValueError(f"params[{i}]: does not require grad")
+        if data is None:
+            raise ValueError("data: expected a tensor, a callable or an iterable of batches")
+        self.operator = operator
+        self.network = network
+        self.data = data
+        self.params = params
+        self.decay = float(decay)
+        self.objective = objective
+        self.which = which
+        self.nesting = nesting
+        self.shift = float(shift)
+        self.step_count = 0
+        self.k: int | None = None
+        self.sigma_avg: Tensor | None = None
+        self.sigma_jac_avg: list[Tensor] | None = None
+        self.chol: Tensor | None = None
+        self.loss: float | None = None
+        self.eigenvalues: np.ndarray | None = None
+        self._iter: Any = None
+        self._warned_jitter = False
+
+    # -- batches -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.params[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.params[0].dtype
+
+    def _next_batch(self) -> tuple[Tensor, Tensor | None]:
+        data = self.data
+        if isinstance(data, Tensor):
+            out: Any = data
+        elif callable(data):
+            out = data()
+        else:
+            if self._iter is None:
+                self._iter = iter(data)
+            try:
+                out = next(self._iter)
+            except StopIteration:
+                self._iter = iter(data)
+                try:
+                    out = next(self._iter)
+                except StopIteration:
+                    raise ValueError("data: the iterable yields no batches") from None
+        return self._to_batch(out)
+
+    def _to_batch(self, out: Any) -> tuple[Tensor, Tensor | None]:
+        weights = None
+        if isinstance(out, (tuple, list)):
+            if len(out) != 2:
+                raise ValueError(
+                    f"data: a batch is x or (x, weights), got a sequence of {len(out)}"
+                )
+            out, weights = out
+        if not isinstance(out, Tensor):
+            raise ValueError(f"data: a batch must be a tensor, got {type(out).__name__}")
+        x = out.to(self.device)
+        if x.is_floating_point():
+            x = x.to(self.dtype)
+        if weights is not None:
+            weights = torch.as_tensor(weights).to(self.device, self.dtype).reshape(-1)
+            if weights.shape[0] != x.shape[0]:
+                raise ValueError(f"data: {weights.shape[0]} weights for a batch of {x.shape[0]}")
+        return x, weights
+
+    # -- one step ---------------------------------------------------------------------------
+    def _sign(self) -> float:
+        # SpIN minimises, so it sees +T for the smallest eigenvalues; NeuralEF and
+        # NeuralSVD maximise, so they see -T for the smallest.
+        s = 1.0 if self.which == "smallest" else -1.0
+        return s if self.objective == "spin" else -s
+
+    def _init_state(self, k: int) -> None:
+        self.k = k
+        self.sigma_avg = torch.eye(k, dtype=torch.float64, device=self.device)
+        if self.objective == "spin" and 0.0 < self.decay < 1.0:
+            self.sigma_jac_avg = [
+                torch.zeros((k, k, *p.shape), dtype=torch.float64, device=p.device)
+                for p in self.params
+            ]
+
+    def _sigma_jacobian(self, u: Tensor, weights: Tensor | None) -> list[Tensor]:
+        """SpIN's (masked) Jacobian of ``Sigma`` in the parameters: entry ``(i, j)`` is
+        ``2 E[u_i d u_j / d theta]``, all ``k^2`` rows in one batched backward pass."""
+        n, k = u.shape
+        uw = u.detach() if weights is None else u.detach() * weights[:, None]
+        eye = torch.eye(k, dtype=u.dtype, device=u.device)
+        cot = (2.0 / n) * torch.einsum("bi,jl->ijbl", uw, eye).reshape(k * k, n, k)
+        grads = torch.autograd.grad(
+            u,
+            self.params,
+            grad_outputs=cot,
+            is_grads_batched=True,
+            retain_graph=True,
+            allow_unused=True,
+        )
+        return [
+            torch.zeros((k, k, *p.shape), dtype=torch.float64, device=p.device)
+            if g is None
+            else g.reshape(k, k, *p.shape).to(torch.float64)
+            for g, p in zip(grads, self.params, strict=True)
+        ]
+
+    def compute_loss(
+        self, x: Tensor, weights: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """The loss of one batch, with its gradient ready for ``backward()``.
+
+        Returns:
+            ``(loss, eigenvalue estimates of T, extras)``; for SpIN with moving
+            averages ``extras["sigma_grad"]`` holds the ``Sigma`` part of the gradient,
+            to be added to the parameters' ``.grad`` after ``backward()``.
+        """
+        batch = Batch(self.network, x, weights, masked=True)
+        u = batch.u
+        if self.k is None:
+            self._init_state(u.shape[1])
+        elif u.shape[1] != self.k:
+            raise ValueError(
+                f"network: the number of outputs changed from {self.k} to {u.shape[1]}"
+            )
+        sign = self._sign()
+        pi = self.operator.pi(batch)
+        if pi.shape != (self.k, self.k):
+            raise ValueError(
+                f"operator: Pi has shape {tuple(pi.shape)}, expected ({self.k}, {self.k})"
+            )
+        pi = sign * pi
+        if self.shift:
+            pi = pi + self.shift * covariance(u, u, weights, masked=True)
+        extras: dict[str, Any] = {}
+        if self.objective == "spin":
+            sigma = covariance(u, u, weights, masked=True)
+            averaging = 0.0 < self.decay < 1.0
+            if averaging:
+                c = self.decay
+                jac = self._sigma_jacobian(u, weights)
+                self.sigma_avg = (1 - c) * self.sigma_avg + c * sigma.detach().to(torch.float64)
+                for avg, j in zip(self.sigma_jac_avg, jac, strict=True):
+                    avg.mul_(1 - c).add_(j, alpha=c)
+                chol = cholesky(self.sigma_avg, self)
+                loss = spin_loss(self.sigma_avg.to(pi.dtype), pi, chol)
+                _, g_sigma, _ = spin_gradients(chol, pi)
+                extras["sigma_grad"] = [
+                    torch.tensordot(g_sigma, avg, dims=2).to(p.dtype)
+                    for avg, p in zip(self.sigma_jac_avg, self.params, strict=True)
+                ]
+            else:
+                self.sigma_avg = sigma.detach().to(torch.float64)
+                chol = cholesky(self.sigma_avg, self)
+                loss = spin_loss(sigma, pi, chol)
+            self.chol = chol
+            lam, _, _ = spin_gradients(chol, pi)
+            est = lam.diagonal()
+        else:
+            sigma = covariance(u, u, weights, masked=False).detach().to(torch.float64)
+            c = self.decay if 0.0 < self.decay < 1.0 else 1.0
+            self.sigma_avg = sigma if self.step_count == 0 else (1 - c) * self.sigma_avg + c * sigma
+            if self.objective == "neuralef":
+                loss, est = neuralef_loss(u, weights, pi)
+            else:
+                loss, est = neuralsvd_loss(u, weights, pi, self.nesting)
+            est = est.to(torch.float64)
+        # the objective saw A = sign * T + shift (sign = +-1): map back to T
+        return loss, (est - self.shift) * sign, extras
+
+    def step(self, optimizer: torch.optim.Optimizer) -> tuple[float, np.ndarray]:
+        """One optimisation step on the next batch; returns ``(loss, eigenvalues)``.
+
+        Raises:
+            FloatingPointError: if the loss is not finite; the parameters are untouched.
+        """
+        x, weights = self._next_batch()
+        optimizer.zero_grad(set_to_none=True)
+        loss, eig, extras = self.compute_loss(x, weights)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value) or not torch.isfinite(eig).all():
+            raise FloatingPointError(
+                f"the loss is {loss_value} at step {self.step_count}: training diverged "
+                "(try a smaller learning rate)"
+            )
+        loss.backward()
+        for p, g in zip(self.params, extras.get("sigma_grad", ()), strict=False):
+            p.grad = g.clone() if p.grad is None else p.grad + g
+        for i, p in enumerate(self.params):
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                raise FloatingPointError(
+                    f"the gradient of params[{i}] is not finite at step {self.step_count}"
+                )
+        optimizer.step()
+        self.step_count += 1
+        self.loss = loss_value
+        self.eigenvalues = eig.detach().cpu().numpy()
+        return loss_value, self.eigenvalues
+
+    # -- evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def eigenfunctions(self, x: Tensor) -> Tensor:
+        """The learned eigenfunctions at ``x`` (``n x k``), in the order of the eigenvalues:
+        ``u L^-T`` for SpIN, ``u`` with unit-norm columns for the other objectives."""
+        x, _ = self._to_batch(x)
+        u = self.network(x).to(torch.float64)
+        if self.sigma_avg is None:
+            raise ValueError("eigenfunctions: train for at least one step first")
+        if self.objective == "spin":
+            chol = self.chol if self.chol is not None else cholesky(self.sigma_avg, self)
+            return torch.linalg.solve_triangular(chol, u.T, upper=False).T
+        return u / self.sigma_avg.diagonal().clamp_min(1e-300).sqrt()
+
+    def estimate(
+        self, x: Tensor, weights: Tensor | None = None, *, chunk: int = 4096
+    ) -> tuple[Tensor, Tensor]:
+        """``(Sigma, Pi)`` of the raw outputs over a (large) sample ``x``, in chunks of
+        ``chunk`` rows weighted by their size (float64, no training state touched)."""
+        x, weights = self._to_batch((x, weights) if weights is not None else x)
+        n = x.shape[0]
+        if chunk < 2 or n < 2:
+            raise ValueError(
+                f"estimate: need at least 2 samples and chunk >= 2, got {n} and {chunk}"
+            )
+        sigma = pi = None
+        used = 0
+        for start in range(0, n, chunk):
+            xs = x[start : start + chunk]
+            ws = None if weights is None else weights[start : start + chunk]
+            if xs.shape[0] % 2:  # kernel operators want two equal halves
+                xs, ws = xs[:-1], (None if ws is None else ws[:-1])
+            if xs.shape[0] == 0:
+                continue
+            with torch.no_grad():
+                batch = Batch(self.network, xs, ws, masked=False)
+                s = covariance(batch.u, batch.u, ws, masked=False).to(torch.float64) * xs.shape[0]
+                p = self.operator.pi(batch).to(torch.float64) * xs.shape[0]
+            sigma = s if sigma is None else sigma + s
+            pi = p if pi is None else pi + p
+            used += xs.shape[0]
+        return sigma / used, pi / used
+
+    def readout(self, sigma: Tensor, pi: Tensor) -> np.ndarray:
+        """The eigenvalues of ``T`` this objective reads from ``Sigma = E[u u^T]`` and
+        ``Pi = E[u (T u)^T]`` of the network's raw outputs, e.g. estimated on a large
+        evaluation sample or exactly on a finite one: ``diag(L^-1 Pi L^-T)`` for SpIN,
+        the Rayleigh quotients ``Pi_jj / Sigma_jj`` for NeuralEF and NeuralSVD."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        pi = torch.as_tensor(pi, dtype=torch.float64)
+        pi = 0.5 * (pi + pi.T)
+        if self.objective == "spin":
+            chol = cholesky(sigma, self)
+            eye = torch.eye(sigma.shape[0], dtype=torch.float64)
+            choli = torch.linalg.solve_triangular(chol, eye, upper=False)
+            return (choli @ pi @ choli.T).diagonal().numpy()
+        return (pi.diagonal() / sigma.diagonal()).numpy()
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _config(self) -> dict[str, Any]:
+        return {
+            "objective": self.objective,
+            "which": self.which,
+            "decay": self.decay,
+            "nesting": self.nesting,
+            "shift": self.shift,
+            "params": [list(p.shape) for p in self.params],
+        }
+
+    def state_dict(self, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+        """Everything a run needs to resume exactly (weights-only loadable)."""
+        state: dict[str, Any] = {
+            "format": _FORMAT,
+            "config": self._config(),
+            "step": self.step_count,
+            "k": self.k,
+            "params": [p.detach().cpu().clone() for p in self.params],
+            "sigma_avg": None if self.sigma_avg is None else self.sigma_avg.cpu(),
+            "sigma_jac_avg": None
+            if self.sigma_jac_avg is None
+            else [a.cpu() for a in self.sigma_jac_avg],
+            "chol": None if self.chol is None else self.chol.cpu(),
+            "rng": torch.get_rng_state(),
+        }
+        if isinstance(self.network, nn.Module):
+            state["buffers"] = {k: v.cpu() for k, v in self.network.named_buffers()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if optimizer is not None:
+            state["optimizer"] = optimizer.state_dict()
+        if hasattr(self.data, "state_dict"):
+            state["data"] = self.data.state_dict()
+        return state
+
+    def load_state_dict(
+        self, state: Mapping[str, Any], optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        """Restore :meth:`state_dict`; refuses a checkpoint of another configuration."""
+        if state.get("config") != self._config():
+            raise ValueError(
+                f"checkpoint: written with configuration {state.get('config')}, this run has "
+                f"{self._config()}; use another saver_path/saver_name or the same settings"
+            )
+        with torch.no_grad():
+            for p, v in zip(self.params, state["params"], strict=True):
+                p.copy_(v)
+        if isinstance(self.network, nn.Module) and "buffers" in state:
+            for name, buf in self.network.named_buffers():
+                if name in state["buffers"]:
+                    buf.copy_(state["buffers"][name])
+        self.step_count = int(state["step"])
+        self.k = state["k"]
+        dev = self.device
+        self.sigma_avg = None if state["sigma_avg"] is None else state["sigma_avg"].to(dev)
+        jac = state["sigma_jac_avg"]
+        self.sigma_jac_avg = (
+            None if jac is None else [a.to(p.device) for a, p in zip(jac, self.params, strict=True)]
+        )
+        self.chol = None if state["chol"] is None else state["chol"].to(dev)
+        torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and dev.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], dev)
+        if optimizer is not None and "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        if "data" in state and hasattr(self.data, "load_state_dict"):
+            self.data.load_state_dict(state["data"])
+
+    # -- training loop ---------------------------------------------------------------------------
+    def train(
+        self,
+        optim: torch.optim.Optimizer,
+        iterations: int,
+        logging_config: Mapping[str, Any] | None = None,
+        stats_hooks: Mapping[str, Callable[..., Any]] | None = None,
+        plotting_hooks: Mapping[str, Callable[..., Any]] | None = None,
+        show_plots: bool = False,
+        data_for_plotting: Tensor | None = None,
+        *,
+        progress: bool = True,
+        resume: bool = True,
+        time_budget: float | None = None,
+        lr_schedule: Callable[[int], float] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The original's training loop, resumable.
+
+        Args:
+            optim: a ``torch.optim`` optimizer over :attr:`params`.
+            iterations: the total number of steps (a resumed run does the rest).
+            logging_config: the original's keys: ``config`` (logged, and saved with the
+                checkpoint), ``log_image_every``, ``save_params_every`` (steps between
+                checkpoints), ``saver_path``, ``saver_name`` (the checkpoint is
+                ``saver_path/saver_name.pt``, written atomically). ``None``: no
+                checkpoints and no images.
+            stats_hooks: ``{"create": f(iterations, neig) -> dict of arrays, "update":
+                f(t, loss, eigenvalues, **stats)}``; default
+                :func:`spectorch.spin.util.create_default_stats` /
+                :func:`~spectorch.spin.util.update_default_stats`.
+            plotting_hooks: ``{"create": f() -> plots, "update": f(t, outputs, inputs,
+                *plots, **stats)}``, called every ``log_image_every`` steps with the
+                eigenfunctions on ``data_for_plotting``.
+            show_plots: also refresh a live matplotlib window when one can be opened.
+            data_for_plotting: the inputs the plotting hooks see.
+            progress: show a progress bar with the current eigenvalues.
+            resume: continue from ``saver_path/saver_name.pt`` when it exists.
+            time_budget: stop (with a checkpoint) after this many seconds.
+            lr_schedule: ``step -> factor``: each step runs with the optimizer's initial
+                learning rate times ``lr_schedule(step)`` (a function of the step, so a
+                resumed run follows the same schedule).
+
+        Returns:
+            The stats dict (arrays of length ``iterations``; filled up to the last step).
+
+        Raises:
+            FloatingPointError: on a NaN loss; the last checkpoint is left intact.
+        """
+        if not isinstance(optim, torch.optim.Optimizer):
+            raise TypeError(f"optim: expected a torch.optim.Optimizer, got {type(optim).__name__}")
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"iterations: expected a positive int, got {iterations!r}")
+        cfg = _check_logging_config(logging_config)
+        hooks = stats_hooks or {
+            "create": util.create_default_stats,
+            "update": util.update_default_stats,
+        }
+        for key in ("create", "update"):
+            if not callable(hooks.get(key)):
+                raise ValueError(
+                    f"stats_hooks: expected callables under 'create' and 'update', missing {key!r}"
+                )
+        if plotting_hooks is not None:
+            for key in ("create", "update"):
+                if not callable(plotting_hooks.get(key)):
+                    raise ValueError(
+                        "plotting_hooks: expected callables under 'create' and 'update', "
+                        f"missing {key!r}"
+                    )
+        ckpt = None if cfg is None else Path(cfg["saver_path"]) / f"{cfg['saver_name']}.pt"
+        saved_stats: dict[str, Any] = {}
+        if ckpt is not None and resume and ckpt.exists():
+            state = load_torch_checkpoint(ckpt, _FORMAT, "SpectralNetwork")
+            self.load_state_dict(state, optim)
+            saved_stats = state.get("stats", {})
+            log.info("resumed from %s at step %d", ckpt, self.step_count)
+        if cfg is not None:
+            log.info(cfg["config"])
+
+        if self.k is None:  # learn k from one forward pass (no training)
+            with torch.no_grad():
+                x, _ = (
+                    self._next_batch()
+                    if not isinstance(self.data, Tensor)
+                    else self._to_batch(self.data)
+                )
+                self._peek_k(x)
+        stats = hooks["create"](iterations, self.k)
+        for key, value in saved_stats.items():
+            if key in stats and isinstance(stats[key], np.ndarray):
+                arr = value.numpy()
+                n = min(len(arr), len(stats[key]))
+                stats[key][:n] = arr[:n]
+
+        plots = None
+        live = bool(show_plots) and _can_show()
+        if plotting_hooks is not None and data_for_plotting is not None:
+            plots = plotting_hooks["create"]()
+            if not isinstance(plots, tuple):
+                plots = (plots,)
+
+        every = iterations if cfg is None else int(cfg["log_image_every"])
+        if lr_schedule is not None:
+            for group in optim.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+        start = self.step_count
+        t0 = time.monotonic()
+        bar = tqdm(
+            total=iterations,
+            initial=start,
+            desc=f"{self.objective}",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        try:
+            for t in range(start, iterations):
+                if lr_schedule is not None:
+                    factor = float(lr_schedule(t))
+                    for group in optim.param_groups:
+                        group["lr"] = group["initial_lr"] * factor
+                loss, eig = self.step(optim)
+                hooks["update"](t, loss, eig, **stats)
+                shown = stats["eigenvalues_ma"][t] if "eigenvalues_ma" in stats else eig
+                bar.set_postfix_str(
+                    "eig " + " ".join(f"{v:.4g}" for v in np.asarray(shown)[:9]), refresh=False
+                )
+                bar.update(1)
+                done = t + 1
+                out_of_time = time_budget is not None and time.monotonic() - t0 > time_budget
+                if cfg is not None and (
+                    done % cfg["save_params_every"] == 0 or done == iterations or out_of_time
+                ):
+                    self._save(ckpt, optim, stats, cfg)
+                if plots is not None and (done % every == 0 or done == iterations or out_of_time):
+                    outputs = self.eigenfunctions(data_for_plotting).cpu().numpy()
+                    inputs = data_for_plotting.detach().cpu().numpy()
+                    plotting_hooks["update"](t, outputs, inputs, *plots, **stats)
+                    if live:
+                        import matplotlib.pyplot as plt
+
+                        plt.pause(0.01)
+                if out_of_time:
+                    break
+        finally:
+            bar.close()
+        return stats
+
+    def _peek_k(self, x: Tensor) -> None:
+        u = self.network(x)
+        if u.ndim != 2:
+            raise ValueError(f"network: expected outputs of shape (batch, k), got {tuple(u.shape)}")
+        self._init_state(u.shape[1])
+        if not isinstance(self.data, Tensor) and not callable(self.data):
+            self._iter = None  # a re-iterable serves the peeked batch again
+
+    def _save(
+        self,
+        path: Path,
+        optim: torch.optim.Optimizer,
+        stats: Mapping[str, Any],
+        cfg: Mapping[str, Any],
+    ) -> None:
+        state = self.state_dict(optim)
+        state["stats"] = {
+            k: torch.from_numpy(np.ascontiguousarray(v[: self.step_count]))
+            for k, v in stats.items()
+            if isinstance(v, np.ndarray)
+        }
+        state["logging_config"] = _plain(cfg["config"])
+        atomic_torch_save(path, state)
+
+
+def _plain(obj: Any) -> Any:
+    """A weights-only-loadable copy of a config (numbers, strings, lists, dicts)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def _check_logging_config(cfg: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if cfg is None:
+        return None
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"logging_config: expected a dict, got {type(cfg).__name__}")
+    missing = [k for k in _LOGGING_KEYS if k not in cfg]
+    if missing:
+        raise ValueError(
+            f"logging_config: missing key(s) {missing}; "
+            f"expected {list(_LOGGING_KEYS)} (and 'config')"
+        )
+    out = dict(cfg)
+    out.setdefault("config", {})
+    for key in ("log_image_every", "save_params_every"):
+        v = out[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"logging_config[{key!r}]: expected a positive int, got {v!r}")
+    if not isinstance(out["saver_name"], str) or not out["saver_name"]:
+        raise ValueError(
+            f"logging_config['saver_name']: expected a non-empty string, got {out['saver_name']!r}"
+        )
+    if not isinstance(out["saver_path"], (str, os.PathLike)):
+        raise ValueError(
+            f"logging_config['saver_path']: expected a path, got {out['saver_path']!r}"
+        )
+    return out
+
+
+def _can_show() -> bool:
+    """Whether matplotlib can open a window (an interactive backend and a display)."""
+    try:
+        import matplotlib
+
+        backend = matplotlib.get_backend().lower()
+    except Exception:
+        return False
+    if "agg" in backend or backend in ("pdf", "ps", "svg", "template", "cairo"):
+        return False
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.name == "nt")
