@@ -470,3 +470,25 @@ def test_cli_spin_kernel_and_hydrogen(tmp_path, capsys):
     assert "batch_size" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["spin", "hydrogen", "--hidden", "0,4"])
+
+
+def test_live_plot_hooks_draw_into_pyplot_figures_and_files(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = hydrogen.HydrogenConfig(neig=4)
+    hooks = hydrogen._plotting_hooks(tmp_path, cfg, hydrogen.exact_energies(4), True, 8)
+    plots = hooks["create"]()
+    try:
+        ma = np.tile(hydrogen.exact_energies(4), (3, 1))
+        hooks["update"](
+            2, np.random.default_rng(0).random((64, 4)), None, *plots, eigenvalues_ma=ma
+        )
+        assert (tmp_path / "eigenfunctions.png").stat().st_size > 0
+        assert (tmp_path / "eigenvalues.png").stat().st_size > 0
+        assert len(plots[0].axes) >= 4  # one panel per eigenfunction
+    finally:
+        plt.close("all")
+        plt.ioff()

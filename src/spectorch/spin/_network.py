@@ -127,6 +127,7 @@ class SpectralNetwork:
         self.nesting = nesting
         self.shift = float(shift)
         self.step_count = 0
+        self.step_seconds = 0.0  # time spent in step() by this object (not restored on resume)
         self.k: int | None = None
         self.sigma_avg: Tensor | None = None
         self.sigma_jac_avg: list[Tensor] | None = None
@@ -290,6 +291,7 @@ class SpectralNetwork:
         Raises:
             FloatingPointError: if the loss is not finite; the parameters are untouched.
         """
+        started = time.perf_counter()
         x, weights = self._next_batch()
         optimizer.zero_grad(set_to_none=True)
         loss, eig, extras = self.compute_loss(x, weights)
@@ -309,6 +311,7 @@ class SpectralNetwork:
                 )
         optimizer.step()
         self.step_count += 1
+        self.step_seconds += time.perf_counter() - started
         self.loss = loss_value
         self.eigenvalues = eig.detach().cpu().numpy()
         return loss_value, self.eigenvalues

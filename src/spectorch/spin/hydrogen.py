@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from spectorch._io import atomic_write_json
 from spectorch.spin import util
 from spectorch.spin._network import SpectralNetwork, _can_show
-from spectorch.spin._objectives import NESTINGS, OBJECTIVES
+from spectorch.spin._objectives import NESTINGS, OBJECTIVES, cholesky
 from spectorch.spin._operators import DiagonalOperator, LaplacianOperator, LinearOperator
 
 __all__ = [
@@ -152,7 +152,8 @@ class HydrogenSampler:
 
     ``importance=False``: uniform, as the original. ``importance=True``: a mixture of
     the uniform (fraction ``mix``) and a radial law with ``r ~ Exponential(scale)`` and a
-    uniform direction (rejected outside the box), whose density ``~ e^(-r/s) / r^(d-1)``
+    uniform direction (rejected outside the box, and normalised for it), whose density
+    ``~ e^(-r/s) / r^(d-1)``
     puts samples where the low states live and cancels the ``1/r`` of the potential;
     each batch is then ``(x, p(x) / q(x))`` with ``p`` the uniform density of the box,
     so every expectation stays unbiased (weights at most ``1 / mix``).
@@ -182,6 +183,29 @@ class HydrogenSampler:
         self.importance, self.scale, self.mix = bool(importance), float(scale), float(mix)
         self.dtype = dtype
         self.generator = torch.Generator().manual_seed(int(seed))
+        self.inside = self._inside_probability() if self.importance else 1.0
+
+    def _inside_probability(self) -> float:
+        """``P(x in box)`` under the radial law, to normalise the truncated density:
+        exact quadrature in 2-D (the fraction of the circle of radius ``r`` inside the
+        square is ``1 - (4/pi) arccos(lim/r)`` for ``lim < r < lim sqrt 2``), Monte Carlo
+        with 10^6 fixed draws otherwise."""
+        lim, s = self.lim, self.scale
+        if self.ndim == 2:
+            from scipy.integrate import quad
+
+            core = -math.expm1(-lim / s)
+            corners, _ = quad(
+                lambda r: (1 - 4 / math.pi * math.acos(lim / r)) * math.exp(-r / s) / s,
+                lim,
+                lim * math.sqrt(2),
+            )
+            return core + corners
+        g = torch.Generator().manual_seed(0)
+        r = torch.empty(10**6, dtype=torch.float64).exponential_(1.0 / s, generator=g)
+        u = torch.randn(10**6, self.ndim, dtype=torch.float64, generator=g)
+        x = r[:, None] * u / u.norm(dim=1, keepdim=True)
+        return float((x.abs() <= lim).all(dim=1).double().mean())
 
     def _radial(self, m: int) -> Tensor:
         g, d = self.generator, self.ndim
@@ -202,7 +226,7 @@ class HydrogenSampler:
             return torch.full((x.shape[0],), uniform, dtype=torch.float64)
         r = x.norm(dim=1).clamp_min(1e-300)
         sphere = 2 * math.pi ** (d / 2) / math.gamma(d / 2)
-        radial = torch.exp(-r / self.scale) / (self.scale * sphere * r ** (d - 1))
+        radial = torch.exp(-r / self.scale) / (self.scale * sphere * r ** (d - 1) * self.inside)
         return self.mix * uniform + (1 - self.mix) * radial
 
     def sample(self, m: int) -> tuple[Tensor, Tensor | None]:
@@ -305,7 +329,8 @@ class HydrogenResult:
         ritz: Rayleigh-Ritz values of the learned span on the same sample.
         shell_distances: per degenerate shell, ``sqrt(1 - overlap)`` between the span of
             the learned functions of that shell and the exact one (0 is perfect).
-        steps: training steps done; seconds: wall time of the training.
+        steps: training steps done; seconds: wall time of the training;
+        step_seconds: the part of it spent in optimisation steps (this call only).
         stats: the stats hooks' arrays (up to ``steps``).
     """
 
@@ -318,6 +343,7 @@ class HydrogenResult:
     steps: int
     seconds: float
     out: str
+    step_seconds: float = 0.0
     stats: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict[str, Any]:
@@ -359,9 +385,7 @@ def evaluate_hydrogen(
     eig = net.readout(sigma, pi)
     rel = np.abs(eig - exact) / np.abs(exact)
     sym = 0.5 * (pi + pi.T)
-    lchol = torch.linalg.cholesky(
-        sigma + 1e-12 * sigma.diagonal().mean() * torch.eye(k, dtype=sigma.dtype)
-    )
+    lchol = cholesky(sigma)  # jitter, with a warning, for a near-singular span
     li = torch.linalg.solve_triangular(lchol, torch.eye(k, dtype=sigma.dtype), upper=False)
     ritz = torch.linalg.eigvalsh(li @ sym @ li.T).numpy()
     ef = net.eigenfunctions(x).to(torch.float64).cpu()
@@ -542,6 +566,7 @@ def train_hydrogen(
     result = HydrogenResult(
         steps=net.step_count,
         seconds=seconds,
+        step_seconds=net.step_seconds,
         out=str(out),
         stats={k: v[: net.step_count] for k, v in stats.items() if isinstance(v, np.ndarray)},
         **check,
