@@ -1,5 +1,5 @@
-"""Real data readers and batching: the bundled 8x8 digits, CIFAR-10 binary batches and
-in-memory batches."""
+"""Real data readers and batching: the bundled 8x8 digits, CIFAR-10 binary batches,
+MNIST / Fashion-MNIST IDX files and in-memory batches."""
 
 from spectorch.data._batches import Batches
 from spectorch.data._cifar import (
@@ -12,6 +12,7 @@ from spectorch.data._cifar import (
     write_cifar10,
 )
 from spectorch.data._digits import load_digits
+from spectorch.data._idx import load_mnist, read_idx, write_idx
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -20,7 +21,10 @@ __all__ = [
     "Batches",
     "CifarBatches",
     "load_digits",
+    "load_mnist",
+    "read_idx",
     "read_cifar10",
     "synthetic_cifar10",
     "write_cifar10",
+    "write_idx",
 ]

@@ -1,5 +1,6 @@
 """Reusable network modules."""
 
 from spectorch.nn._resnet import CifarResNet, cifar_resnet
+from spectorch.nn._spectral import Spectral
 
-__all__ = ["CifarResNet", "cifar_resnet"]
+__all__ = ["CifarResNet", "Spectral", "cifar_resnet"]

@@ -1,0 +1,228 @@
+"""The Spectral layer: a dense layer parametrised by eigenvectors and eigenvalues.
+
+Giambagli et al. (Nat. Commun. 2021) see the ``in -> out`` dense layer as the
+adjacency matrix ``A = Phi Lambda Phi^-1`` of a two-layer graph, whose off-diagonal
+block is ``base[j, i] * (diag_start[j] - diag_end[i])``: ``base`` holds the non-trivial
+eigenvector entries ``phi_ij``, ``diag_start`` the eigenvalues of the input nodes and
+``diag_end`` those of the output nodes. As in spectraltools 0.4.1 the layer computes
+
+    y = activation(x @ K + bias),   K[j, i] = base[j, i] * (diag_start[j] - diag_end[i])
+
+so with the defaults (``diag_start = 0``, not trained) ``K = -base * diag_end``: the
+sign of an eigenvalue is the opposite of the weight it scales.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Spectral"]
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+    "softmax": lambda: nn.Softmax(dim=-1),
+    "linear": nn.Identity,
+}
+
+
+def _init(tensor: Tensor, how: str | Callable[[Tensor], Any], name: str) -> None:
+    """Fill ``tensor`` with a Keras-named initialiser (``glorot_uniform``, ``ones``,
+    ``zeros``, ``glorot_normal``, ``he_uniform``, ``he_normal``) or a callable."""
+    with torch.no_grad():
+        if callable(how):
+            how(tensor)
+            return
+        key = str(how).lower().replace("glorotuniform", "glorot_uniform")
+        if key == "zeros":
+            tensor.zero_()
+        elif key == "ones":
+            tensor.fill_(1.0)
+        elif key in ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal"):
+            if tensor.ndim != 2:
+                raise ValueError(f"{name}: {how!r} needs a matrix")
+            fan_in, fan_out = tensor.shape  # Keras kernel layout (in, out)
+            if key == "glorot_uniform":
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                tensor.uniform_(-bound, bound)
+            elif key == "glorot_normal":
+                tensor.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
+            elif key == "he_uniform":
+                bound = math.sqrt(6.0 / fan_in)
+                tensor.uniform_(-bound, bound)
+            else:
+                tensor.normal_(0.0, math.sqrt(2.0 / fan_in))
+        else:
+            raise ValueError(
+                f"{name}: expected 'zeros', 'ones', 'glorot_uniform', 'glorot_normal', "
+                f"'he_uniform', 'he_normal' or a callable, got {how!r}"
+            )
+
+
+class Spectral(nn.Module):
+    """A dense layer trained through its eigenvalues (and/or eigenvectors).
+
+    Args:
+        in_features, out_features: sizes, as :class:`torch.nn.Linear`.
+        activation: ``None``, a name (``"relu"``, ``"tanh"``, ``"sigmoid"``, ``"elu"``,
+            ``"gelu"``, ``"softplus"``, ``"softmax"``, ``"linear"``) or a module/callable.
+        is_base_trainable: train the eigenvector entries ``base`` (``in x out``).
+        is_diag_start_trainable: train the input-node eigenvalues ``diag_start``.
+        is_diag_end_trainable: train the output-node eigenvalues ``diag_end``.
+        use_bias: add a bias (``out``).
+        base_initializer: default ``"glorot_uniform"`` on the ``in x out`` matrix (Keras).
+        diag_start_initializer: default ``"zeros"`` (spectraltools 0.4.1 always used
+            zeros, whatever was asked; here the argument is honoured).
+        diag_end_initializer: default ``"ones"``.
+        bias_initializer: default ``"zeros"``.
+
+    The trainable flags are properties: setting ``layer.is_base_trainable = False``
+    freezes the bases at once, no rebuild needed (the Keras original must rebuild and
+    recompile the model). :meth:`to_linear` gives the equivalent ``nn.Linear``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: str | Callable[[Tensor], Tensor] | None = None,
+        is_base_trainable: bool = True,
+        is_diag_start_trainable: bool = False,
+        is_diag_end_trainable: bool = True,
+        use_bias: bool = False,
+        *,
+        base_initializer: str | Callable[[Tensor], Any] = "glorot_uniform",
+        diag_start_initializer: str | Callable[[Tensor], Any] = "zeros",
+        diag_end_initializer: str | Callable[[Tensor], Any] = "ones",
+        bias_initializer: str | Callable[[Tensor], Any] = "zeros",
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        self.in_features, self.out_features = in_features, out_features
+        kw = {"device": device, "dtype": dtype}
+        self.base = nn.Parameter(torch.empty(in_features, out_features, **kw))
+        self.diag_start = nn.Parameter(torch.empty(in_features, **kw))
+        self.diag_end = nn.Parameter(torch.empty(out_features, **kw))
+        self.bias = nn.Parameter(torch.empty(out_features, **kw)) if use_bias else None
+        _init(self.base, base_initializer, "base_initializer")
+        _init(self.diag_start, diag_start_initializer, "diag_start_initializer")
+        _init(self.diag_end, diag_end_initializer, "diag_end_initializer")
+        if self.bias is not None:
+            _init(self.bias, bias_initializer, "bias_initializer")
+        self.activation = self._activation(activation)
+        self.is_base_trainable = is_base_trainable
+        self.is_diag_start_trainable = is_diag_start_trainable
+        self.is_diag_end_trainable = is_diag_end_trainable
+
+    @staticmethod
+    def _activation(activation: Any) -> nn.Module | None:
+        if activation is None:
+            return None
+        if isinstance(activation, str):
+            if activation.lower() not in _ACTIVATIONS:
+                raise ValueError(
+                    f"activation: expected one of {sorted(_ACTIVATIONS)}, a module or a callable, "
+                    f"got {activation!r}"
+                )
+            return _ACTIVATIONS[activation.lower()]()
+        if isinstance(activation, nn.Module):
+            return activation
+        if callable(activation):
+            return _Lambda(activation)
+        raise ValueError(f"activation: expected a name, a module or a callable, got {activation!r}")
+
+    # the trainable flags are views of requires_grad
+    @property
+    def use_bias(self) -> bool:
+        return self.bias is not None
+
+    @property
+    def is_base_trainable(self) -> bool:
+        return self.base.requires_grad
+
+    @is_base_trainable.setter
+    def is_base_trainable(self, value: bool) -> None:
+        self.base.requires_grad_(bool(value))
+
+    @property
+    def is_diag_start_trainable(self) -> bool:
+        return self.diag_start.requires_grad
+
+    @is_diag_start_trainable.setter
+    def is_diag_start_trainable(self, value: bool) -> None:
+        self.diag_start.requires_grad_(bool(value))
+
+    @property
+    def is_diag_end_trainable(self) -> bool:
+        return self.diag_end.requires_grad
+
+    @is_diag_end_trainable.setter
+    def is_diag_end_trainable(self, value: bool) -> None:
+        self.diag_end.requires_grad_(bool(value))
+
+    def kernel(self) -> Tensor:
+        """``K`` (``in x out``, the Keras layout): ``base * (diag_start[:, None] - diag_end)``."""
+        return self.base * (self.diag_start[:, None] - self.diag_end[None, :])
+
+    def direct_space(self) -> Tensor:
+        """The classical weight matrix (``out x in``, ``nn.Linear``'s layout)."""
+        return self.kernel().T
+
+    def eigenvalues(self) -> dict[str, Tensor]:
+        """``{"diag_start": ..., "diag_end": ...}`` (detached)."""
+        return {"diag_start": self.diag_start.detach(), "diag_end": self.diag_end.detach()}
+
+    def forward(self, x: Tensor) -> Tensor:
+        # the same call as nn.Linear on the same contiguous weight, so that
+        # to_linear() is equal bit for bit, not only up to rounding
+        y = nn.functional.linear(x, self.direct_space().contiguous(), self.bias)
+        return self.activation(y) if self.activation is not None else y
+
+    def to_linear(self) -> nn.Module:
+        """The equivalent ``nn.Linear`` (weight ``K^T``, same bias, dtype and device);
+        an ``nn.Sequential(linear, activation)`` when the layer has an activation."""
+        linear = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.use_bias,
+            device=self.base.device,
+            dtype=self.base.dtype,
+        )
+        with torch.no_grad():
+            linear.weight.copy_(self.direct_space())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        if self.activation is None:
+            return linear
+        import copy
+
+        return nn.Sequential(linear, copy.deepcopy(self.activation))
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.use_bias}, trainable: base={self.is_base_trainable}, "
+            f"diag_start={self.is_diag_start_trainable}, diag_end={self.is_diag_end_trainable}"
+        )
+
+
+class _Lambda(nn.Module):
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)

@@ -1,0 +1,120 @@
+"""The Spectral layer and the IDX reader (issue 5, first part)."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from spectorch.data import load_mnist, read_idx, write_idx
+from spectorch.nn import Spectral
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize("activation", [None, "tanh"])
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_spectral_equals_its_linear_exactly(activation, use_bias):
+    torch.manual_seed(0)
+    layer = Spectral(
+        7,
+        5,
+        activation=activation,
+        use_bias=use_bias,
+        is_diag_start_trainable=True,
+        diag_start_initializer="ones",
+        dtype=F64,
+    )
+    with torch.no_grad():
+        layer.diag_start.normal_()
+        layer.diag_end.normal_()
+        if layer.bias is not None:
+            layer.bias.normal_()
+    x = torch.randn(11, 7, dtype=F64)
+    linear = layer.to_linear()
+    assert torch.equal(layer(x), linear(x))
+    lin = linear if activation is None else linear[0]
+    assert isinstance(lin, torch.nn.Linear) and lin.weight.shape == (5, 7)
+
+
+def test_kernel_is_the_spectraltools_formula_and_defaults_are_minus_base_times_diag_end():
+    torch.manual_seed(1)
+    layer = Spectral(4, 3, dtype=F64)
+    assert torch.equal(layer.diag_start, torch.zeros(4, dtype=F64))
+    assert torch.equal(layer.diag_end, torch.ones(3, dtype=F64))
+    torch.testing.assert_close(layer.kernel(), -layer.base * layer.diag_end, rtol=0, atol=0)
+    with torch.no_grad():
+        layer.diag_start.copy_(torch.arange(4.0))
+        layer.diag_end.copy_(torch.tensor([0.5, -2.0, 3.0]))
+    k = layer.kernel()
+    for j in range(4):
+        for i in range(3):
+            assert k[j, i] == layer.base[j, i] * (layer.diag_start[j] - layer.diag_end[i])
+    bound = (6 / 7) ** 0.5  # glorot uniform on a 4 x 3 matrix
+    assert layer.base.abs().max() <= bound
+
+
+def test_trainable_flags_change_after_construction_and_eigenvalue_training_leaves_bases():
+    torch.manual_seed(2)
+    layer = Spectral(6, 4, use_bias=True)
+    assert (
+        layer.is_base_trainable
+        and layer.is_diag_end_trainable
+        and not layer.is_diag_start_trainable
+    )
+    layer.is_base_trainable = False
+    base = layer.base.detach().clone()
+    end = layer.diag_end.detach().clone()
+    opt = torch.optim.SGD([p for p in layer.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        layer(torch.randn(8, 6)).pow(2).sum().backward()
+        opt.step()
+    assert torch.equal(layer.base, base) and layer.base.grad is None
+    assert not torch.equal(layer.diag_end, end)
+
+
+def test_bad_layer_arguments_are_named():
+    with pytest.raises(ValueError, match="in_features"):
+        Spectral(0, 3)
+    with pytest.raises(ValueError, match="activation"):
+        Spectral(3, 3, activation="swishy")
+    with pytest.raises(ValueError, match="diag_end_initializer"):
+        Spectral(3, 3, diag_end_initializer="twos")
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_round_trip_and_mnist_layout(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, 5, dtype=np.uint8)
+    write_idx(tmp_path / f"t10k-images-idx3-ubyte{suffix}", images)
+    write_idx(tmp_path / f"t10k-labels-idx1-ubyte{suffix}", labels)
+    raw = (tmp_path / f"t10k-images-idx3-ubyte{suffix}").read_bytes()
+    if suffix:
+        raw = gzip.decompress(raw)
+    assert raw[:4] == bytes([0, 0, 0x08, 3])  # the published magic number 2051
+    assert int.from_bytes(raw[4:8], "big") == 5 and len(raw) == 16 + 5 * 784
+    got_images, got_labels = load_mnist(tmp_path, "test")
+    assert np.array_equal(got_images, images) and np.array_equal(got_labels, labels)
+    floats = rng.standard_normal((3, 2)).astype(np.float32)
+    write_idx(tmp_path / f"f.idx{suffix}", floats)
+    assert np.array_equal(read_idx(tmp_path / f"f.idx{suffix}"), floats)
+
+
+def test_idx_errors_name_the_file(tmp_path):
+    write_idx(tmp_path / "a.idx", np.zeros((2, 3), dtype=np.uint8))
+    (tmp_path / "short.idx").write_bytes((tmp_path / "a.idx").read_bytes()[:-1])
+    with pytest.raises(ValueError, match=r"short\.idx: 17 bytes, but the header \(2, 3\)"):
+        read_idx(tmp_path / "short.idx")
+    (tmp_path / "magic.idx").write_bytes(b"\x01\x00\x08\x01\x00\x00\x00\x00")
+    with pytest.raises(ValueError, match=r"magic\.idx: not an IDX file"):
+        read_idx(tmp_path / "magic.idx")
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+        load_mnist(tmp_path, "train")
+    with pytest.raises(ValueError, match="split"):
+        load_mnist(tmp_path, "val")
+    with pytest.raises(ValueError, match="IDX holds"):
+        write_idx(tmp_path / "b.idx", np.zeros(2, dtype=np.uint64))
