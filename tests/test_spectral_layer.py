@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 
 import numpy as np
@@ -118,3 +119,84 @@ def test_idx_errors_name_the_file(tmp_path):
         load_mnist(tmp_path, "val")
     with pytest.raises(ValueError, match="IDX holds"):
         write_idx(tmp_path / "b.idx", np.zeros(2, dtype=np.uint64))
+
+
+# -- spectral pruning ---------------------------------------------------------------------
+
+
+def _model(act=torch.nn.Tanh, start=False):
+    torch.manual_seed(3)
+    m = torch.nn.Sequential(
+        Spectral(12, 40, use_bias=True, dtype=F64),
+        act(),
+        Spectral(40, 30, is_diag_start_trainable=start, use_bias=True, dtype=F64),
+        act(),
+        torch.nn.Linear(30, 5, dtype=F64),
+    )
+    with torch.no_grad():
+        for layer in (m[0], m[2]):
+            layer.diag_end.normal_()
+            layer.diag_start.normal_()
+            layer.bias.normal_()
+    return m
+
+
+@pytest.mark.parametrize("percentile", [0, 30, 60, 90])
+@pytest.mark.parametrize("act", [torch.nn.Tanh, torch.nn.ReLU])
+def test_pruning_removes_about_p_percent_and_equals_zeroing_those_nodes(percentile, act):
+    from spectorch.prune import spectral_pruning
+
+    model = _model(act)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned, report = spectral_pruning(model, percentile, return_report=True)
+    # the input model is untouched
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    masks = list(report.kept.values())
+    assert [m.size for m in masks] == [40, 30]
+    removed = 1 - sum(int(m.sum()) for m in masks) / 70
+    assert abs(removed - percentile / 100) <= 1.5 / 70 + 1e-9
+    assert pruned[0].out_features == int(masks[0].sum()) == pruned[2].in_features
+    assert pruned[4].in_features == int(masks[1].sum())
+    # the original with the removed nodes' outgoing weights zeroed gives the same outputs
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        zeroed[2].base[~torch.as_tensor(masks[0])] = 0
+        zeroed[4].weight[:, ~torch.as_tensor(masks[1])] = 0
+    x = torch.randn(64, 12, dtype=F64)
+    torch.testing.assert_close(pruned(x), zeroed(x), rtol=1e-13, atol=1e-13)
+    n_params = sum(p.numel() for p in pruned.parameters())
+    assert percentile == 0 or n_params < sum(p.numel() for p in model.parameters())
+
+
+def test_pruning_with_trained_start_eigenvalues_needs_both_conditions():
+    from spectorch.prune import spectral_pruning
+
+    model = _model(start=True)
+    _, report = spectral_pruning(model, 50, return_report=True)
+    cut = report.cutoff
+    end = model[0].diag_end.detach().abs().numpy() >= cut
+    start = model[2].diag_start.detach().abs().numpy() >= cut
+    assert np.array_equal(report.kept["0->2"], end & start)
+
+
+def test_pruning_refuses_and_skips_clearly():
+    from spectorch.prune import spectral_pruning
+
+    with pytest.raises(ValueError, match="percentile"):
+        spectral_pruning(_model(), 120)
+    with pytest.raises(TypeError, match=r"nn\.Sequential"):
+        spectral_pruning(Spectral(3, 3), 10)
+    with pytest.raises(ValueError, match="no prunable Spectral"):
+        spectral_pruning(torch.nn.Sequential(torch.nn.Linear(3, 3), Spectral(3, 2)), 10)
+    blocked = torch.nn.Sequential(
+        Spectral(6, 8),
+        torch.nn.LayerNorm(8),
+        Spectral(8, 7),
+        torch.nn.ReLU(),
+        torch.nn.Linear(7, 2),
+    )
+    with pytest.warns(RuntimeWarning, match="LayerNorm"):
+        pruned, report = spectral_pruning(blocked, 50, return_report=True)
+    assert pruned[0].out_features == 8 and list(report.kept) == ["2->4"]
+    assert pruned(torch.randn(3, 6)).shape == (3, 2)
