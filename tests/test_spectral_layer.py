@@ -200,3 +200,43 @@ def test_pruning_refuses_and_skips_clearly():
         pruned, report = spectral_pruning(blocked, 50, return_report=True)
     assert pruned[0].out_features == 8 and list(report.kept) == ["2->4"]
     assert pruned(torch.randn(3, 6)).shape == (3, 2)
+
+
+def _digits_problem():
+    from spectorch.data import Batches, load_digits
+
+    xtr, ytr = load_digits(split="train")
+    xte, yte = load_digits(split="test")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Spectral(64, 128, activation="tanh"), Spectral(128, 10))
+    return model, Batches(xtr, ytr, batch_size=64, shuffle=True), Batches(xte, yte, batch_size=512)
+
+
+def test_eigenvalue_only_training_leaves_the_bases_and_pretrain_stays_within_tolerance():
+    from spectorch.prune import make_evaluate, make_fit, spectral_distiller, spectral_pretrain
+
+    model, train, test = _digits_problem()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    evaluate = make_evaluate(test)
+    spec_fit = make_fit(train, epochs=3, lr=3e-2)
+    pruned = spectral_pretrain(model, spec_fit, evaluate, max_delta=5.0)
+    for k, v in model.state_dict().items():  # input untouched
+        assert torch.equal(v, before[k])
+    # the bases of the returned model are the initial ones, restricted to the kept nodes
+    kept = pruned[0].out_features
+    assert kept < 128
+    for j in range(kept):
+        col = pruned[0].base[:, j]
+        assert any(torch.equal(col, before["0.base"][:, i]) for i in range(128))
+    # and its accuracy is within 5% of the eigenvalue-trained, unpruned model's
+    from spectorch.prune import eigenvalues_only
+
+    reference = copy.deepcopy(model)
+    eigenvalues_only(reference)
+    spec_fit(reference)
+    assert torch.equal(reference[0].base, before["0.base"])
+    ref_acc, acc = evaluate(reference)["acc"], evaluate(pruned)["acc"]
+    assert abs(acc - ref_acc) <= 0.05 * ref_acc
+    distilled = spectral_distiller(model, spec_fit, 50, fine_tune=make_fit(train, epochs=2))
+    assert distilled[0].out_features < 128 and distilled[0].is_base_trainable
+    assert evaluate(distilled)["acc"] > 0.8

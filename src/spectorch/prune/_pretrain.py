@@ -1,0 +1,175 @@
+"""Eigenvalue-only training followed by pruning: ``spectral_pretrain`` and
+``spectral_distiller`` (spectraltools' names), with ready ``fit``/``evaluate`` callables.
+
+PyTorch models have no ``model.fit``: ``fit(model)`` trains a model in place and
+``evaluate(model)`` returns its metrics (a dict with ``"loss"``/``"acc"``, or a Keras-like
+``(loss, acc)`` pair). :func:`make_fit` and :func:`make_evaluate` build them on
+spectorch's shared training loop (:func:`spectorch.train.fit`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from spectorch.nn import Spectral
+from spectorch.prune._pruning import spectral_pruning
+from spectorch.train import FitResult, fit
+
+__all__ = [
+    "eigenvalues_only",
+    "make_evaluate",
+    "make_fit",
+    "spectral_distiller",
+    "spectral_pretrain",
+]
+
+
+def eigenvalues_only(model: nn.Module) -> nn.Module:
+    """Set every Spectral layer of ``model`` to train its ``diag_end`` eigenvalues only
+    (bases and ``diag_start`` frozen), in place, as spectraltools' ``spectral_pretrain``;
+    other layers keep their flags. Returns ``model``."""
+    found = False
+    for m in model.modules():
+        if isinstance(m, Spectral):
+            m.is_base_trainable = False
+            m.is_diag_start_trainable = False
+            m.is_diag_end_trainable = True
+            found = True
+    if not found:
+        raise ValueError("model: has no Spectral layer to train by its eigenvalues")
+    return model
+
+
+def make_fit(
+    data: Iterable[Any],
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    seed: int | None = 0,
+    progress: bool = False,
+) -> Callable[[nn.Module], FitResult]:
+    """``fit(model)``: Adam on the trainable parameters for ``epochs`` epochs of ``data``
+    (re-iterable ``(inputs, targets)`` batches), cross-entropy by default."""
+    loss = loss_fn or nn.CrossEntropyLoss()
+
+    def run(model: nn.Module) -> FitResult:
+        return fit(
+            model,
+            loss,
+            data,
+            epochs=epochs,
+            optimizer=lambda params: torch.optim.Adam(
+                [p for p in params if p.requires_grad], lr=lr
+            ),
+            seed=seed,
+            progress=progress,
+            desc="fit",
+        )
+
+    return run
+
+
+def make_evaluate(
+    data: Iterable[Any], *, loss_fn: Callable[..., torch.Tensor] | None = None
+) -> Callable[[nn.Module], dict[str, float]]:
+    """``evaluate(model)``: ``{"loss", "acc"}`` over ``data``, each batch weighted by its size."""
+    loss = loss_fn or nn.CrossEntropyLoss(reduction="sum")
+
+    @torch.no_grad()
+    def run(model: nn.Module) -> dict[str, float]:
+        model.eval()
+        device = next(model.parameters()).device
+        total = correct = 0.0
+        n = 0
+        for inputs, targets in data:
+            inputs, targets = inputs.to(device), targets.to(device)
+            out = model(inputs)
+            total += float(loss(out, targets))
+            correct += float((out.argmax(-1) == targets).sum())
+            n += int(targets.shape[0])
+        return {"loss": total / n, "acc": correct / n}
+
+    return run
+
+
+def _metric(result: Any, compare_with: str) -> float:
+    if isinstance(result, Mapping):
+        if compare_with not in result:
+            raise ValueError(f"evaluate: returned {sorted(result)}, no {compare_with!r}")
+        return float(result[compare_with])
+    if isinstance(result, Sequence) and not isinstance(result, str):
+        return float(result[1 if compare_with == "acc" else 0])  # Keras: (loss, acc)
+    raise ValueError(
+        f"evaluate: expected a dict or a (loss, acc) pair, got {type(result).__name__}"
+    )
+
+
+def spectral_pretrain(
+    model: nn.Module,
+    fit: Callable[[nn.Module], Any],
+    evaluate: Callable[[nn.Module], Any],
+    max_delta: float,
+    compare_with: str = "acc",
+    *,
+    step: float = 5.0,
+) -> nn.Module:
+    """Train a copy of ``model`` through its eigenvalues only, then prune it at
+    percentiles ``step, 2 step, ...`` while the metric stays within ``max_delta`` percent
+    (relative) of the unpruned one; return the last model within the tolerance.
+
+    spectraltools returns the first model *beyond* the tolerance; this returns the last
+    one *within* it (the one a user wants). ``max_delta`` is clipped to [1, 99] as there.
+    The input model is not modified.
+    """
+    if compare_with not in ("acc", "loss"):
+        raise ValueError(f"compare_with: expected 'acc' or 'loss', got {compare_with!r}")
+    if not max_delta > 0:
+        raise ValueError(f"max_delta: expected a positive percentage, got {max_delta!r}")
+    if not 0 < step <= 100:
+        raise ValueError(f"step: expected a percentile step in (0, 100], got {step!r}")
+    tolerance = min(max(float(max_delta), 1.0), 99.0) / 100
+    spec = eigenvalues_only(copy.deepcopy(model))
+    fit(spec)
+    reference = _metric(evaluate(spec), compare_with)
+    best = spec
+    p = step
+    while p < 100:
+        candidate = spectral_pruning(spec, p)
+        value = _metric(evaluate(candidate), compare_with)
+        if abs(value - reference) > tolerance * abs(reference):
+            break
+        best = candidate
+        p += step
+    return best
+
+
+def spectral_distiller(
+    model: nn.Module,
+    fit: Callable[[nn.Module], Any],
+    percentile: float,
+    *,
+    fine_tune: Callable[[nn.Module], Any] | None = None,
+) -> nn.Module:
+    """The papers' pre-training filter: train a copy of ``model`` through its eigenvalues
+    only, prune it at ``percentile``, then train the pruned network fully (bases and
+    ``diag_end``) starting from its trained weights with ``fine_tune`` (default ``fit``).
+
+    spectraltools' package re-initialised the pruned network before the full training;
+    this keeps the trained weights, as the papers describe. The input model is not
+    modified.
+    """
+    spec = eigenvalues_only(copy.deepcopy(model))
+    fit(spec)
+    pruned = spectral_pruning(spec, percentile)
+    for m in pruned.modules():
+        if isinstance(m, Spectral):
+            m.is_base_trainable = True
+            m.is_diag_end_trainable = True
+    (fine_tune or fit)(pruned)
+    return pruned
