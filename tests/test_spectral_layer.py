@@ -185,8 +185,8 @@ def test_pruning_refuses_and_skips_clearly():
 
     with pytest.raises(ValueError, match="percentile"):
         spectral_pruning(_model(), 120)
-    with pytest.raises(TypeError, match=r"nn\.Sequential"):
-        spectral_pruning(Spectral(3, 3), 10)
+    with pytest.raises(TypeError, match=r"torch\.fx cannot trace"):
+        spectral_pruning(_Untraceable(), 10)
     with pytest.raises(ValueError, match="no prunable Spectral"):
         spectral_pruning(torch.nn.Sequential(torch.nn.Linear(3, 3), Spectral(3, 2)), 10)
     blocked = torch.nn.Sequential(
@@ -240,3 +240,58 @@ def test_eigenvalue_only_training_leaves_the_bases_and_pretrain_stays_within_tol
     distilled = spectral_distiller(model, spec_fit, 50, fine_tune=make_fit(train, epochs=2))
     assert distilled[0].out_features < 128 and distilled[0].is_base_trainable
     assert evaluate(distilled)["acc"] > 0.8
+
+
+class _Untraceable(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = Spectral(4, 6), Spectral(6, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            x = -x
+        return self.b(self.a(x))
+
+
+class _Chain(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.a = Spectral(10, 30, use_bias=True, dtype=F64)
+        self.b = Spectral(30, 20, dtype=F64)
+        self.c = torch.nn.Linear(20, 3, dtype=F64)
+        with torch.no_grad():
+            self.a.diag_end.normal_()
+            self.b.diag_end.normal_()
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        h = torch.nn.functional.relu(self.b(h))
+        return self.c(h)
+
+
+class _Branched(_Chain):
+    def forward(self, x):
+        h = self.a(x)
+        return self.c(torch.relu(self.b(torch.tanh(h)))) + h[:, :3]
+
+
+def test_pruning_models_torch_fx_can_trace():
+    from spectorch.prune import spectral_pruning
+
+    model = _Chain()
+    pruned, report = spectral_pruning(model, 40, return_report=True)
+    assert list(report.kept) == ["a->b", "b->c"]
+    ka, kb = (torch.as_tensor(m) for m in report.kept.values())
+    assert pruned.a.out_features == int(ka.sum()) == pruned.b.in_features
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        zeroed.b.base[~ka] = 0
+        zeroed.c.weight[:, ~kb] = 0
+    x = torch.randn(16, 10, dtype=F64)
+    torch.testing.assert_close(pruned(x), zeroed(x), rtol=1e-13, atol=1e-13)
+    assert model.a.out_features == 30  # the input model is untouched
+    with pytest.warns(RuntimeWarning, match="a: its output branches"):
+        pruned, report = spectral_pruning(_Branched(), 40, return_report=True)
+    assert list(report.kept) == ["b->c"] and pruned.a.out_features == 30
+    assert pruned(x).shape == (16, 3)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,18 +91,109 @@ def _spectral_activation_ok(m: Spectral) -> bool:
     return m.activation is None or _elementwise(m.activation)
 
 
+_ELEMENTWISE_FUNCTIONS = {
+    torch.relu,
+    torch.tanh,
+    torch.sigmoid,
+    nn.functional.relu,
+    nn.functional.gelu,
+    nn.functional.elu,
+    nn.functional.silu,
+    nn.functional.softplus,
+    nn.functional.leaky_relu,
+    nn.functional.dropout,
+    nn.functional.tanh,
+    nn.functional.sigmoid,
+}
+_ELEMENTWISE_METHODS = {"relu", "tanh", "sigmoid"}
+
+
+def _fx_boundaries(model: nn.Module) -> tuple[list[tuple[str, str]], list[str]]:
+    """Boundaries of a model that ``torch.fx`` can trace: a Spectral or Linear call whose
+    output goes, through single-use element-wise operations only, to exactly one
+    Spectral or Linear call. Branches, merges and shared modules are skipped."""
+    import torch.fx
+
+    class _Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, Spectral) or super().is_leaf_module(m, qualname)
+
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:
+        raise TypeError(
+            f"model: torch.fx cannot trace {type(model).__name__} ({exc}); spectral_pruning "
+            "handles nn.Sequential models and models torch.fx can trace"
+        ) from exc
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+
+    def module(node: Any) -> nn.Module | None:
+        return model.get_submodule(node.target) if node.op == "call_module" else None
+
+    def elementwise(node: Any) -> bool:
+        m = module(node)
+        if m is not None:
+            return _elementwise(m)
+        if node.op == "call_function":
+            return node.target in _ELEMENTWISE_FUNCTIONS
+        return node.op == "call_method" and node.target in _ELEMENTWISE_METHODS
+
+    found: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    for node in graph.nodes:
+        m = module(node)
+        if m is None or not _is_weighted(m):
+            continue
+        cur, consumer, reason = node, None, None
+        while True:
+            users = list(cur.users)
+            if len(users) != 1:
+                reason = "its output branches" if users else None
+                break
+            nxt = users[0]
+            nm = module(nxt)
+            if nm is not None and _is_weighted(nm):
+                consumer = nxt
+                break
+            if not elementwise(nxt):
+                reason = (
+                    None if nxt.op == "output" else f"its output goes into {nxt.op} {nxt.target}"
+                )
+                break
+            cur = nxt
+        is_spectral = isinstance(m, Spectral) or (
+            consumer is not None and isinstance(module(consumer), Spectral)
+        )
+        if not is_spectral:
+            continue
+        if consumer is None:
+            if reason:
+                skipped.append(f"{node.target}: {reason}; its nodes are kept")
+            continue
+        if calls[node.target] > 1 or calls[consumer.target] > 1:
+            skipped.append(f"{node.target}: a module called more than once; its nodes are kept")
+            continue
+        if isinstance(m, Spectral) and not _spectral_activation_ok(m):
+            skipped.append(f"{node.target}: its activation mixes the nodes; its nodes are kept")
+            continue
+        found.append((str(node.target), str(consumer.target)))
+    return found, skipped
+
+
 def prunable_boundaries(model: nn.Module) -> tuple[list[tuple[str, str]], list[str]]:
-    """The hidden-node boundaries ``(producer, consumer)`` of an ``nn.Sequential`` (nested
-    ones flattened) that involve a Spectral layer, and the reasons others are skipped.
+    """The hidden-node boundaries ``(producer, consumer)`` that involve a Spectral layer,
+    and the reasons others are skipped: for an ``nn.Sequential`` (nested ones
+    flattened) from its order, for any other model from its ``torch.fx`` graph.
 
     Raises:
-        TypeError: for a model that is not an ``nn.Sequential``.
+        TypeError: for a model that is not an ``nn.Sequential`` and that torch.fx
+            cannot trace.
     """
     if not isinstance(model, nn.Sequential):
-        raise TypeError(
-            f"model: spectral_pruning handles nn.Sequential models, got {type(model).__name__}; "
-            "wrap the layers in an nn.Sequential"
-        )
+        return _fx_boundaries(model)
     layers = _flatten(model)
     found: list[tuple[str, str]] = []
     skipped: list[str] = []
@@ -181,24 +273,26 @@ def spectral_pruning(
     eigenvalues fall below the global ``percentile`` cut-off (see the module's text).
 
     Args:
-        model: an ``nn.Sequential`` (nested Sequentials are flattened) of Spectral and
-            Linear layers with element-wise modules between them.
+        model: an ``nn.Sequential`` (nested Sequentials are flattened) or a model that
+            ``torch.fx`` can trace, with Spectral and Linear layers and element-wise
+            operations between them.
         percentile: in ``[0, 100]``; 0 keeps every node.
         return_report: also return a :class:`PruningReport`.
 
     Boundaries that cannot be pruned safely (a normalisation, softmax or reshape between
-    the layers) are kept whole and named in a warning, never silently broken.
+    the layers, a branch, a merge, a module called twice) are kept whole and named in a
+    warning, never silently broken.
 
     Raises:
         ValueError: for a percentile outside ``[0, 100]``, or a model without a prunable
             Spectral layer.
-        TypeError: for a model that is not an ``nn.Sequential``.
+        TypeError: for a model that is neither an ``nn.Sequential`` nor traceable.
     """
     if not (0 <= percentile <= 100):
         raise ValueError(f"percentile: expected a number in [0, 100], got {percentile!r}")
     boundaries, skipped = prunable_boundaries(model)
     new = copy.deepcopy(model)
-    modules = dict(_flatten(new))
+    modules = {name: new.get_submodule(name) for pair in boundaries for name in pair}
     eigen = [
         modules[p].diag_end.detach().abs().cpu().numpy()
         for p, _ in boundaries
