@@ -143,6 +143,9 @@ def run_tour(out: str | os.PathLike = "spectorch-out", *, progress: bool = True)
     summary["cifar_workflow"] = cifar_demo(out / "cifar", progress=progress)
     summary["cifar_workflow"]["seconds"] = round(time.perf_counter() - t1, 1)
     summary["spectral_inference"] = _spectral_inference(out / "spin", progress)
+    from spectorch.prune import pruning_demo
+
+    summary["spectral_layers"] = pruning_demo(out / "pruning", progress=progress)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(out / "summary.json", summary)
     with atomic_path(out / "summary.txt", "w") as fh:
@@ -204,6 +207,17 @@ def _summary_text(summary: dict[str, Any]) -> str:
             f"of the 9 lowest energies {h['mean_relative_error']:.1%}; "
             f"subspace distance per shell {shells}",
             f"   figures: {', '.join('spin/' + f for f in si['figures'])}",
+        ]
+    sl = summary.get("spectral_layers")
+    if sl:
+        curve = ", ".join(f"{c['removed']}%: {c['acc']:.3f}" for c in sl["curve"])
+        lines += [
+            "",
+            "4. Spectral layers: eigenvalue-only training, then pruning by |eigenvalue|",
+            f"   Spectral 64-{sl['hidden']}-10 on digits, test accuracy by nodes removed: {curve}",
+            f"   pre-training filter at 90% ({sl['filter_90']['kept']} nodes left), then "
+            f"trained: {sl['filter_90']['acc']:.3f}  ({sl['seconds']:.1f}s)",
+            "   figure: pruning/pruning.png",
         ]
     lines.append("")
     lines.append(f"total {summary['seconds']:.1f}s")

@@ -21,6 +21,7 @@ __all__ = [
     "plot_density",
     "plot_eigenfunctions",
     "plot_eigenvalue_curves",
+    "plot_pruning_curve",
     "plot_trajectories",
 ]
 
@@ -278,4 +279,28 @@ def plot_eigenvalue_curves(
     """:func:`draw_eigenvalue_curves` into a new figure saved (atomically) as a PNG."""
     fig = _figure(1, width=6.5, height=4.2)
     draw_eigenvalue_curves(fig, curves, exact=exact, ylabel=ylabel, title=title, ylim=ylim)
+    return _save(fig, path)
+
+
+def plot_pruning_curve(
+    removed: Any,
+    curves: Mapping[str, Any],
+    path: str | os.PathLike,
+    *,
+    marks: Mapping[str, tuple[float, float]] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Test accuracy against the percentage of hidden nodes removed, one curve per
+    method, single results as marked points; saved (atomically) as a PNG."""
+    fig = _figure(1, width=6.0, height=4.0)
+    ax = fig.subplots()
+    for i, (label, acc) in enumerate(curves.items()):
+        ax.plot(removed, 100 * np.asarray(acc, dtype=float), "o-", color=f"C{i}", label=label)
+    for j, (label, (x, acc)) in enumerate((marks or {}).items()):
+        ax.plot([x], [100 * acc], "*", ms=14, color=f"C{len(curves) + j}", label=label)
+    ax.set_xlabel("hidden nodes removed (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8, loc="lower left")
+    if title:
+        ax.set_title(title)
     return _save(fig, path)

@@ -1,6 +1,7 @@
 """Pruning by eigenvalues and eigenvalue-only training (spectraltools' names):
 :func:`spectral_pruning`, :func:`spectral_pretrain`, :func:`spectral_distiller`."""
 
+from spectorch.prune._demo import pruning_demo
 from spectorch.prune._pretrain import (
     eigenvalues_only,
     make_evaluate,
@@ -16,6 +17,7 @@ __all__ = [
     "make_evaluate",
     "make_fit",
     "prunable_boundaries",
+    "pruning_demo",
     "spectral_distiller",
     "spectral_pretrain",
     "spectral_pruning",
