@@ -52,7 +52,7 @@ def _remove_dense(model, keep):
     return new
 
 
-def _one(act: str, seed: int, epochs: int, fine: int) -> list[dict]:
+def _one(act: str, seed: int, epochs: int, fine: int, eig_lr: float) -> list[dict]:
     import copy
 
     import torch
@@ -68,7 +68,7 @@ def _one(act: str, seed: int, epochs: int, fine: int) -> list[dict]:
     train = Batches(xtr, ytr, batch_size=128, shuffle=True, seed=seed)
     evaluate = make_evaluate(Batches(xte, yte, batch_size=1024))
     full = make_fit(train, epochs=epochs, lr=1e-3, seed=seed)
-    eig_fit = make_fit(train, epochs=epochs, lr=1e-2, seed=seed)
+    eig_fit = make_fit(train, epochs=epochs, lr=eig_lr, seed=seed)
     tune = make_fit(train, epochs=fine, lr=1e-3, seed=seed)
     rows = []
 
@@ -154,13 +154,18 @@ def main() -> int:
     parser.add_argument(
         "--fine", type=int, default=10, help="fine-tuning epochs after pruning (10)"
     )
+    parser.add_argument(
+        "--eig-lr", type=float, default=3e-2, help="eigenvalue-only learning rate (3e-2)"
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/out/pruning")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = [
-        (act, s, args.epochs, args.fine) for act in ("tanh", "relu") for s in range(args.seeds)
+        (act, s, args.epochs, args.fine, args.eig_lr)
+        for act in ("tanh", "relu")
+        for s in range(args.seeds)
     ]
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         rows = [r for chunk in pool.starmap(_one, tasks) for r in chunk]
