@@ -237,6 +237,10 @@ def test_eigenvalue_only_training_leaves_the_bases_and_pretrain_stays_within_tol
     assert torch.equal(reference[0].base, before["0.base"])
     ref_acc, acc = evaluate(reference)["acc"], evaluate(pruned)["acc"]
     assert abs(acc - ref_acc) <= 0.05 * ref_acc
+    with pytest.raises(ValueError, match="percentile"):
+        spectral_distiller(model, lambda m: pytest.fail("trained before the check"), 150)
+    with pytest.raises(TypeError, match="evaluate"):
+        spectral_pretrain(model, spec_fit, None, max_delta=5.0)
     distilled = spectral_distiller(model, spec_fit, 50, fine_tune=make_fit(train, epochs=2))
     assert distilled[0].out_features < 128 and distilled[0].is_base_trainable
     assert evaluate(distilled)["acc"] > 0.8

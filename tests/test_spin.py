@@ -13,6 +13,7 @@ from spectorch import spin
 from spectorch.spin import hydrogen
 from spectorch.spin._objectives import cholesky
 from spectorch.spin._operators import Batch, covariance
+from spectorch.spin.examples import clustered_points
 
 F64 = torch.float64
 
@@ -185,21 +186,10 @@ def test_moving_average_path_equals_the_plain_gradient_without_memory():
 # -- the three objectives on a kernel with an exact answer ---------------------------------
 
 
-def _clusters():
-    g = torch.Generator().manual_seed(1)
-    centers = torch.tensor([[-2.0, -2.0], [2.0, -2.0], [-2.0, 2.0], [2.0, 2.0]], dtype=F64)
-    return torch.cat(
-        [
-            c + 0.3 * torch.randn(m, 2, dtype=F64, generator=g)
-            for c, m in zip(centers, [80, 60, 40, 20], strict=True)
-        ]
-    )
-
-
 @pytest.mark.parametrize("objective", ["spin", "neuralef", "neuralsvd"])
 def test_each_objective_recovers_the_top_eigenpairs_of_a_kernel_matrix(objective):
     torch.manual_seed(0)
-    pts = _clusters()
+    pts = clustered_points()
     n, k = pts.shape[0], 4
 
     def kern(a, b):
@@ -401,6 +391,9 @@ def test_hydrogen_run_writes_figures_result_and_resumes(tmp_path):
         hydrogen.train_hydrogen(tmp_path, hydrogen.HydrogenConfig(niter=31), progress=False)
     with pytest.raises(ValueError, match="objective"):
         hydrogen.HydrogenConfig(objective="x")
+    with pytest.raises(ValueError, match="decay"):
+        hydrogen.train_hydrogen(tmp_path / "bad", hydrogen.HydrogenConfig(decay=2.0))
+    assert not (tmp_path / "bad" / "config.json").exists()
 
 
 def test_covariance_masked_gradient_is_the_originals():

@@ -110,6 +110,14 @@ def _metric(result: Any, compare_with: str) -> float:
     )
 
 
+def _check_callables(**fns: Any) -> None:
+    for name, fn in fns.items():
+        if not callable(fn):
+            raise TypeError(
+                f"{name}: expected a callable taking the model, got {type(fn).__name__}"
+            )
+
+
 def spectral_pretrain(
     model: nn.Module,
     fit: Callable[[nn.Module], Any],
@@ -127,6 +135,7 @@ def spectral_pretrain(
     one *within* it (the one a user wants). ``max_delta`` is clipped to [1, 99] as there.
     The input model is not modified.
     """
+    _check_callables(fit=fit, evaluate=evaluate)
     if compare_with not in ("acc", "loss"):
         raise ValueError(f"compare_with: expected 'acc' or 'loss', got {compare_with!r}")
     if not max_delta > 0:
@@ -164,6 +173,9 @@ def spectral_distiller(
     this keeps the trained weights, as the papers describe. The input model is not
     modified.
     """
+    _check_callables(fit=fit, fine_tune=fine_tune or fit)
+    if not (0 <= percentile <= 100):  # before any training
+        raise ValueError(f"percentile: expected a number in [0, 100], got {percentile!r}")
     spec = eigenvalues_only(copy.deepcopy(model))
     fit(spec)
     pruned = spectral_pruning(spec, percentile)

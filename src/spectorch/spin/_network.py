@@ -261,7 +261,7 @@ class SpectralNetwork:
                     avg.mul_(1 - c).add_(j, alpha=c)
                 chol = cholesky(self.sigma_avg, self)
                 loss = spin_loss(self.sigma_avg.to(pi.dtype), pi, chol)
-                _, g_sigma, _ = spin_gradients(chol, pi)
+                lam, g_sigma, _ = spin_gradients(chol, pi)
                 extras["sigma_grad"] = [
                     torch.tensordot(g_sigma, avg, dims=2).to(p.dtype)
                     for avg, p in zip(self.sigma_jac_avg, self.params, strict=True)
@@ -270,8 +270,8 @@ class SpectralNetwork:
                 self.sigma_avg = sigma.detach().to(torch.float64)
                 chol = cholesky(self.sigma_avg, self)
                 loss = spin_loss(sigma, pi, chol)
+                lam, _, _ = spin_gradients(chol, pi)
             self.chol = chol
-            lam, _, _ = spin_gradients(chol, pi)
             est = lam.diagonal()
         else:
             sigma = covariance(u, u, weights, masked=False).detach().to(torch.float64)

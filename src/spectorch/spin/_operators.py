@@ -189,8 +189,9 @@ class ExactLaplacianOperator(LinearOperator):
 
     Each second derivative ``d^2 u / dx_i^2`` is a forward-over-forward ``jvp`` along
     ``e_i`` for the whole batch at once, and ``vmap`` runs all ``dim`` directions
-    together: no Python loop over dimensions, outputs or samples, and about half the
-    time of a full per-sample Hessian. It is differentiable in the network's
+    together: no Python loop over dimensions, outputs or samples, and only the
+    Hessian's diagonal is formed, not the full per-sample Hessian. It is differentiable
+    in the network's
     parameters. Inputs must be ``(batch, dim)`` and the network must treat samples
     independently (no batch normalisation).
     """

@@ -301,6 +301,10 @@ class HydrogenConfig:
         for name in ("lr", "lim", "charge", "importance_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        if not (isinstance(self.decay, (int, float)) and 0.0 <= self.decay <= 1.0):
+            raise ValueError(f"decay: expected a number in [0, 1], got {self.decay!r}")
+        if not math.isfinite(self.shift):
+            raise ValueError(f"shift: expected a finite number, got {self.shift!r}")
         if self.laplacian_eps < 0:
             raise ValueError(
                 f"laplacian_eps: expected 0 (exact) or a positive step, got {self.laplacian_eps!r}"
@@ -501,7 +505,6 @@ def train_hydrogen(
                 f"out: {out} holds a run with other settings ({', '.join(changed)}); "
                 "use another folder"
             )
-    atomic_write_json(cfg_file, cfg.as_dict())
     torch.manual_seed(cfg.seed)
     dev = torch.device(device)
     network = HydrogenNetwork(
@@ -533,6 +536,7 @@ def train_hydrogen(
         )
     else:
         optim = torch.optim.Adam(network.parameters(), lr=cfg.lr)
+    atomic_write_json(cfg_file, cfg.as_dict())
     exact = exact_energies(cfg.neig, cfg.charge)
     logging_config = {
         "config": cfg.as_dict(),
