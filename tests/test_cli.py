@@ -42,7 +42,7 @@ ENTRY = textwrap.dedent(
 )
 
 
-def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def run(*args: str, cwd=None, timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run(
         [sys.executable, "-m", "spectorch.cli", *args],
@@ -50,7 +50,7 @@ def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
         text=True,
         cwd=cwd,
         env=env,
-        timeout=300,
+        timeout=timeout,
     )
 
 
@@ -148,7 +148,7 @@ def test_out_that_is_a_file(tmp_path, entry):
 
 
 def test_tour(tmp_path):
-    r = run("tour", "--out", "tour", "--quiet", cwd=tmp_path)
+    r = run("tour", "--out", "tour", "--quiet", cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "tour"
     assert "figures and summary in" in r.stdout
@@ -158,3 +158,46 @@ def test_tour(tmp_path):
         assert rep["wasserstein1_over_range"] < 0.01, name
         assert (out / "curvature" / f"density_{name}.png").stat().st_size > 10_000
     assert summary["curvature_spectra"]["train"]["test_accuracy"] > 0.9
+    rim = summary["rim"]["psnr"]
+    assert rim["RIM"] > rim["Tikhonov"] and rim["RIM"] > rim["MAP-10"], rim
+    assert (out / "rim" / "rim.png").stat().st_size > 10_000
+
+
+def test_rim_train_and_predict(tmp_path):
+    out = tmp_path / "rim"
+    args = ("rim", "train", "--task", "digits-cs", "--epochs", "1", "--features", "8")
+    r = run(*args, "--steps", "3", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "LMMSE" in r.stdout and "RIM" in r.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["rim_psnr_per_step"]) == 3 and metrics["epochs"] == 1
+    assert (out / "rim.png").stat().st_size > 5_000
+    r = run("rim", "predict", "--checkpoint", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "test PSNR" in r.stdout
+    predictions = np.load(out / "predictions.npy")
+    assert predictions.shape == (metrics["test_images"], 1, 8, 8)
+    assert float(r.stdout.split("test PSNR ")[1].split()[0]) == pytest.approx(
+        metrics["psnr"]["RIM"], abs=0.01
+    )
+    y = np.random.default_rng(0).normal(size=(5, 32)).astype(np.float32)
+    np.save(tmp_path / "y.npy", y)
+    r = run(
+        "rim",
+        "predict",
+        "--checkpoint",
+        str(out),
+        "--input",
+        str(tmp_path / "y.npy"),
+        "--output",
+        str(tmp_path / "x.npy"),
+    )
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "x.npy").shape == (5, 1, 8, 8)
+    np.save(tmp_path / "bad.npy", y[:, :30])
+    r = run("rim", "predict", "--checkpoint", str(out), "--input", str(tmp_path / "bad.npy"))
+    assert r.returncode == 2 and "must have shape (N, 32)" in r.stderr
+    r = run("rim", "predict", "--checkpoint", str(tmp_path))
+    assert r.returncode == 2 and "task.json does not exist" in r.stderr
+    r = run(*args, "--steps", "3", "--out", str(out), "--quiet", "--train-size", "5")
+    assert r.returncode == 2 and "--train-size applies to --task patches-deblur" in r.stderr

@@ -22,6 +22,7 @@ __all__ = [
     "plot_eigenfunctions",
     "plot_eigenvalue_curves",
     "plot_pruning_curve",
+    "plot_rim_trajectory",
     "plot_trajectories",
 ]
 
@@ -303,4 +304,57 @@ def plot_pruning_curve(
     ax.legend(fontsize=8, loc="lower left")
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_rim_trajectory(
+    path: str | os.PathLike,
+    truth: Any,
+    observation: Any,
+    estimates: Mapping[str, Any],
+    trajectory: list[Any],
+    *,
+    scores: Mapping[str, Any] | None = None,
+    steps_shown: int = 4,
+    title: str | None = None,
+) -> Path:
+    """Rows of examples: ground truth, the observation, each baseline, and the RIM's
+    iterates (``steps_shown`` of them, the last included), as a PNG.
+
+    Args:
+        path: where to write the PNG.
+        truth: images ``(N, 1, H, W)`` (or ``(N, H, W)``).
+        observation: the observations shown as images of the same shape (for
+            projections, their back-projection ``Aᵀy``).
+        estimates: ``name -> images`` of the baselines.
+        trajectory: the RIM's iterates, each ``(N, 1, H, W)``.
+        scores: ``name -> PSNR per example`` printed under the images (keys of
+            ``estimates`` and ``"RIM"``).
+    """
+    truth = to_numpy(truth).reshape(len(truth), *np.shape(truth)[-2:])
+    n = truth.shape[0]
+
+    def images(a: Any) -> np.ndarray:
+        return to_numpy(a).reshape(n, *truth.shape[-2:])
+
+    t = len(trajectory)
+    picks = sorted({round(i * (t - 1) / max(steps_shown - 1, 1)) for i in range(steps_shown)})
+    columns = [("truth", truth), ("observation", images(observation))]
+    columns += [(name, images(e)) for name, e in estimates.items()]
+    columns += [(f"RIM t={k + 1}", images(trajectory[k])) for k in picks]
+    fig = _figure(1, width=1.25 * len(columns), height=1.3 * n + 0.5)
+    axes = fig.subplots(n, len(columns), squeeze=False)
+    for j, (name, imgs) in enumerate(columns):
+        key = "RIM" if name.startswith("RIM") and picks[-1] + 1 == int(name[6:]) else name
+        for i in range(n):
+            ax = axes[i, j]
+            ax.imshow(imgs[i], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if scores is not None and key in scores:
+                ax.set_xlabel(f"{float(to_numpy(scores[key])[i]):.1f} dB", fontsize=7)
+            if i == 0:
+                ax.set_title(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return _save(fig, path)

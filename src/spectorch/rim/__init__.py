@@ -1,0 +1,26 @@
+"""Recurrent inference machines (Putzky & Welling 2017): learned iterative solvers for
+inverse problems ``y = F(x) + noise``.
+
+* :class:`RIM`: the machine, with ``fit``, ``predict`` and ``from_checkpoint``.
+* Backbones: :class:`Hourglass`, :class:`Unet`, :class:`ConvRNN` (Putzky's cell) and
+  their :class:`ConvGRU`.
+* :mod:`spectorch.rim.problems`: linear-Gaussian problems on real images (digits,
+  scikit-image patches), their datasets and the classical baselines.
+"""
+
+from spectorch.rim._backbones import ConvGRU, ConvRNN, Hourglass, Unet
+from spectorch.rim._rim import LINKS, PREPROCESSING, RIM
+from spectorch.rim.problems import FeedForward, InverseProblemDataset, LinearGaussian
+
+__all__ = [
+    "LINKS",
+    "PREPROCESSING",
+    "RIM",
+    "ConvGRU",
+    "ConvRNN",
+    "FeedForward",
+    "Hourglass",
+    "InverseProblemDataset",
+    "LinearGaussian",
+    "Unet",
+]
