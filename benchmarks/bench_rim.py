@@ -61,7 +61,7 @@ def _train(arm: str, name: str, seed: int, cfg: dict) -> dict:
     torch.set_num_threads(1)
     from spectorch.rim import FeedForward, Hourglass
     from spectorch.rim._rim import RIM
-    from spectorch.rim.examples import DEFAULTS, build_rim
+    from spectorch.rim.examples import DEFAULTS, CosineSchedule, build_rim
     from spectorch.rim.problems import psnr
     from spectorch.train import fit
 
@@ -72,16 +72,27 @@ def _train(arm: str, name: str, seed: int, cfg: dict) -> dict:
     n_steps = epochs * -(-len(train) // bs)
     width = cfg["features"]
     t0 = time.perf_counter()
+    sched = CosineSchedule(epochs) if cfg["schedule"] == "cosine" else None
+    init = cfg["initialization"]
     if arm == "RIM":
-        rim = build_rim(task, features=width, steps=steps, seed=seed)
+        rim = build_rim(task, features=width, steps=steps, seed=seed, initialization=init)
         n_params = sum(q.numel() for q in rim.parameters())
-        rim.fit(train, epochs=epochs, learning_rate=lr, batch_size=bs, seed=seed, progress=False)
+        rim.fit(
+            train,
+            epochs=epochs,
+            learning_rate=lr,
+            batch_size=bs,
+            seed=seed,
+            scheduler=sched,
+            progress=False,
+        )
         seconds = time.perf_counter() - t0
         estimate = rim.predict(y)
     elif arm == "feed-forward":
         torch.manual_seed(seed)
         base = build_rim(task, features=width, steps=steps, seed=seed).model
-        net = FeedForward(base, task.problem)
+        start = {"adjoint": None, "lmmse": task.lmmse(), "zeros": torch.zeros_like}[init]
+        net = FeedForward(base, task.problem, start)
         n_params = sum(q.numel() for q in net.parameters())
 
         from spectorch.rim._rim import _EpochLoader
@@ -102,6 +113,7 @@ def _train(arm: str, name: str, seed: int, cfg: dict) -> dict:
             Plain(),
             epochs=epochs,
             lr=lr,
+            scheduler=sched,
             seed=seed,
             progress=False,
         )
@@ -119,7 +131,15 @@ def _train(arm: str, name: str, seed: int, cfg: dict) -> dict:
             steps=steps,
             score_preprocessing="arcsinh",
         )
-        rim.fit(train, epochs=epochs, learning_rate=lr, batch_size=bs, seed=seed, progress=False)
+        rim.fit(
+            train,
+            epochs=epochs,
+            learning_rate=lr,
+            batch_size=bs,
+            seed=seed,
+            scheduler=sched,
+            progress=False,
+        )
         seconds = time.perf_counter() - t0
         estimate = rim.predict(y)
     elif arm == "torch-rim":
@@ -200,11 +220,18 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    p.add_argument("--epochs", type=int, default=None, help="default: 30 digits, 8 patches")
+    p.add_argument("--epochs", type=int, default=None, help="default: 30 digits, 16 patches")
     p.add_argument("--features", type=int, default=None, help="default: 32 digits, 16 patches")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--steps", type=int, default=None, help="default: 10 digits, 5 patches")
+    p.add_argument("--lr", type=float, default=None, help="default: 2e-3 digits, 3e-3 patches")
     p.add_argument("--n-train", type=int, default=2000, help="training patches (patches task)")
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
+    p.add_argument(
+        "--initialization",
+        choices=("adjoint", "lmmse", "zeros"),
+        default=None,
+        help="start of the RIM and input of the feed-forward arm (adjoint digits, lmmse patches)",
+    )
     p.add_argument("--out", default="benchmarks/out/rim.json")
     args = p.parse_args(argv)
 
@@ -212,11 +239,13 @@ def main(argv=None) -> int:
     for name in args.tasks:
         patches = name == "patches-deblur"
         configs[name] = {
-            "epochs": args.epochs or (8 if patches else 30),
+            "epochs": args.epochs or (16 if patches else 30),
             "features": args.features or (16 if patches else 32),
-            "steps": args.steps,
-            "lr": args.lr,
+            "steps": args.steps or (5 if patches else 10),
+            "lr": args.lr or (3e-3 if patches else 2e-3),
             "n_train": args.n_train if patches else None,
+            "schedule": args.schedule,
+            "initialization": args.initialization or ("lmmse" if patches else "adjoint"),
         }
     jobs = [
         (arm, name, seed, configs[name])

@@ -253,7 +253,7 @@ def test_checkpoint_round_trip_reproduces_predictions_exactly(tmp_path):
     assert hp["model"]["backbone"] == "convrnn" and hp["score_preprocessing"] == "adam"
     assert hp["steps"] == 3 and hp["fit"]["ema_decay"] == 0.5
     ys = val.observations()
-    with pytest.raises(ValueError, match="score_fn=...") as info:
+    with pytest.raises(ValueError, match=r"score_fn=\.\.\.") as info:
         RIM.from_checkpoint(tmp_path)
     assert "module-level" in str(info.value)
     last = RIM.from_checkpoint(tmp_path, which="last", score_fn=problem.score)
@@ -400,3 +400,45 @@ def test_photograph_patches_come_from_the_bundled_images():
     assert y.shape == (256,) and x.shape == (1, 16, 16)
     again = patches_deblur(size=16, n_train=12, n_val=4, n_test=4)
     assert torch.equal(again.train, task.train)  # reproducible
+
+
+@pytest.mark.slow
+def test_the_default_recipe_beats_lmmse_on_digit_deblurring(tmp_path):
+    """The benchmark's target (a), one seed: RIM >= LMMSE + 1 dB on the test digits."""
+    from spectorch.rim.examples import train_task
+
+    metrics = train_task(tmp_path, "digits-deblur", progress=False)
+    assert metrics["psnr"]["RIM"] >= metrics["psnr"]["LMMSE"] + 1.0, metrics["psnr"]
+    assert (tmp_path / "rim.png").exists()
+
+
+def test_a_vector_unknown_with_a_dense_backbone():
+    g = torch.Generator().manual_seed(0)
+    problem = LinearGaussian(torch.randn(3, 5, generator=g), 0.1, (5,))
+    torch.manual_seed(0)
+    rim = RIM((), ConvRNN(5, 0, features=16, hidden=16), score_fn=problem.score, steps=3)
+    x = torch.randn(64, 5, generator=g)
+    data = torch.utils.data.TensorDataset(problem.observe(x, g), x)
+    result = rim.fit(
+        data, epochs=4, learning_rate=1e-2, batch_size=16, validation=data, progress=False
+    )
+    assert rim.predict(problem.observe(x[:2])).shape == (2, 5)
+    assert result.val_losses[-1] < result.val_losses[0]
+
+
+def test_feed_forward_baseline_starts_where_it_is_told():
+    from spectorch.rim import FeedForward
+
+    problem = _problem()
+    torch.manual_seed(0)
+    net = ConvRNN(1, 2, features=4, hidden=4).double()
+    y = problem.observe(_images(3))
+    ff = FeedForward(net, problem)
+    expected = (
+        problem.adjoint(y) + net(problem.adjoint(y), torch.zeros(3, 1, 4, 4).double(), None)[0]
+    )
+    torch.testing.assert_close(ff(y), expected)
+    zero = FeedForward(net, problem, start=lambda y: torch.zeros(y.shape[0], 1, 4, 4).double())
+    torch.testing.assert_close(
+        zero(y), net(torch.zeros(3, 1, 4, 4).double(), torch.zeros(3, 1, 4, 4).double(), None)[0]
+    )

@@ -711,6 +711,7 @@ def _cmd_rim_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         learning_rate=args.lr,
         batch_size=args.batch_size,
+        schedule=args.schedule,
         ema_decay=args.ema_decay,
         clip=args.clip,
         patience=args.patience,
@@ -771,6 +772,12 @@ def _add_rim(sub: Any) -> None:
     train.add_argument("--epochs", type=_positive_int, default=DEFAULTS["epochs"])
     train.add_argument("--lr", type=_positive_float, default=DEFAULTS["learning_rate"])
     train.add_argument("--batch-size", type=_positive_int, default=DEFAULTS["batch_size"])
+    train.add_argument(
+        "--schedule",
+        choices=("cosine", "constant"),
+        default=DEFAULTS["schedule"],
+        help="learning-rate schedule over the epochs",
+    )
     train.add_argument("--ema-decay", type=float, default=0.0, help="weight averaging (0: off)")
     train.add_argument("--clip", type=float, default=0.0, help="gradient-norm clip (0: off)")
     train.add_argument("--patience", type=_positive_int, default=None, help="early stopping")

@@ -121,7 +121,9 @@ class RIM(nn.Module):
     :meth:`predict` returns the user's space.
 
     Args:
-        dimensions: spatial shape of x (without batch and channels), e.g. ``(8, 8)``.
+        dimensions: spatial shape of x (without batch and channels), e.g. ``(8, 8)``;
+            ``()`` for a vector unknown of shape ``(B, channels)`` (with a 0-D
+            backbone such as ``ConvRNN(n, 0)``).
         model: the backbone, ``model(x, score, h) -> (update, h)`` with ``h=None`` on
             the first call (:class:`Hourglass`, :class:`Unet`, :class:`ConvRNN`).
         score_fn: the likelihood score (see above).
@@ -182,7 +184,7 @@ class RIM(nn.Module):
             dimensions = tuple(int(d) for d in dimensions)
         except TypeError:
             raise TypeError(f"dimensions must be a sequence of ints, got {dimensions!r}") from None
-        if not dimensions or any(d < 1 for d in dimensions):
+        if any(d < 1 for d in dimensions):
             raise ValueError(f"dimensions must be positive sizes, got {dimensions!r}")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -604,12 +606,8 @@ class RIM(nn.Module):
                     "shuffle": bool(shuffle),
                     "seed": seed,
                     "validation": validation is not None,
-                    "optimizer": "adam"
-                    if optimizer is None
-                    else (_qualified_name(optimizer) or "custom"),
-                    "scheduler": None
-                    if scheduler is None
-                    else (_qualified_name(scheduler) or "custom"),
+                    "optimizer": "adam" if optimizer is None else _describe(optimizer),
+                    "scheduler": None if scheduler is None else _describe(scheduler),
                 },
             }
             hp_path = directory / "hparams.json"
@@ -646,6 +644,17 @@ class RIM(nn.Module):
             progress=progress,
             desc=desc,
         )
+
+
+def _describe(fn: Any) -> str:
+    """A stable description of a factory for hparams.json: its import path, its
+    ``repr`` when the class defines one, else ``"custom"``."""
+    name = _qualified_name(fn)
+    if name is not None:
+        return name
+    if type(fn).__repr__ is not object.__repr__ and not inspect.isfunction(fn):
+        return repr(fn)
+    return "custom"
 
 
 def _comparable(settings: dict[str, Any]) -> dict[str, Any]:

@@ -353,15 +353,17 @@ def load_task(spec: dict[str, Any]) -> Task:
 
 
 class FeedForward(nn.Module):
-    """The feed-forward baseline: one pass of a backbone from ``Aᵀ y``, with no
-    recurrence (a fresh zero state) and no gradient input (a zero score):
-    ``x̂ = Aᵀy + model(Aᵀy, 0, None)``."""
+    """The feed-forward baseline: one pass of a backbone from a start ``x_0`` (by
+    default the back-projection ``Aᵀy``; or any ``start(y)``, such as the LMMSE
+    estimate), with no recurrence (a fresh zero state) and no gradient input (a zero
+    score): ``x̂ = x_0 + model(x_0, 0, None)``."""
 
-    def __init__(self, model: nn.Module, problem: LinearGaussian):
+    def __init__(self, model: nn.Module, problem: LinearGaussian, start: Any = None):
         super().__init__()
         self.model, self.problem = model, problem
+        self.start = start if start is not None else problem.adjoint
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        x0 = self.problem.adjoint(y)
+        x0 = self.start(y)
         update, _ = self.model(x0, torch.zeros_like(x0), None)
         return x0 + update
