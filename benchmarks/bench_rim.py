@@ -167,6 +167,7 @@ def _train(arm: str, name: str, seed: int, cfg: dict) -> dict:
             batch_size=bs,
             shuffle=True,
             seed=seed,
+            scheduler=sched,
         )
         seconds = time.perf_counter() - t0
         with torch.no_grad():

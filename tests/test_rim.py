@@ -108,7 +108,7 @@ def test_preprocessing_methods_follow_their_formulas():
     g = torch.Generator().manual_seed(3)
     scores = [torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64) * 5 for _ in range(4)]
     b1, b2, eps = 0.8, 0.95, 1e-6
-    for method in ("identity", "arcsinh", "adam", "rmsprop"):
+    for method in ("identity", "arcsinh", "adam", "rmsprop", "rms"):
         rim = _rim(problem, score_preprocessing=method, beta_1=b1, beta_2=b2, epsilon=eps)
         state, m, v = None, 0.0, 0.0
         for t, s in enumerate(scores):
@@ -120,6 +120,7 @@ def test_preprocessing_methods_follow_their_formulas():
                 "arcsinh": torch.log(s + torch.sqrt(s**2 + 1)),
                 "adam": (m / (1 - b1 ** (t + 1))) / (torch.sqrt(v / (1 - b2 ** (t + 1))) + eps),
                 "rmsprop": s / (torch.sqrt(v / (1 - b2 ** (t + 1))) + eps),
+                "rms": s / (s.flatten(1).square().mean(1).sqrt()[:, None, None, None] + eps),
             }[method]
             torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     # adam at step 0 is sign(s) up to epsilon: the bias corrections cancel

@@ -49,7 +49,7 @@ LINKS: dict[str, tuple[Callable, Callable]] = {
 }
 
 #: Score preprocessing methods.
-PREPROCESSING = ("identity", "arcsinh", "adam", "rmsprop")
+PREPROCESSING = ("identity", "arcsinh", "adam", "rmsprop", "rms")
 _INITIALIZATIONS = ("zeros", "approximate_inverse", "model")
 
 
@@ -139,7 +139,10 @@ class RIM(nn.Module):
         score_preprocessing: ``"identity"``, ``"arcsinh"`` (elementwise), ``"adam"``
             (bias-corrected first moment over bias-corrected root second moment) or
             ``"rmsprop"`` (score over bias-corrected root second moment), the moments
-            running over the RIM's steps of each example.
+            running elementwise over the RIM's steps of each example; or ``"rms"``:
+            each example's score divided by its root mean square, which keeps the
+            gradient's direction (elementwise Adam and RMSProp reduce the first
+            step's score to its signs).
         time_weights: weight of each step's squared error in the loss (length T, or
             T+1 with ``initialization="model"``); default uniform, summing to one.
         per_example: map ``score_fn``/``energy_fn`` over the batch with vmap.
@@ -303,6 +306,10 @@ class RIM(nn.Module):
             return score, None
         if method == "arcsinh":
             return torch.asinh(score), None
+        if method == "rms":
+            dims = tuple(range(1, score.ndim))
+            rms = score.square().mean(dim=dims, keepdim=True).sqrt()
+            return score / (rms + self.epsilon), None
         b1, b2, eps = self.beta_1, self.beta_2, self.epsilon
         if state is None:
             state = (torch.zeros_like(score), torch.zeros_like(score))
