@@ -142,11 +142,12 @@ def train_task(
     """Train a RIM on ``task`` into ``out`` and score it on the test set.
 
     ``schedule="cosine"`` anneals the learning rate to zero over ``epochs``
-    (``"constant"`` keeps it). Writes ``out/task.json``, the RIM's ``hparams.json``,
-    ``last.pt`` and ``best.pt``
-    (rerunning resumes), ``out/metrics.json`` (test PSNR of the RIM, of every
-    baseline and of every RIM step) and ``out/rim.png`` (truth, observation,
-    baselines and RIM iterates for ``examples`` test images).
+    (``"constant"`` keeps it; the schedule is part of the saved settings, so a run
+    resumes with the same ``epochs``). Writes ``out/task.json``, the RIM's
+    ``hparams.json``, ``last.pt`` and ``best.pt`` (rerunning resumes),
+    ``out/metrics.json`` (test PSNR of the RIM, of every baseline and of every RIM
+    step) and ``out/rim.png`` (truth, observation, baselines and RIM iterates for
+    ``examples`` test images).
 
     Returns the metrics.
     """
