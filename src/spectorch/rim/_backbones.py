@@ -49,6 +49,16 @@ def _positive(name: str, value: Any) -> int:
     return value
 
 
+def _check_resampling(owner: str, dimensions: Any, **sizes: Any) -> int:
+    """Check the arguments a resampling backbone shares; return the dimensions."""
+    d = _check_dimensions(dimensions)
+    if d == 0:
+        raise ValueError(f"{owner} needs dimensions 1, 2 or 3 (it resamples)")
+    for name, value in sizes.items():
+        _positive(name, value)
+    return d
+
+
 def _conv(dimensions: int, cin: int, cout: int, k: int, *, dilation: int = 1, bias=True):
     """A size-preserving convolution (a Linear layer when ``dimensions`` is 0)."""
     if dimensions == 0:
@@ -170,16 +180,14 @@ class Hourglass(_Backbone):
         activation: str = "tanh",
     ):
         super().__init__()
-        d = _check_dimensions(dimensions)
-        if d == 0:
-            raise ValueError("Hourglass needs dimensions 1, 2 or 3 (it resamples)")
-        for name, value in (
-            ("channels", channels),
-            ("features", features),
-            ("levels", levels),
-            ("multiplier", multiplier),
-        ):
-            _positive(name, value)
+        d = _check_resampling(
+            "Hourglass",
+            dimensions,
+            channels=channels,
+            features=features,
+            levels=levels,
+            multiplier=multiplier,
+        )
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
             raise ValueError(f"layers must be a non-negative int, got {layers!r}")
         bottom = features * multiplier**levels
@@ -255,16 +263,14 @@ class Unet(_Backbone):
         activation: str = "tanh",
     ):
         super().__init__()
-        d = _check_dimensions(dimensions)
-        if d == 0:
-            raise ValueError("Unet needs dimensions 1, 2 or 3 (it resamples)")
-        for name, value in (
-            ("channels", channels),
-            ("features", features),
-            ("levels", levels),
-            ("multiplier", multiplier),
-        ):
-            _positive(name, value)
+        d = _check_resampling(
+            "Unet",
+            dimensions,
+            channels=channels,
+            features=features,
+            levels=levels,
+            multiplier=multiplier,
+        )
         self.channels = channels
         self.config = dict(
             channels=channels,

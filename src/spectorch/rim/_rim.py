@@ -688,7 +688,7 @@ class _CheckedItems(torch.utils.data.Dataset):
         self.n_args = None if arity is None else arity - 2
         self.reference = like.reference if like is not None else None
         if self.reference is None:
-            self.reference = self._structure(0, self._raw(0))
+            self.reference = self._structure(0, self.items[0])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -696,9 +696,6 @@ class _CheckedItems(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.items, "set_epoch"):
             self.items.set_epoch(epoch)
-
-    def _raw(self, i: int) -> Any:
-        return self.items[i]
 
     def _structure(self, i: int, item: Any) -> list[tuple[int, ...] | None]:
         where = f"{self.name} item {i}"
@@ -727,7 +724,7 @@ class _CheckedItems(torch.utils.data.Dataset):
         return [tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in item]
 
     def __getitem__(self, i: int) -> Any:
-        item = self._raw(i)
+        item = self.items[i]
         structure = self._structure(i, item)
         if structure != self.reference:
             raise ValueError(
