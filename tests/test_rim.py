@@ -443,3 +443,24 @@ def test_feed_forward_baseline_starts_where_it_is_told():
     torch.testing.assert_close(
         zero(y), net(torch.zeros(3, 1, 4, 4).double(), torch.zeros(3, 1, 4, 4).double(), None)[0]
     )
+
+
+@pytest.mark.parametrize("initialization", ["zeros", "adjoint", "lmmse"])
+def test_build_rim_starts_where_it_is_told(initialization):
+    """The examples' RIM starts from zero, ``Aᵀy`` or the LMMSE estimate: with its
+    output layer zeroed every iterate is that start."""
+    from spectorch.rim.examples import build_rim
+    from spectorch.rim.problems import make_task
+
+    task = make_task("digits-deblur")
+    rim = build_rim(task, features=4, steps=2, initialization=initialization)
+    torch.nn.init.zeros_(rim.model.output.weight)
+    torch.nn.init.zeros_(rim.model.output.bias)
+    y = task.datasets()[2].observations()[:3]
+    expected = {
+        "zeros": torch.zeros(3, 1, 8, 8, dtype=y.dtype),
+        "adjoint": task.problem.adjoint(y),
+        "lmmse": task.lmmse()(y),
+    }[initialization]
+    for x in rim(y):
+        torch.testing.assert_close(x, expected)

@@ -66,12 +66,6 @@ def build_rim(
         net = BACKBONES[backbone](1, dims, features=features, hidden=features)
     else:
         net = BACKBONES[backbone](1, dims, features=features, levels=2)
-    start: dict[str, Any] = {}
-    if initialization == "adjoint":
-        start = {
-            "initialization": "approximate_inverse",
-            "approximate_inverse_fn": task.problem.adjoint,
-        }
     return RIM(
         task.dimensions,
         net.to(task.train.dtype),
@@ -79,7 +73,7 @@ def build_rim(
         steps=steps,
         score_preprocessing=preprocessing,
         time_weights=[float(t + 1) for t in range(steps)],
-        **start,
+        **_start(task, initialization),
     )
 
 
