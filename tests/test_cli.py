@@ -161,6 +161,39 @@ def test_tour(tmp_path):
     rim = summary["rim"]["psnr"]
     assert rim["RIM"] > rim["Tikhonov"] and rim["RIM"] > rim["MAP-10"], rim
     assert (out / "rim" / "rim.png").stat().st_size > 10_000
+    slow = summary["spectral_inference"]["atari"]
+    if "skipped" not in slow:
+        assert slow["steps"] == 100 and len(slow["evaluation"]) == 5
+        assert (out / "spin" / "atari" / "run" / "slow_features.png").stat().st_size > 10_000
+
+
+def test_atari_collect_refuses_an_unknown_game():
+    pytest.importorskip("ale_py", reason="ale-py (the atari extra) is not installed")
+    r = run("spin", "atari", "collect", "--game", "space_invaderz", "--frames", "10")
+    assert r.returncode == 2 and "valid names:" in r.stderr and "montezuma_revenge" in r.stderr
+    r = run("spin", "atari", "train", "--data", "missing.npz")
+    assert r.returncode == 2 and "--data: no such file" in r.stderr
+
+
+@pytest.mark.slow
+def test_atari_collect_train_and_figure(tmp_path):
+    """End to end: frames of a real game, a few hundred SpIN steps, the figure, resume."""
+    pytest.importorskip("ale_py", reason="ale-py (the atari extra) is not installed")
+    data = tmp_path / "si.npz"
+    r = run("spin", "atari", "collect", "--game", "space_invaders", "--frames", "3000",
+            "--out", str(data), "--quiet")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "run"
+    args = ("spin", "atari", "train", "--data", str(data), "--out", str(out), "--quiet")
+    r = run(*args, "--niter", "300", "--batch-size", "64", "--log-image-every", "300",
+            timeout=1800)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == 300 and abs(result["evaluation"][0]) < 1e-8
+    assert all(0 < v < 2 for v in result["evaluation"][1:])
+    assert (out / "slow_features.png").stat().st_size > 10_000
+    r = run(*args, "--niter", "300", "--batch-size", "64", "--log-image-every", "300")
+    assert r.returncode == 0 and "300 steps" in r.stdout  # resumed, nothing left to do
 
 
 def test_rim_train_and_predict(tmp_path):

@@ -120,11 +120,37 @@ def _spectral_inference(out: Path, progress: bool) -> dict[str, Any]:
     result = train_hydrogen(out / "hydrogen", cfg, progress=progress, eval_samples=10_000)
     hyd = result.summary()
     hyd["seconds"] = round(time.perf_counter() - t1, 1)
-    return {
-        "kernel": kernel,
-        "hydrogen": hyd,
-        "figures": ["kernel/kernel.png", "hydrogen/eigenfunctions.png", "hydrogen/eigenvalues.png"],
-    }
+    figures = ["kernel/kernel.png", "hydrogen/eigenfunctions.png", "hydrogen/eigenvalues.png"]
+    slow = _slow_features(out / "atari", progress)
+    if "figure" in slow:
+        figures.append(f"atari/{slow['figure']}")
+    return {"kernel": kernel, "hydrogen": hyd, "atari": slow, "figures": figures}
+
+
+def _slow_features(out: Path, progress: bool) -> dict[str, Any]:
+    """Frames of Space Invaders played at random (ale-py), then a short slow-feature run."""
+    from spectorch.spin import atari
+
+    try:
+        atari.games()
+    except ImportError:
+        return {"skipped": "ale-py is not installed (pip install 'spectorch[atari]')"}
+    t0 = time.perf_counter()
+    data = out / "space_invaders.npz"
+    if not data.exists():
+        atari.collect("space_invaders", 3000, seed=0, out=data, progress=progress)
+    cfg = atari.AtariConfig(
+        niter=100,
+        batch_size=64,
+        evaluation_stacks=512,
+        log_image_every=100,
+        save_params_every=50,
+    )
+    result = atari.train_atari(out / "run", data, cfg, progress=progress)
+    summary = result.summary()
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    summary["figure"] = "run/slow_features.png"
+    return summary
 
 
 def _rim(out: Path, progress: bool) -> dict[str, Any]:
@@ -221,8 +247,17 @@ def _summary_text(summary: dict[str, Any]) -> str:
             f"   2-D hydrogen, NeuralEF, {h['steps']} steps in {h['seconds']:.1f}s: mean rel err "
             f"of the 9 lowest energies {h['mean_relative_error']:.1%}; "
             f"subspace distance per shell {shells}",
-            f"   figures: {', '.join('spin/' + f for f in si['figures'])}",
         ]
+        slow = si.get("atari", {})
+        if "skipped" in slow:
+            lines.append(f"   Atari slow features: skipped, {slow['skipped']}")
+        elif slow:
+            lines.append(
+                f"   Space Invaders slow features, {slow['steps']} steps in "
+                f"{slow['seconds']:.1f}s: slowness "
+                + ", ".join(f"{v:.3g}" for v in slow["evaluation"])
+            )
+        lines.append(f"   figures: {', '.join('spin/' + f for f in si['figures'])}")
     sl = summary.get("spectral_layers")
     if sl:
         curve = ", ".join(f"{c['removed']}%: {c['acc']:.3f}" for c in sl["curve"])

@@ -23,6 +23,7 @@ __all__ = [
     "plot_eigenvalue_curves",
     "plot_pruning_curve",
     "plot_rim_trajectory",
+    "plot_slow_features",
     "plot_trajectories",
 ]
 
@@ -355,6 +356,56 @@ def plot_rim_trajectory(
                 ax.set_xlabel(f"{float(to_numpy(scores[key])[i]):.1f} dB", fontsize=7)
             if i == 0:
                 ax.set_title(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_slow_features(
+    features: Any,
+    frames: Any,
+    curves: Any,
+    path: str | os.PathLike,
+    *,
+    shown: int = 4,
+    title: str | None = None,
+) -> Path:
+    """For each learned slow feature, the ``shown`` frames where it is lowest and the
+    ``shown`` where it is highest, next to the eigenvalue curves along training.
+
+    Args:
+        features: feature values ``(N, k)`` on ``N`` frames, in the order of the
+            eigenvalues; a constant first column (the trivial eigenfunction) is skipped.
+        frames: the frames ``(N, H, W)`` (uint8 or in ``[0, 1]``).
+        curves: eigenvalue estimates along training ``(steps, k)``.
+        path: where to write the PNG.
+    """
+    f = to_numpy(features).astype(np.float64)
+    frames = np.asarray(frames) if isinstance(frames, np.ndarray) else to_numpy(frames)
+    if f.ndim != 2 or frames.ndim != 3 or len(f) != len(frames):
+        raise ValueError(
+            f"features and frames: expected (N, k) and (N, H, W), got {f.shape} and {frames.shape}"
+        )
+    first = 1 if f.shape[1] > 1 and np.ptp(f[:, 0]) <= 1e-9 * max(1.0, abs(f[0, 0])) else 0
+    rows = list(range(first, f.shape[1]))
+    shown = max(1, min(shown, len(f) // 2))
+    vmax = 255.0 if np.asarray(frames).dtype == np.uint8 or frames.max() > 1.0 else 1.0
+    fig = _figure(1, width=1.0 * 2 * shown + 5.5, height=max(3.6, 1.05 * len(rows) + 0.6))
+    left, right = fig.subfigures(1, 2, width_ratios=[2 * shown, 5.0])
+    axes = left.subplots(len(rows), 2 * shown, squeeze=False)
+    for r, i in enumerate(rows):
+        order = np.argsort(f[:, i], kind="stable")
+        picks = list(order[:shown]) + list(order[::-1][:shown][::-1])
+        for j, n in enumerate(picks):
+            ax = axes[r, j]
+            ax.imshow(frames[n], cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(f"feature {i}", fontsize=8)
+            if r == 0:
+                ax.set_title("lowest" if j < shown else "highest", fontsize=8)
+    draw_eigenvalue_curves(right, curves, ylabel="slowness (moving average)")
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)
