@@ -173,12 +173,13 @@ def collect(
                 starts[i], new_episode = True, False
             else:
                 action = actions[rng.integers(len(actions))]
-                screens[0] = screens[1]
                 for k in range(frame_skip):
                     ale.act(action)
-                    if k >= frame_skip - 2:
-                        ale.getScreenGrayscale(screens[k - frame_skip + 2])
-                    if ale.game_over():
+                    done = ale.game_over()
+                    if k >= frame_skip - 2 or done:  # keep the last two screens
+                        screens[0] = screens[1]
+                        ale.getScreenGrayscale(screens[1])
+                    if done:
                         break
             obs[i] = _resize(screens.max(axis=0), rows, cols)
             new_episode = bool(ale.game_over())
