@@ -43,19 +43,21 @@ def run(decay: float, seed: int, steps: int) -> dict:
     net = result.network
     f = net.eigenfunctions(stacks).numpy()
     x, y = held["positions"].T
-    r = [
-        abs(np.corrcoef(f[:, i], s)[0, 1])
-        for i, s in ((1, np.cos(np.pi * x)), (2, np.cos(np.pi * y)))
-    ]
+    with np.errstate(invalid="ignore", divide="ignore"):  # a collapsed feature is constant
+        r = [
+            float(np.nan_to_num(abs(np.corrcoef(f[:, i], s)[0, 1])))
+            for i, s in ((1, np.cos(np.pi * x)), (2, np.cos(np.pi * y)))
+        ]
     inside = ~held["episode_starts"][1:]
     pairs = np.flatnonzero(inside)
     order = np.stack([pairs, pairs + 1], 1).reshape(-1)
     lam = atari.evaluate_slowness(net, stacks[order])
+    lam = np.r_[lam, [np.nan] * (3 - len(lam))]  # a collapsed feature drops out of the span
     exact = [atari.ball_slowness(1, 0), atari.ball_slowness(0, 1)]
     return {
         "decay": decay,
         "seed": seed,
-        "r": [float(v) for v in r],
+        "r": r,
         "slowness_over_exact": [float(a / b) for a, b in zip(lam[1:], exact, strict=True)],
         "seconds_per_step": seconds / steps,
     }
@@ -73,6 +75,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))
     print("| decay | seed | r cos(πx) | r cos(πy) | λ1 / exact | λ2 / exact | s / step |")
+    # a feature that collapsed to a constant has r 0 and leaves the span (slowness nan)
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         a, b = row["r"]

@@ -419,9 +419,9 @@ def ball_video(
 
 def ball_slowness(kx: int, ky: int, steps: tuple[float, float] = (0.1, 0.15)) -> float:
     """The exact slowness ``E[(f_t - f_{t+1})^2] / Var f`` of ``f = cos(kx pi x)
-    cos(ky pi y)`` in :func:`ball_video`'s walk, ``2 (1 - exp(-pi^2 (kx^2 sx^2 + ky^2
-    sy^2) / 2))``
-    (the phase of a folded Gaussian walk is uniform, its step Gaussian)."""
+    cos(ky pi y)`` in :func:`ball_video`'s walk: ``2 (1 - exp(-pi^2 (kx^2 sx^2 +
+    ky^2 sy^2) / 2))``, since the phase of a folded Gaussian walk is uniform and its
+    step Gaussian."""
     sx, sy = steps
     return float(2.0 * -np.expm1(-(np.pi**2) * (kx * kx * sx * sx + ky * ky * sy * sy) / 2.0))
 
@@ -432,10 +432,11 @@ class AtariConfig:
     batch 128, lr 1e-3, centered RMSProp; 64 channels, 128 hidden units; ``neig``
     counts the constant feature) except ``decay``: the original averaged ``Sigma`` and
     its Jacobian over steps with weight 0.01, but at lr 1e-3 the features then shrink
-    faster than the average follows and collapse (on :func:`ball_video` the
-    correlation with the slowest signal fell from 0.93 at step 100 to 0.19 at step
-    900), and the averaged Jacobian costs ``neig^2`` backward passes a step (24x
-    slower on the CPU). ``decay=0`` uses each window's own ``Sigma``; ``--decay 0.01``
+    faster than the average follows and collapse (on :func:`ball_video`, 3 seeds of 3:
+    ``|r| <= 0.25`` with the known slow signals, against ``>= 0.93`` with ``decay=0``;
+    ``benchmarks/bench_slowness.py``), and the averaged Jacobian costs ``neig^2``
+    backward passes a step (24x slower at neig 5 on 84x84 frames, CPU). ``decay=0``
+    uses each window's own ``Sigma``; ``--decay 0.01``
     restores the original."""
 
     neig: int = 5
