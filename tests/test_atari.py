@@ -159,8 +159,8 @@ def test_bad_settings_name_the_argument():
         atari.AtariConfig(neig=1)
     with pytest.raises(ValueError, match="decay"):
         atari.AtariConfig(decay=2.0)
-    with pytest.raises(ValueError, match="objective"):
-        atari.AtariConfig(objective="pca")
+    with pytest.raises(ValueError, match="lr"):
+        atari.AtariConfig(lr=0)
     with pytest.raises(ValueError, match="steps"):
         atari.ball_video(10, steps=(0.1, -1))
 

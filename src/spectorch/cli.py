@@ -636,7 +636,6 @@ def _cmd_spin_atari_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         decay=args.decay,
-        objective=args.objective,
         log_image_every=args.log_image_every,
         save_params_every=args.save_params_every,
         seed=args.seed,
@@ -661,8 +660,6 @@ def _cmd_spin_atari_train(args: argparse.Namespace) -> int:
 
 
 def _add_atari(ssub: Any) -> None:
-    from spectorch.spin import OBJECTIVES
-
     atari = ssub.add_parser(
         "atari",
         help="slow features of Atari game play (collect frames with ale-py, then train)",
@@ -698,7 +695,6 @@ def _add_atari(ssub: Any) -> None:
     )
     tr.add_argument("--data", required=True, help="an .npz from `spectorch spin atari collect`")
     tr.add_argument("--out", default=None, help="output directory (spectorch-out/atari/NAME)")
-    tr.add_argument("--objective", choices=OBJECTIVES, default="spin")
     tr.add_argument(
         "--neig", type=_int_at_least(2, "features"), default=5,
         help="features, the constant included (5)",
