@@ -75,7 +75,14 @@ def _train(arm: str, name: str, seed: int, cfg: dict) -> dict:
     sched = CosineSchedule(epochs) if cfg["schedule"] == "cosine" else None
     init = cfg["initialization"]
     if arm == "RIM":
-        rim = build_rim(task, features=width, steps=steps, seed=seed, initialization=init)
+        rim = build_rim(
+            task,
+            features=width,
+            steps=steps,
+            seed=seed,
+            initialization=init,
+            preprocessing=cfg["preprocessing"],
+        )
         n_params = sum(q.numel() for q in rim.parameters())
         rim.fit(
             train,
@@ -233,6 +240,12 @@ def main(argv=None) -> int:
         default=None,
         help="start of the RIM and input of the feed-forward arm (adjoint digits, lmmse patches)",
     )
+    p.add_argument(
+        "--preprocessing",
+        choices=("identity", "arcsinh", "adam", "rmsprop", "rms"),
+        default=None,
+        help="the RIM arm's score preprocessing (rmsprop digits, rms patches)",
+    )
     p.add_argument("--out", default="benchmarks/out/rim.json")
     args = p.parse_args(argv)
 
@@ -247,6 +260,7 @@ def main(argv=None) -> int:
             "n_train": args.n_train if patches else None,
             "schedule": args.schedule,
             "initialization": args.initialization or ("lmmse" if patches else "adjoint"),
+            "preprocessing": args.preprocessing or ("rms" if patches else "rmsprop"),
         }
     jobs = [
         (arm, name, seed, configs[name])
