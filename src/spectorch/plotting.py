@@ -376,7 +376,7 @@ def plot_slow_features(
     Args:
         features: feature values ``(N, k)`` on ``N`` frames, in the order of the
             eigenvalues; a constant first column (the trivial eigenfunction) is skipped.
-        frames: the frames ``(N, H, W)`` (uint8 or in ``[0, 1]``).
+        frames: the frames ``(N, H, W)``, drawn from 0 (black) to their maximum (white).
         curves: eigenvalue estimates along training ``(steps, k)``.
         path: where to write the PNG.
     """
@@ -389,7 +389,7 @@ def plot_slow_features(
     first = 1 if f.shape[1] > 1 and np.ptp(f[:, 0]) <= 1e-9 * max(1.0, abs(f[0, 0])) else 0
     rows = list(range(first, f.shape[1]))
     shown = max(1, min(shown, len(f) // 2))
-    vmax = 255.0 if np.asarray(frames).dtype == np.uint8 or frames.max() > 1.0 else 1.0
+    vmax = max(float(frames.max()), 1e-12)  # the brightest pixel shown white
     fig = _figure(1, width=1.0 * 2 * shown + 5.5, height=max(3.6, 1.05 * len(rows) + 0.6))
     left, right = fig.subfigures(1, 2, width_ratios=[2 * shown, 5.0])
     axes = left.subplots(len(rows), 2 * shown, squeeze=False)

@@ -115,7 +115,15 @@ class ConvGRU(nn.Module):
 
 
 class _Backbone(nn.Module):
-    """Shared plumbing: the saved configuration and padding to a multiple of 2^levels."""
+    """Shared plumbing: the saved configuration, padding to a multiple of 2^levels, and
+    an output convolution that starts at zero.
+
+    Every backbone's last layer (``output``) starts at zero, so an untrained RIM's
+    updates are zero: every step starts as the identity and the RIM starts where its
+    initialization puts it. A random last layer makes the first update a random image
+    that throws a good start away (about 1 dB on the photograph patches;
+    docs/benchmarks.md).
+    """
 
     channels: int
     config: dict[str, Any]
@@ -127,6 +135,10 @@ class _Backbone(nn.Module):
         for n in reversed(sizes):
             pad += [0, -n % self._multiple]
         return (F.pad(t, pad) if any(pad) else t), sizes
+
+    def _zero_output(self) -> None:
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
 
     def _crop(self, t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         return t[(..., *(slice(0, n) for n in sizes))]
@@ -221,6 +233,7 @@ class Hourglass(_Backbone):
             self.decoder.append(nn.ModuleList([_up(d, c, c // multiplier, kernel_size), *block]))
             c //= multiplier
         self.output = _conv(d, c, channels, kernel_size)
+        self._zero_output()
 
     def forward(self, x: torch.Tensor, score: torch.Tensor, h: torch.Tensor | None = None):
         self._check_input(x, score)
@@ -297,6 +310,7 @@ class Unet(_Backbone):
             _conv(d, 2 * widths[i], widths[i], kernel_size) for i in range(levels)
         )
         self.output = _conv(d, features, channels, kernel_size)
+        self._zero_output()
 
     def forward(self, x: torch.Tensor, score: torch.Tensor, h: Sequence | None = None):
         self._check_input(x, score)
@@ -375,6 +389,7 @@ class ConvRNN(_Backbone):
         self.middle = _conv(d, hidden, features, k1, dilation=dilation)
         self.gru2 = ConvGRU(features, hidden, k1 if d else 1, d)
         self.output = _conv(d, hidden, channels, k2)
+        self._zero_output()
 
     def forward(self, x: torch.Tensor, score: torch.Tensor, h: Sequence | None = None):
         self._check_input(x, score)

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from spectorch._io import atomic_save_npy, atomic_write_json
 from spectorch.rim._backbones import BACKBONES
@@ -56,10 +55,8 @@ def build_rim(
     """A RIM for ``task``: backbone ``backbone`` of width ``features``, ``steps``
     iterations, step t weighted by t in the loss; ``initialization`` is one of
     :data:`INITIALIZATIONS` (``"adjoint"`` starts from ``Aᵀy``, ``"lmmse"`` from the
-    Wiener estimate, so the RIM learns to improve on it). The backbone's output layer
-    starts at zero, so every step starts as the identity and the untrained RIM returns
-    its start (a random first update would throw a good start away: on the patches
-    task this is worth 0.9-1.1 dB, docs/benchmarks.md)."""
+    Wiener estimate, so the RIM learns to improve on it). As every backbone's, the
+    output layer starts at zero, so the untrained RIM returns its start."""
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
     if initialization not in INITIALIZATIONS:
@@ -70,8 +67,6 @@ def build_rim(
         net = BACKBONES[backbone](1, dims, features=features, hidden=features)
     else:
         net = BACKBONES[backbone](1, dims, features=features, levels=2)
-    nn.init.zeros_(net.output.weight)
-    nn.init.zeros_(net.output.bias)
     return RIM(
         task.dimensions,
         net.to(task.train.dtype),

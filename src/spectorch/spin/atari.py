@@ -616,13 +616,14 @@ def train_atari(
         "saver_name": "atari_params",
     }
     shown = stacks[0::2, -1]  # the newest frame of each first-of-pair stack
+    hooks = _figure_hook(out, shown, f"{game}, SpIN")
     t0 = time.monotonic()
     stats = net.train(
         optim,
         cfg.niter,
         logging_config,
         {"create": util.create_default_stats, "update": util.update_default_stats},
-        plotting_hooks=_figure_hook(out, shown, f"{game}, SpIN"),
+        plotting_hooks=hooks,
         show_plots=show_plots and _can_show(),
         data_for_plotting=stacks[0::2],
         progress=progress,
@@ -630,6 +631,9 @@ def train_atari(
     )
     seconds = time.monotonic() - t0
     steps = net.step_count
+    if net.step_seconds == 0.0 or not (out / "slow_features.png").exists():  # nothing trained
+        features = net.eigenfunctions(stacks[0::2]).cpu().numpy()
+        hooks["update"](steps - 1, features, None, **stats)
     result = AtariResult(
         eigenvalues=[float(v) for v in stats["eigenvalues_ma"][max(steps - 1, 0)]],
         evaluation=[float(v) for v in evaluate_slowness(net, stacks)],
