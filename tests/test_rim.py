@@ -144,8 +144,10 @@ def test_backbones_keep_the_shape_for_any_size(cls, dims):
     x = torch.randn(3, 2, *sizes)
     update, h = net(x, torch.randn_like(x), None)
     assert update.shape == x.shape
+    assert not update.any()  # the output layer starts at zero: the identity step
+    torch.nn.init.normal_(net.output.weight)
     update2, _ = net(x + update, torch.randn_like(x), h)
-    assert update2.shape == x.shape
+    assert update2.shape == x.shape and update2.abs().min() > 0
 
 
 def test_conv_gru_updates_its_whole_state():
@@ -452,15 +454,14 @@ def test_feed_forward_baseline_starts_where_it_is_told():
 
 @pytest.mark.parametrize("initialization", ["zeros", "adjoint", "lmmse"])
 def test_build_rim_starts_where_it_is_told(initialization):
-    """The examples' RIM starts from zero, ``Aᵀy`` or the LMMSE estimate: with its
-    output layer zeroed every iterate is that start."""
+    """The examples' RIM starts from zero, ``Aᵀy`` or the LMMSE estimate; the backbone's
+    output layer starts at zero, so every iterate of the untrained RIM is that start."""
     from spectorch.rim.examples import build_rim
     from spectorch.rim.problems import make_task
 
     task = make_task("digits-deblur")
     rim = build_rim(task, features=4, steps=2, initialization=initialization)
-    torch.nn.init.zeros_(rim.model.output.weight)
-    torch.nn.init.zeros_(rim.model.output.bias)
+    assert not rim.model.output.weight.any() and not rim.model.output.bias.any()
     y = task.datasets()[2].observations()[:3]
     expected = {
         "zeros": torch.zeros(3, 1, 8, 8, dtype=y.dtype),
