@@ -74,6 +74,18 @@ def _train(arm: str, name: str, seed: int, cfg: dict) -> dict:
     t0 = time.perf_counter()
     sched = CosineSchedule(epochs) if cfg["schedule"] == "cosine" else None
     init = cfg["initialization"]
+
+    def fit_rim(rim: RIM) -> None:
+        rim.fit(
+            train,
+            epochs=epochs,
+            learning_rate=lr,
+            batch_size=bs,
+            seed=seed,
+            scheduler=sched,
+            progress=False,
+        )
+
     if arm == "RIM":
         rim = build_rim(
             task,
@@ -84,15 +96,7 @@ def _train(arm: str, name: str, seed: int, cfg: dict) -> dict:
             preprocessing=cfg["preprocessing"],
         )
         n_params = sum(q.numel() for q in rim.parameters())
-        rim.fit(
-            train,
-            epochs=epochs,
-            learning_rate=lr,
-            batch_size=bs,
-            seed=seed,
-            scheduler=sched,
-            progress=False,
-        )
+        fit_rim(rim)
         seconds = time.perf_counter() - t0
         estimate = rim.predict(y)
     elif arm == "feed-forward":
@@ -138,15 +142,7 @@ def _train(arm: str, name: str, seed: int, cfg: dict) -> dict:
             steps=steps,
             score_preprocessing="arcsinh",
         )
-        rim.fit(
-            train,
-            epochs=epochs,
-            learning_rate=lr,
-            batch_size=bs,
-            seed=seed,
-            scheduler=sched,
-            progress=False,
-        )
+        fit_rim(rim)
         seconds = time.perf_counter() - t0
         estimate = rim.predict(y)
     elif arm == "torch-rim":

@@ -163,6 +163,10 @@ def test_bad_settings_name_the_argument():
         atari.AtariConfig(lr=0)
     with pytest.raises(ValueError, match="steps"):
         atari.ball_video(10, steps=(0.1, -1))
+    with pytest.raises(ValueError, match="radius"):
+        atari.ball_video(10, radius=0)
+    with pytest.raises(ValueError, match="stacks: expected a tensor of consecutive pairs"):
+        atari.evaluate_slowness(None, torch.zeros(3, 1, 36, 36))
 
 
 def test_collector_and_reader_on_a_real_game(tmp_path):

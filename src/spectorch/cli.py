@@ -705,7 +705,7 @@ def _add_atari(ssub: Any) -> None:
     tr.add_argument(
         "--decay", type=float, default=0.0,
         help="moving-average weight of the new batch; the original's 0.01 is unstable "
-        "at lr 1e-3 and 24x slower (0)",
+        "at lr 1e-3 and 28x slower (0)",
     )  # fmt: skip
     tr.add_argument(
         "--log-image-every", type=_positive_int, default=1000, help="steps between figures (1000)"

@@ -381,7 +381,7 @@ def plot_slow_features(
         path: where to write the PNG.
     """
     f = to_numpy(features).astype(np.float64)
-    frames = np.asarray(frames) if isinstance(frames, np.ndarray) else to_numpy(frames)
+    frames = to_numpy(frames)
     if f.ndim != 2 or frames.ndim != 3 or len(f) != len(frames):
         raise ValueError(
             f"features and frames: expected (N, k) and (N, H, W), got {f.shape} and {frames.shape}"

@@ -398,6 +398,8 @@ def ball_video(
     sigma = np.asarray(steps, dtype=np.float64)
     if sigma.shape != (2,) or not np.all(sigma > 0):
         raise ValueError(f"steps: expected two positive step sizes, got {steps!r}")
+    if not (isinstance(radius, (int, float)) and radius > 0):
+        raise ValueError(f"radius: expected a positive number of pixels, got {radius!r}")
     rng = np.random.default_rng(seed)
     t = np.arange(frames)
     first = (t % episode_length) == 0
@@ -434,7 +436,7 @@ class AtariConfig:
     faster than the average follows and collapse (on :func:`ball_video`, 3 seeds of 3:
     ``|r| <= 0.25`` with the known slow signals, against ``>= 0.93`` with ``decay=0``;
     ``benchmarks/bench_slowness.py``), and the averaged Jacobian costs ``neig^2``
-    backward passes a step (24x slower at neig 5 on 84x84 frames, CPU). ``decay=0``
+    backward passes a step (28x slower at neig 5 on 84x84 frames, CPU). ``decay=0``
     uses each window's own ``Sigma``; ``--decay 0.01`` restores the original.
 
     The objective is SpIN's: the constant feature relies on its scale-free,
@@ -525,6 +527,9 @@ def evaluate_slowness(net: SpectralNetwork, stacks: Tensor) -> np.ndarray:
     """Slowness of the learned features on ``stacks`` arranged as consecutive pairs
     (rows ``2i`` and ``2i + 1``): the eigenvalues of ``Pi`` in the basis where the
     features are orthonormal (Rayleigh-Ritz), ascending."""
+    if not isinstance(stacks, Tensor) or len(stacks) < 2 or len(stacks) % 2:
+        got = tuple(stacks.shape) if isinstance(stacks, Tensor) else type(stacks).__name__
+        raise ValueError(f"stacks: expected a tensor of consecutive pairs (even rows), got {got}")
     with torch.no_grad():
         u = torch.cat([net.network(s.to(net.device)) for s in stacks.split(256)])
     u = u.to(torch.float64).cpu()
