@@ -22,8 +22,8 @@ from torch import nn
 
 from spectorch.curvature import HessianOperator
 from spectorch.data import Batches, load_digits
-from spectorch.demo import train_digits_mlp
 from spectorch.density import spectral_density
+from spectorch.experiments.digits import train_digits_mlp
 
 
 def _scores(nodes: list[np.ndarray], weights: list[np.ndarray], exact: np.ndarray) -> dict:

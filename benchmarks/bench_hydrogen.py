@@ -42,7 +42,7 @@ def _one(name: str, budget: float, out: str, seed: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from spectorch.spin.hydrogen import HydrogenConfig, train_hydrogen
+    from spectorch.experiments.hydrogen import HydrogenConfig, train_hydrogen
 
     settings = {**COMMON, **RUNS[name]}
     # calibrate: steps per second of this objective on this machine (optimisation steps

@@ -8,7 +8,7 @@ For every task (:mod:`spectorch.rim.problems`) and seed, the mean test PSNR of:
 - ``Tikhonov`` (λ chosen on the validation set), ``LMMSE`` (Wiener, from the training
   set's mean and covariance), ``MAP-T`` and ``MAP-500`` (gradient ascent on the
   Gaussian-prior posterior with T and 500 steps); these do not depend on the seed;
-- ``RIM``: spectorch's RIM with the recipe of :data:`spectorch.rim.examples.DEFAULTS`;
+- ``RIM``: spectorch's RIM with the recipe of :data:`spectorch.experiments.rim.DEFAULTS`;
 - ``feed-forward``: the same backbone once from ``Aᵀy``, no recurrence, no gradient
   input, trained with the same budget;
 - ``RIM (hourglass)`` and ``torch-rim``: the same recipe on both sides — an
@@ -59,9 +59,9 @@ def _train(arm: str, name: str, seed: int, cfg: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from spectorch.experiments.rim import DEFAULTS, CosineSchedule, build_rim
     from spectorch.rim import FeedForward, Hourglass
     from spectorch.rim._rim import RIM
-    from spectorch.rim.examples import DEFAULTS, CosineSchedule, build_rim
     from spectorch.rim.problems import psnr
     from spectorch.train import fit
 
@@ -206,7 +206,7 @@ def _baselines(name: str, cfg: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from spectorch.rim.examples import baselines
+    from spectorch.experiments.rim import baselines
     from spectorch.rim.problems import psnr
 
     task = _task(name, cfg["n_train"])

@@ -1,10 +1,10 @@
-"""SpIN on video with and without the moving average of Sigma (spectorch.spin.atari).
+"""SpIN on video with and without the moving average of Sigma (spectorch.experiments.atari).
 
     python benchmarks/bench_slowness.py --seeds 3 --steps 600
 
 Trains the Atari network (16 channels, 32 hidden units, one frame per input) on
-:func:`spectorch.spin.atari.ball_video`, whose slowest features are known exactly
-(``cos(pi x)`` then ``cos(pi y)``, slowness :func:`~spectorch.spin.atari.ball_slowness`),
+:func:`spectorch.experiments.atari.ball_video`, whose slowest features are known exactly
+(``cos(pi x)`` then ``cos(pi y)``, slowness :func:`~spectorch.experiments.atari.ball_slowness`),
 with the original's recipe (centered RMSProp, lr 1e-3, batch 128) at each ``--decays``
 value, and reports per run: |r| of the two learned features with the known signals,
 their slowness on held-out stacks over the exact one, and seconds per step. Every run is
@@ -29,7 +29,7 @@ import torch
 
 
 def run(decay: float, seed: int, steps: int) -> dict:
-    from spectorch.spin import atari
+    from spectorch.experiments import atari
 
     torch.set_num_threads(1)
     video = atari.ball_video(6000, seed=0)
@@ -69,7 +69,8 @@ def run(decay: float, seed: int, steps: int) -> dict:
 
 def time_full_network(game: str, decay: float, steps: int) -> float:
     """Seconds per SpIN step of the full Atari network on frames of ``game``."""
-    from spectorch.spin import SlownessOperator, SpectralNetwork, atari
+    from spectorch.experiments import atari
+    from spectorch.spin import SlownessOperator, SpectralNetwork
 
     torch.set_num_threads(1)
     data = atari.collect(game, 3000, seed=0, progress=False)

@@ -1,4 +1,5 @@
-"""Slow features of video (spectorch.spin.atari): reader, network, collector, training."""
+"""Slow features of video (spectorch.experiments.atari; the readers in spectorch.data):
+reader, network, collector, training."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from spectorch.spin import atari
+from spectorch.experiments import atari
 
 
 def _episodes(lengths, size=4):
@@ -150,7 +151,7 @@ def test_training_resumes_exactly(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert json.loads((tmp_path / "part" / "result.json").read_text())["steps"] == 6
     other = atari.AtariConfig(**{**cfg.as_dict(), "lr": 1e-4})
-    with pytest.raises(ValueError, match="other settings \\(lr\\)"):
+    with pytest.raises(ValueError, match="other settings \\(lr: "):
         atari.train_atari(tmp_path / "part", data, other, progress=False)
 
 

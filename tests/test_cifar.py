@@ -13,14 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-from spectorch.cifar import (
-    CifarConfig,
-    checkpoint_densities,
-    list_checkpoints,
-    load_cifar_checkpoint,
-    load_trajectory,
-    train_cifar,
-)
 from spectorch.curvature import HessianOperator
 from spectorch.data import (
     CIFAR10_MEAN,
@@ -31,6 +23,14 @@ from spectorch.data import (
     write_cifar10,
 )
 from spectorch.density import spectral_density
+from spectorch.experiments.cifar import (
+    CifarConfig,
+    checkpoint_densities,
+    list_checkpoints,
+    load_cifar_checkpoint,
+    load_trajectory,
+    train_cifar,
+)
 from spectorch.nn import cifar_resnet
 
 
@@ -151,10 +151,10 @@ def test_training_resumes_to_the_uninterrupted_result(tmp_path, cifar_files):
     assert resumed.resumed_from == 4
     a = torch.load(tmp_path / "a" / "step_0000006.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "step_0000006.pt", weights_only=True)
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    assert a["losses"] == b["losses"] and len(a["losses"]) == 6
-    with pytest.raises(ValueError, match=r"another configuration \(lr: 0.05 there, 0.1 now"):
+    for k in a["state"]["model"]:
+        assert torch.equal(a["state"]["model"][k], b["state"]["model"][k]), k
+    assert a["history"]["loss"] == b["history"]["loss"] and len(a["history"]["loss"]) == 6
+    with pytest.raises(ValueError, match=r"other settings \(lr: 0.05 there, 0.1 now"):
         train_cifar(data, tmp_path / "b", small_config(lr=0.1), progress=False)
 
 

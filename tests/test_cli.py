@@ -231,6 +231,6 @@ def test_rim_train_and_predict(tmp_path):
     r = run("rim", "predict", "--checkpoint", str(out), "--input", str(tmp_path / "bad.npy"))
     assert r.returncode == 2 and "must have shape (N, 32)" in r.stderr
     r = run("rim", "predict", "--checkpoint", str(tmp_path))
-    assert r.returncode == 2 and "task.json does not exist" in r.stderr
+    assert r.returncode == 2 and "hparams.json does not exist" in r.stderr
     r = run(*args, "--steps", "3", "--out", str(out), "--quiet", "--train-size", "5")
-    assert r.returncode == 2 and "--train-size applies to --task patches-deblur" in r.stderr
+    assert r.returncode == 2 and "train_size applies to task patches-deblur" in r.stderr

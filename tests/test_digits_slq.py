@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from spectorch.curvature import HessianOperator
-from spectorch.demo import digits_problem
 from spectorch.density import spectral_density
+from spectorch.experiments.digits import digits_problem
 
 W1_TOL = 0.01  # Wasserstein-1 between the CDFs, as a share of the spectral range
 TOP_TOL = 1e-6  # relative error of the largest eigenvalue

@@ -413,7 +413,7 @@ def test_photograph_patches_come_from_the_bundled_images():
 @pytest.mark.slow
 def test_the_default_recipe_beats_lmmse_on_digit_deblurring(tmp_path):
     """The benchmark's target (a), one seed: RIM >= LMMSE + 1 dB on the test digits."""
-    from spectorch.rim.examples import train_task
+    from spectorch.experiments.rim import train_task
 
     metrics = train_task(tmp_path, "digits-deblur", progress=False)
     assert metrics["psnr"]["RIM"] >= metrics["psnr"]["LMMSE"] + 1.0, metrics["psnr"]
@@ -456,7 +456,7 @@ def test_feed_forward_baseline_starts_where_it_is_told():
 def test_build_rim_starts_where_it_is_told(initialization):
     """The examples' RIM starts from zero, ``Aᵀy`` or the LMMSE estimate; the backbone's
     output layer starts at zero, so every iterate of the untrained RIM is that start."""
-    from spectorch.rim.examples import build_rim
+    from spectorch.experiments.rim import build_rim
     from spectorch.rim.problems import make_task
 
     task = make_task("digits-deblur")

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from spectorch import spin
-from spectorch.spin import hydrogen
+from spectorch.experiments import hydrogen
+from spectorch.experiments.kernel import clustered_points
 from spectorch.spin._objectives import cholesky
 from spectorch.spin._operators import Batch, covariance
-from spectorch.spin.examples import clustered_points
 
 F64 = torch.float64
 
@@ -305,7 +305,7 @@ def test_interrupted_training_resumes_exactly(tmp_path, objective):
     np.testing.assert_array_equal(full["losses"], resumed["losses"])
     # another configuration is refused
     net4, _, optim4 = _hydrogen_net(objective=objective, decay=0.5)
-    with pytest.raises(ValueError, match="configuration"):
+    with pytest.raises(ValueError, match="other settings"):
         net4.train(optim4, 20, _logging(tmp_path / "b", 10), progress=False)
 
 
@@ -328,7 +328,7 @@ def test_nan_loss_stops_with_the_last_checkpoint_intact(tmp_path):
         net.train(optim, 10, _logging(tmp_path, 5), progress=False)
     state = torch.load(tmp_path / "run.pt", weights_only=True)
     assert state["step"] == 5
-    for v, w in zip(state["params"], saved.values(), strict=True):
+    for v, w in zip(state["state"]["network"]["params"], saved.values(), strict=True):
         torch.testing.assert_close(v, w)
 
 

@@ -53,7 +53,7 @@ def test_interrupt_keeps_last_checkpoint(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         fit(model, loss, data, epochs=5, checkpoint=ckpt, progress=False)
-    assert load_checkpoint(ckpt)["epoch"] == 3
+    assert load_checkpoint(ckpt)["step"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary left
 
 

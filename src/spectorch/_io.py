@@ -17,18 +17,36 @@ __all__ = [
     "atomic_save_npy",
     "atomic_torch_save",
     "atomic_write_json",
-    "load_torch_checkpoint",
 ]
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success fsync it and rename it over
-    ``path`` (atomic on POSIX), on failure delete it."""
+    ``path`` (atomic on POSIX), on failure delete it.
+
+    The file gets the permissions a plain ``open`` would give it (``0666`` less the
+    umask), not ``mkstemp``'s private ``0600``, so collaborators can read results.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -60,25 +78,3 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
     import torch
 
     _atomic(lambda fh: torch.save(obj, fh), path)
-
-
-def load_torch_checkpoint(path: str | os.PathLike, fmt: str, kind: str) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` of a spectorch checkpoint of format ``fmt``.
-
-    Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ValueError: if the file is corrupt, truncated or not a ``kind`` checkpoint;
-            the message names the file.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a damaged file
-        raise ValueError(f"checkpoint {path} is corrupt or truncated: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != fmt:
-        raise ValueError(f"{path} is not a {kind} checkpoint (format {fmt})")
-    return state

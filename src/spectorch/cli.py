@@ -1,16 +1,23 @@
-"""``spectorch ...``: one sub-command per job. Parses, checks and calls public functions."""
+"""``spectorch ...``: one sub-command per job. Parses, checks and calls public functions.
+
+The options of an experiment's sub-command are read from its config dataclass
+(:mod:`spectorch.experiments`): the field's name is the option, its metadata the help
+and choices, its default the default, so every default is written once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
+import inspect
 import sys
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from spectorch._version import __version__
 from spectorch.distributed import DistributedError
 
 __all__ = ["load_entry", "main"]
@@ -190,8 +197,8 @@ def _report(dens: Any, out: Path, title: str, width: str) -> None:
     """The figure and ``summary.json`` of a density, also printed."""
     import json
 
-    from spectorch._io import atomic_write_json
     from spectorch.plotting import plot_density
+    from spectorch.train import RunDirectory
 
     plot_density(dens, out / "density.png", title=title, width=width)
     trace = dens.trace()
@@ -204,7 +211,7 @@ def _report(dens: Any, out: Path, title: str, width: str) -> None:
         "trace_stderr": trace.stderr,
         "moments": dict(zip(("1", "2"), dens.moments([1, 2]).tolist(), strict=True)),
     }
-    atomic_write_json(out / "summary.json", summary)
+    RunDirectory(out, kind="density", settings_file=None).write_json("summary.json", summary)
     print(json.dumps(summary, indent=1))
     print(f"wrote {out}/density.png, tridiag_<k>.npy, manifest.json, summary.json")
 
@@ -226,49 +233,116 @@ def _cmd_combine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cifar_config(args: argparse.Namespace) -> Any:
-    from spectorch.cifar import CifarConfig
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    return CifarConfig(
-        steps=args.steps,
-        depth=args.depth,
-        batchnorm=not args.no_batchnorm,
-        width=args.width,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        lr_drops=tuple(args.lr_drops),
-        augment=not args.no_augment,
-        seed=args.seed,
-    )
+    try:
+        return version("spectorch")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
 
 
+def _default(function: Callable, name: str) -> Any:
+    """The default of keyword ``name`` of ``function`` (so the CLI does not restate it)."""
+    return inspect.signature(function).parameters[name].default
+
+
+def _scalar(tp: Any) -> Any:
+    """The value type of a field's annotation: ``int`` for ``int | None`` or
+    ``tuple[int, ...]``."""
+    args = [a for a in typing.get_args(tp) if a is not type(None) and a is not Ellipsis]
+    if typing.get_origin(tp) in (tuple, list) or (args and len(args) == 1):
+        return _scalar(args[0]) if args else str
+    return tp
+
+
+def _add_config(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One option per field of the config dataclass ``cls`` (fields marked
+    ``cli=False`` are left to the library)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if meta.get("cli") is False:
+            continue
+        tp, default = hints[f.name], f.default
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        shown = default if not isinstance(default, tuple) else " ".join(map(str, default))
+        help_text = meta.get("help", "")
+        if tp is bool:
+            action = "store_false" if default else "store_true"
+            parser.add_argument(flag, dest=f.name, action=action, help=help_text)
+            continue
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default}
+        parse = meta.get("parse")
+        if parse is not None:
+            kwargs["type"] = _argument_type(parse)
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        else:
+            kwargs["type"] = _scalar(tp)
+        if meta.get("nargs"):
+            kwargs["nargs"] = meta["nargs"]
+        if meta.get("choices"):
+            kwargs["choices"] = list(meta["choices"])
+        if default is not None:
+            help_text = f"{help_text} ({shown})" if help_text else f"({shown})"
+        parser.add_argument(flag, help=help_text, **kwargs)
+
+
+def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def _config(cls: type, args: argparse.Namespace) -> Any:
+    """The config dataclass ``cls`` from the parsed options; its own checks run here,
+    before any work (a bad value is one line and exit status 2)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("cli") is False or not hasattr(args, f.name):
+            continue
+        value = getattr(args, f.name)
+        values[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+
+def _resumed(result: Any) -> None:
+    step = getattr(result, "resumed_from", None)
+    if step is None and isinstance(result, dict):
+        step = result.get("resumed_from")
+    if step:
+        print(f"resumed from step {step}")
+
+
+# ----------------------------------------------------------------------------- cifar
 def _cmd_cifar_train(args: argparse.Namespace) -> int:
-    from spectorch.cifar import train_cifar
+    from spectorch.experiments import cifar
 
-    config = _cifar_config(args)
+    config = _config(cifar.CifarConfig, args)
     out = Path(args.out)
     print(f"spectorch cifar train: ResNet-{config.depth}, {config.steps} steps -> {out}/")
-    result = train_cifar(
-        args.train_data,
+    result = cifar.run(
         out,
         config,
+        train_data=args.train_data,
         checkpoint_every=args.checkpoint_every,
         device=_device(args.device),
         progress=not args.quiet,
     )
-    if result.resumed_from:
-        print(f"resumed from step {result.resumed_from}")
+    _resumed(result)
     last = result.losses[-1] if result.losses else float("nan")
     print(f"final training loss {last:.4f}; {len(result.checkpoints)} checkpoints in {out}/")
     return 0
 
 
 def _cmd_cifar_eval(args: argparse.Namespace) -> int:
-    from spectorch._io import atomic_write_json
-    from spectorch.cifar import evaluate, list_checkpoints, load_cifar_checkpoint
     from spectorch.data import CifarBatches, read_cifar10
+    from spectorch.experiments.cifar import evaluate, list_checkpoints, load_cifar_checkpoint
+    from spectorch.train import RunDirectory
 
     files = list_checkpoints(args.checkpoints)
     if not files:
@@ -284,14 +358,15 @@ def _cmd_cifar_eval(args: argparse.Namespace) -> int:
         rows.append(row)
         print(f"{f.name}: loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}")
     if args.out:
-        atomic_write_json(args.out, rows)
+        target = Path(args.out)
+        RunDirectory(target.parent, kind="cifar", settings_file=None).write_json(target.name, rows)
         print(f"wrote {args.out}")
     return 0
 
 
 def _cmd_cifar_density(args: argparse.Namespace) -> int:
     from spectorch import distributed
-    from spectorch.cifar import checkpoint_densities
+    from spectorch.experiments.cifar import checkpoint_densities
 
     kwargs = {
         "images": args.images,
@@ -331,7 +406,7 @@ def _cmd_cifar_density(args: argparse.Namespace) -> int:
 
 
 def _cmd_cifar_figure(args: argparse.Namespace) -> int:
-    from spectorch.cifar import load_trajectory
+    from spectorch.experiments.cifar import load_trajectory
     from spectorch.plotting import plot_trajectories
 
     if args.labels and len(args.labels) != len(args.dirs):
@@ -347,16 +422,346 @@ def _cmd_cifar_figure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cifar(sub: Any) -> None:
+    from spectorch.curvature import OPERATORS
+    from spectorch.experiments import cifar
+
+    parser = sub.add_parser(
+        "cifar",
+        help="the CIFAR-10 workflow: train with checkpoints, eval, densities, figures",
+        description="Ghorbani et al. 2019's workflow on CIFAR-10 binary batches "
+        "(cifar-10-batches-bin/data_batch_*.bin): train a CIFAR ResNet with checkpoints "
+        "every N steps, evaluate them, one Hessian density per checkpoint, and the "
+        "figure of the densities along training.",
+    )
+    csub = parser.add_subparsers(dest="cifar_command", metavar="STEP", required=True)
+
+    train = csub.add_parser("train", help="SGD with momentum and a step schedule, resumable")
+    train.add_argument("--train-data", required=True, help="glob of CIFAR-10 binary batches")
+    train.add_argument("--out", required=True, help="run directory (checkpoints step_<n>.pt)")
+    every = _default(cifar.run, "checkpoint_every")
+    train.add_argument("--checkpoint-every", type=_positive_int, default=every, help=f"({every})")
+    _add_config(train, cifar.CifarConfig)
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_cifar_train)
+
+    ev = csub.add_parser("eval", help="test loss and accuracy of every checkpoint")
+    ev.add_argument("checkpoints", metavar="CHECKPOINTS", help="a run directory or a .pt file")
+    ev.add_argument("--test-data", required=True, help="glob, e.g. .../test_batch.bin")
+    ev.add_argument("--batch-size", type=_positive_int, default=1000)
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ev.add_argument("--out", help="also write the results to this JSON file")
+    ev.set_defaults(func=_cmd_cifar_eval)
+
+    dens = csub.add_parser(
+        "density",
+        help="one curvature density per checkpoint (deterministic data), torchrun-ready",
+    )
+    densities = cifar.checkpoint_densities
+    dens.add_argument("checkpoints", metavar="CHECKPOINTS", help="a run directory or a .pt file")
+    dens.add_argument("--train-data", required=True, help="glob of CIFAR-10 binary batches")
+    dens.add_argument("--out", required=True, help="directory: <checkpoint>/ per checkpoint")
+    dens.add_argument("--images", type=_positive_int, default=None, help="first N images (all)")
+    for name, what in (("batch_size", "images per product batch"), ("steps", "Lanczos steps"),
+                       ("draws", "independent draws")):  # fmt: skip
+        value = _default(densities, name)
+        dens.add_argument(
+            "--" + name.replace("_", "-"),
+            type=_positive_int,
+            default=value,
+            help=f"{what} ({value})",
+        )
+    dens.add_argument("--operator", choices=sorted(OPERATORS), default="hessian")
+    dens.add_argument("--seed", type=_nonnegative_int, default=0)
+    dens.add_argument("--basis", choices=("memory", "float32", "disk"), default="memory")
+    dens.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    dens.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto")
+    dens.add_argument("--timeout", type=_positive_float, default=1800.0)
+    dens.add_argument("--quiet", action="store_true", help="no progress bars")
+    dens.set_defaults(func=_cmd_cifar_density)
+
+    fig = csub.add_parser(
+        "figure", help="densities along training, one panel per density directory"
+    )
+    fig.add_argument("dirs", nargs="+", metavar="DIR", help="outputs of `cifar density`")
+    fig.add_argument("--labels", nargs="*", help="panel titles, one per DIR")
+    fig.add_argument("--title", default=None)
+    fig.add_argument("--out", required=True, help="the PNG to write")
+    fig.set_defaults(func=_cmd_cifar_figure)
+
+
+# ----------------------------------------------------------------------------- tour
 def _cmd_tour(args: argparse.Namespace) -> int:
-    from spectorch._tour import run_tour
+    from spectorch.experiments import tour
 
     out = Path(args.out)
-    run_tour(out, progress=not args.quiet)
+    tour.run(out, _config(tour.TourConfig, args), progress=not args.quiet)
     print((out / "summary.txt").read_text(), end="")
     print(f"figures and summary in {out.resolve()}/")
     return 0
 
 
+def _add_tour(sub: Any) -> None:
+    from spectorch.experiments import tour
+
+    parser = sub.add_parser("tour", help="a short run of every capability, with figures")
+    parser.add_argument("--out", default="spectorch-out", help="output directory (spectorch-out)")
+    _add_config(parser, tour.TourConfig)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_cmd_tour)
+
+
+# ----------------------------------------------------------------------------- spin
+def _cmd_spin_hydrogen(args: argparse.Namespace) -> int:
+    from spectorch.experiments import hydrogen
+
+    cfg = _config(hydrogen.HydrogenConfig, args)
+    out = Path(args.out)
+    print(
+        f"spectorch spin hydrogen: {cfg.objective}, {cfg.neig} states, {cfg.niter} steps -> {out}/"
+    )
+    result = hydrogen.run(
+        out,
+        cfg,
+        show_plots=args.show_plots,
+        time_budget=args.time_budget,
+        progress=not args.quiet,
+        device=_device(args.device),
+    )
+    print(f"{result.steps} steps in {result.seconds:.0f} s")
+    print("  state   learned     exact    rel. error")
+    for i, (e, x, r) in enumerate(
+        zip(result.eigenvalues, result.exact, result.relative_errors, strict=True)
+    ):
+        print(f"  {i:5d} {e:9.5f} {x:9.5f} {r:10.2%}")
+    shells = ", ".join(f"{d:.3f}" for d in result.shell_distances)
+    print(
+        f"mean relative error {result.mean_relative_error:.2%}; "
+        f"subspace distance per shell: {shells}"
+    )
+    print(f"figures, checkpoint and result.json in {out}/")
+    return 0
+
+
+def _cmd_spin_kernel(args: argparse.Namespace) -> int:
+    from spectorch.experiments import kernel
+
+    out = Path(args.out)
+    result = kernel.run(out, _config(kernel.KernelConfig, args), progress=not args.quiet)
+    print(
+        f"top {len(result['exact'])} eigenvalues of the kernel matrix: "
+        + ", ".join(f"{v:.4f}" for v in result["exact"])
+    )
+    for name, r in result["objectives"].items():
+        vals = ", ".join(f"{v:.4f}" for v in r["eigenvalues"])
+        print(
+            f"  {name:9s} {vals}   max rel. error {r['max_relative_error']:.2%}, "
+            f"overlap {r['overlap']:.3f}"
+        )
+    print(f"figure and result.json in {out}/")
+    return 0
+
+
+def _cmd_spin_atari_collect(args: argparse.Namespace) -> int:
+    from spectorch.data import check_game, collect
+
+    check_game(args.game)
+    out = Path(args.out) if args.out else Path("spectorch-out") / "atari" / f"{args.game}.npz"
+    data = collect(
+        args.game,
+        args.frames,
+        seed=args.seed,
+        out=out,
+        sticky=args.sticky,
+        progress=not args.quiet,
+    )
+    episodes = int(data["episode_starts"].sum())
+    print(f"{len(data['frames'])} frames of {args.game} in {episodes} episode(s) -> {out}")
+    return 0
+
+
+def _cmd_spin_atari_train(args: argparse.Namespace) -> int:
+    from spectorch.experiments import atari
+
+    data = Path(args.data)
+    if not data.is_file():
+        raise CLIError(
+            f"--data: no such file {str(data)!r} (make one with `spectorch spin atari collect`)"
+        )
+    cfg = _config(atari.AtariConfig, args)
+    out = Path(args.out) if args.out else Path("spectorch-out") / "atari" / data.stem
+    print(f"spectorch spin atari train: {data} ({cfg.neig} features, {cfg.niter} steps) -> {out}/")
+    result = atari.run(
+        out,
+        data,
+        cfg,
+        progress=not args.quiet,
+        time_budget=args.time_budget,
+        device=_device(args.device),
+        show_plots=args.show_plots,
+    )
+    print(f"{result.steps} steps in {result.seconds:.0f} s")
+    print("slowness of each feature (0 is the constant):")
+    print("  training (moving average): " + " ".join(f"{v:.4g}" for v in result.eigenvalues))
+    print("  on the evaluation stacks:  " + " ".join(f"{v:.4g}" for v in result.evaluation))
+    print(f"figure {result.figure}, checkpoint and result.json in {out}/")
+    return 0
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options every SpIN training run shares."""
+    parser.add_argument(
+        "--time-budget", type=_positive_float, default=None, help="stop after this many seconds"
+    )
+    parser.add_argument(
+        "--show-plots", action="store_true", help="live figures in a window when a display exists"
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_atari(ssub: Any) -> None:
+    from spectorch.data import collect
+    from spectorch.experiments import atari
+
+    parser = ssub.add_parser(
+        "atari",
+        help="slow features of Atari game play (collect frames with ale-py, then train)",
+        description="The SpIN paper's appendix C.3: the slowest features of 4-frame stacks "
+        "of Atari play, with SlownessOperator. `collect` writes the original's .npz format "
+        "(frames uint8 N x 84 x 84, episode_starts bool N); `train` learns from it.",
+    )
+    asub = parser.add_subparsers(dest="atari_command", metavar="STEP", required=True)
+    col = asub.add_parser(
+        "collect",
+        help="play a game with a random policy and save preprocessed frames (.npz)",
+        description="Random policy with sticky actions (ale-py; pip install "
+        "'spectorch[atari]'); DQN preprocessing: every 4th frame, max of the last two, "
+        "grayscale, 84x84.",
+    )
+    col.add_argument(
+        "--game", required=True, help="an ale-py game: montezuma_revenge, space_invaders, ..."
+    )
+    frames, sticky = _default(collect, "frames"), _default(collect, "sticky")
+    col.add_argument("--frames", type=_positive_int, default=frames, help=f"frames ({frames})")
+    col.add_argument("--seed", type=_nonnegative_int, default=0)
+    col.add_argument(
+        "--sticky", type=float, default=sticky, help=f"repeat-action probability ({sticky})"
+    )
+    col.add_argument("--out", default=None, help="the .npz (spectorch-out/atari/GAME.npz)")
+    col.add_argument("--quiet", action="store_true", help="no progress bar")
+    col.set_defaults(func=_cmd_spin_atari_collect)
+
+    tr = asub.add_parser(
+        "train",
+        help="learn the slowest features of collected frames; resumable",
+        description="The original's network (three 6x6 stride-2 convolutions of 64 "
+        "channels, 128 hidden units) with a constant feature first, trained with "
+        "SpectralNetwork(SlownessOperator()) and centered RMSProp. Writes "
+        "slow_features.png, checkpoints and result.json; resumes from --out.",
+    )
+    tr.add_argument("--data", required=True, help="an .npz from `spectorch spin atari collect`")
+    tr.add_argument("--out", default=None, help="output directory (spectorch-out/atari/NAME)")
+    _add_config(tr, atari.AtariConfig)
+    _add_run_options(tr)
+    tr.set_defaults(func=_cmd_spin_atari_train)
+
+
+def _add_spin(sub: Any) -> None:
+    from spectorch.experiments import hydrogen, kernel
+
+    parser = sub.add_parser(
+        "spin",
+        help="spectral inference networks: eigenfunctions of kernels and differential operators",
+        description="Train a network whose outputs span the top or bottom eigenfunctions of "
+        "an operator, with SpIN (Pfau et al. 2019), NeuralEF or NeuralSVD.",
+    )
+    ssub = parser.add_subparsers(dest="spin_command", metavar="EXAMPLE", required=True)
+    hyd = ssub.add_parser(
+        "hydrogen",
+        help="the 2-D hydrogen atom (H = -Laplacian - 1/r), checked against the exact solution",
+        description="The SpIN paper's section 5.1. Defaults are the original example's flags "
+        "(neig 9, batch 128, lr 1e-5, decay 0.01, lim 50, RMSProp) for --objective spin; "
+        "NeuralEF and NeuralSVD default to Adam with lr 1e-3. Resumes from --out.",
+    )
+    hyd.add_argument("--out", default="spectorch-out/hydrogen", help="output directory")
+    _add_config(hyd, hydrogen.HydrogenConfig)
+    _add_run_options(hyd)
+    hyd.set_defaults(func=_cmd_spin_hydrogen)
+
+    ker = ssub.add_parser(
+        "kernel",
+        help="top eigenfunctions of an RBF kernel on a finite 2-D sample, against eigh",
+        description="Each objective learns the top eigenpairs of a squared-exponential "
+        "kernel on 200 clustered 2-D points; compared with the exact eigendecomposition.",
+    )
+    ker.add_argument("--out", default="spectorch-out/kernel", help="output directory")
+    _add_config(ker, kernel.KernelConfig)
+    ker.add_argument("--quiet", action="store_true", help="no progress bars")
+    ker.set_defaults(func=_cmd_spin_kernel)
+
+    _add_atari(ssub)
+
+
+# ----------------------------------------------------------------------------- rim
+def _cmd_rim_train(args: argparse.Namespace) -> int:
+    from spectorch.experiments import rim
+
+    config = _config(rim.RimConfig, args)
+    metrics = rim.run(args.out, config, progress=not args.quiet)
+    _resumed(metrics)
+    print(f"test PSNR on {metrics['test_images']} images of {config.task}:")
+    for name, value in sorted(metrics["psnr"].items(), key=lambda kv: kv[1]):
+        print(f"  {name:10s} {value:6.2f} dB")
+    print(f"checkpoints, metrics.json and rim.png in {Path(args.out).resolve()}/")
+    return 0
+
+
+def _cmd_rim_predict(args: argparse.Namespace) -> int:
+    from spectorch.experiments import rim
+
+    report = rim.predict(args.checkpoint, args.input, args.output, which=args.which)
+    line = f"{report['count']} estimates written to {report['written']}"
+    if "psnr" in report:
+        line += f"; test PSNR {report['psnr']:.2f} dB"
+    print(line)
+    return 0
+
+
+def _add_rim(sub: Any) -> None:
+    from spectorch.experiments import rim
+
+    parser = sub.add_parser(
+        "rim",
+        help="recurrent inference machines: learned solvers for inverse problems",
+        description="Train a RIM (Putzky & Welling 2017) on a linear-Gaussian problem with "
+        "real images, and score it against Tikhonov, LMMSE and gradient-ascent MAP.",
+    )
+    rsub = parser.add_subparsers(dest="rim_command", metavar="COMMAND", required=True)
+    train = rsub.add_parser(
+        "train",
+        help="train on a task, resumably; test PSNR against the baselines and a figure",
+        description="Tasks: digits-deblur (8x8 digits, 5x5 Gaussian blur, noise 0.05), "
+        "digits-cs (32 random projections, noise 0.05), patches-deblur (32x32 patches of "
+        "scikit-image's sample photographs). Rerunning with the same --out resumes.",
+    )
+    train.add_argument("--out", default="spectorch-out/rim", help="output directory")
+    _add_config(train, rim.RimConfig)
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_rim_train)
+    pred = rsub.add_parser(
+        "predict",
+        help="estimates from a trained RIM (default: the task's test set, with PSNR)",
+    )
+    pred.add_argument("--checkpoint", required=True, help="directory of `spectorch rim train`")
+    pred.add_argument("--input", default=None, help=".npy file of observations (N, m)")
+    pred.add_argument("--output", default=None, help=".npy file for the estimates")
+    pred.add_argument("--which", choices=("best", "last"), default="best")
+    pred.set_defaults(func=_cmd_rim_predict)
+
+
+# ----------------------------------------------------------------------------- parsers
 def build_parser() -> argparse.ArgumentParser:
     from spectorch.curvature import OPERATORS
 
@@ -364,23 +769,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spectorch",
         description="Study and train neural networks through the spectra of linear operators.",
     )
-    parser.add_argument("--version", action="version", version=f"spectorch {__version__}")
+    parser.add_argument("--version", action="version", version=f"spectorch {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    tour = sub.add_parser("tour", help="a short run of every capability, with figures")
-    tour.add_argument("--out", default="spectorch-out", help="output directory (spectorch-out)")
-    tour.add_argument("--quiet", action="store_true", help="no progress bars")
-    tour.set_defaults(func=_cmd_tour)
-
+    _add_tour(sub)
     dens = sub.add_parser(
         "density",
         help="eigenvalue density of a network's curvature by stochastic Lanczos quadrature",
         description=(
             "ENTRY is MODULE:FUNCTION (or path/file.py:FUNCTION), a function that returns "
             "(model, loss, data): data is a re-iterable of (inputs, targets) batches. "
-            "Example: spectorch density spectorch.demo:digits_problem. Under torchrun "
-            "(torchrun --nproc_per_node=N spectorch density ...) each rank takes a disjoint "
-            "shard of the batches (an ENTRY that accepts rank= and world_size= shards its "
+            "Example: spectorch density spectorch.experiments.digits:digits_problem. Under "
+            "torchrun (torchrun --nproc_per_node=N spectorch density ...) each rank takes a "
+            "disjoint shard of the batches (an ENTRY that accepts rank= and world_size= shards its "
             "own data) and rank 0 writes the outputs. `spectorch density combine DIR... "
             "--out OUT` merges runs made one draw per job (--draw-index)."
         ),
@@ -440,483 +840,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spin(sub)
     _add_rim(sub)
     return parser
-
-
-def _add_cifar(sub: Any) -> None:
-    from spectorch.curvature import OPERATORS
-
-    cifar = sub.add_parser(
-        "cifar",
-        help="the CIFAR-10 workflow: train with checkpoints, eval, densities, figures",
-        description="Ghorbani et al. 2019's workflow on CIFAR-10 binary batches "
-        "(cifar-10-batches-bin/data_batch_*.bin): train a CIFAR ResNet with checkpoints "
-        "every N steps, evaluate them, one Hessian density per checkpoint, and the "
-        "figure of the densities along training.",
-    )
-    csub = cifar.add_subparsers(dest="cifar_command", metavar="STEP", required=True)
-
-    train = csub.add_parser("train", help="SGD with momentum and a step schedule, resumable")
-    train.add_argument("--train-data", required=True, help="glob of CIFAR-10 binary batches")
-    train.add_argument("--out", required=True, help="run directory (checkpoints step_<n>.pt)")
-    train.add_argument("--steps", type=_positive_int, default=64000, help="(64000)")
-    train.add_argument("--checkpoint-every", type=_positive_int, default=1000, help="(1000)")
-    train.add_argument("--depth", type=_positive_int, default=32, help="6n+2: 20, 32, ... (32)")
-    train.add_argument("--no-batchnorm", action="store_true", help="ResNet without BatchNorm")
-    train.add_argument("--width", type=_positive_int, default=16, help="first stage channels")
-    train.add_argument("--batch-size", type=_positive_int, default=128, help="(128)")
-    train.add_argument("--lr", type=_positive_float, default=0.1, help="(0.1)")
-    train.add_argument("--momentum", type=float, default=0.9, help="(0.9)")
-    train.add_argument("--weight-decay", type=float, default=1e-4, help="(1e-4)")
-    train.add_argument(
-        "--lr-drops",
-        type=float,
-        nargs="*",
-        default=[0.5, 0.75],
-        help="fractions of --steps where the learning rate is divided by 10 (0.5 0.75)",
-    )
-    train.add_argument("--no-augment", action="store_true", help="no random crops and flips")
-    train.add_argument("--seed", type=_nonnegative_int, default=0)
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(func=_cmd_cifar_train)
-
-    ev = csub.add_parser("eval", help="test loss and accuracy of every checkpoint")
-    ev.add_argument("checkpoints", metavar="CHECKPOINTS", help="a run directory or a .pt file")
-    ev.add_argument("--test-data", required=True, help="glob, e.g. .../test_batch.bin")
-    ev.add_argument("--batch-size", type=_positive_int, default=1000)
-    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ev.add_argument("--out", help="also write the results to this JSON file")
-    ev.set_defaults(func=_cmd_cifar_eval)
-
-    dens = csub.add_parser(
-        "density",
-        help="one curvature density per checkpoint (deterministic data), torchrun-ready",
-    )
-    dens.add_argument("checkpoints", metavar="CHECKPOINTS", help="a run directory or a .pt file")
-    dens.add_argument("--train-data", required=True, help="glob of CIFAR-10 binary batches")
-    dens.add_argument("--out", required=True, help="directory: <checkpoint>/ per checkpoint")
-    dens.add_argument("--images", type=_positive_int, default=None, help="first N images (all)")
-    dens.add_argument("--batch-size", type=_positive_int, default=500, help="(500)")
-    dens.add_argument("--operator", choices=sorted(OPERATORS), default="hessian")
-    dens.add_argument("--steps", type=_positive_int, default=90, help="Lanczos steps (90)")
-    dens.add_argument("--draws", type=_positive_int, default=10, help="(10)")
-    dens.add_argument("--seed", type=_nonnegative_int, default=0)
-    dens.add_argument("--basis", choices=("memory", "float32", "disk"), default="memory")
-    dens.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    dens.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto")
-    dens.add_argument("--timeout", type=_positive_float, default=1800.0)
-    dens.add_argument("--quiet", action="store_true", help="no progress bars")
-    dens.set_defaults(func=_cmd_cifar_density)
-
-    fig = csub.add_parser(
-        "figure", help="densities along training, one panel per density directory"
-    )
-    fig.add_argument("dirs", nargs="+", metavar="DIR", help="outputs of `cifar density`")
-    fig.add_argument("--labels", nargs="*", help="panel titles, one per DIR")
-    fig.add_argument("--title", default=None)
-    fig.add_argument("--out", required=True, help="the PNG to write")
-    fig.set_defaults(func=_cmd_cifar_figure)
-
-
-def _hidden(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated layer widths, got {text!r}"
-        ) from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive layer widths, got {text!r}")
-    return sizes
-
-
-def _cmd_spin_hydrogen(args: argparse.Namespace) -> int:
-    from spectorch.spin.hydrogen import HydrogenConfig, train_hydrogen
-
-    defaults = {"spin": (1e-5, "rmsprop"), "neuralef": (1e-3, "adam"), "neuralsvd": (1e-3, "adam")}
-    lr, optimizer = defaults[args.objective]
-    cfg = HydrogenConfig(
-        objective=args.objective,
-        neig=args.neig,
-        niter=args.niter,
-        batch_size=args.batch_size,
-        laplacian_eps=args.laplacian_eps,
-        lim=args.lim,
-        lr=args.lr if args.lr is not None else lr,
-        decay=args.decay,
-        boundary=not args.no_boundary,
-        charge=args.charge,
-        hidden=args.hidden,
-        optimizer=args.optimizer or optimizer,
-        importance=args.importance,
-        nesting=args.nesting,
-        shift=args.shift,
-        cosine=args.cosine,
-        log_image_every=args.log_image_every,
-        save_params_every=args.save_params_every,
-        seed=args.seed,
-    )
-    out = Path(args.out)
-    print(
-        f"spectorch spin hydrogen: {cfg.objective}, {cfg.neig} states, {cfg.niter} steps -> {out}/"
-    )
-    result = train_hydrogen(
-        out,
-        cfg,
-        show_plots=args.show_plots,
-        time_budget=args.time_budget,
-        progress=not args.quiet,
-        device=_device(args.device),
-    )
-    print(f"{result.steps} steps in {result.seconds:.0f} s")
-    print("  state   learned     exact    rel. error")
-    for i, (e, x, r) in enumerate(
-        zip(result.eigenvalues, result.exact, result.relative_errors, strict=True)
-    ):
-        print(f"  {i:5d} {e:9.5f} {x:9.5f} {r:10.2%}")
-    shells = ", ".join(f"{d:.3f}" for d in result.shell_distances)
-    print(
-        f"mean relative error {result.mean_relative_error:.2%}; "
-        f"subspace distance per shell: {shells}"
-    )
-    print(f"figures, checkpoint and result.json in {out}/")
-    return 0
-
-
-def _cmd_spin_kernel(args: argparse.Namespace) -> int:
-    from spectorch.spin.examples import kernel_example
-
-    out = Path(args.out)
-    result = kernel_example(
-        out, objectives=args.objective, steps=args.steps, progress=not args.quiet
-    )
-    print(
-        f"top {len(result['exact'])} eigenvalues of the kernel matrix: "
-        + ", ".join(f"{v:.4f}" for v in result["exact"])
-    )
-    for name, r in result["objectives"].items():
-        vals = ", ".join(f"{v:.4f}" for v in r["eigenvalues"])
-        print(
-            f"  {name:9s} {vals}   max rel. error {r['max_relative_error']:.2%}, "
-            f"overlap {r['overlap']:.3f}"
-        )
-    print(f"figure and result.json in {out}/")
-    return 0
-
-
-def _cmd_spin_atari_collect(args: argparse.Namespace) -> int:
-    from spectorch.spin import atari
-
-    atari.check_game(args.game)
-    out = Path(args.out) if args.out else Path("spectorch-out") / "atari" / f"{args.game}.npz"
-    data = atari.collect(
-        args.game,
-        args.frames,
-        seed=args.seed,
-        out=out,
-        sticky=args.sticky,
-        progress=not args.quiet,
-    )
-    episodes = int(data["episode_starts"].sum())
-    print(f"{len(data['frames'])} frames of {args.game} in {episodes} episode(s) -> {out}")
-    return 0
-
-
-def _cmd_spin_atari_train(args: argparse.Namespace) -> int:
-    from spectorch.spin import atari
-
-    data = Path(args.data)
-    if not data.is_file():
-        raise CLIError(
-            f"--data: no such file {str(data)!r} (make one with `spectorch spin atari collect`)"
-        )
-    cfg = atari.AtariConfig(
-        neig=args.neig,
-        niter=args.niter,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        decay=args.decay,
-        log_image_every=args.log_image_every,
-        save_params_every=args.save_params_every,
-        seed=args.seed,
-    )
-    out = Path(args.out) if args.out else Path("spectorch-out") / "atari" / data.stem
-    print(f"spectorch spin atari train: {data} ({cfg.neig} features, {cfg.niter} steps) -> {out}/")
-    result = atari.train_atari(
-        out,
-        data,
-        cfg,
-        progress=not args.quiet,
-        time_budget=args.time_budget,
-        device=_device(args.device),
-        show_plots=args.show_plots,
-    )
-    print(f"{result.steps} steps in {result.seconds:.0f} s")
-    print("slowness of each feature (0 is the constant):")
-    print("  training (moving average): " + " ".join(f"{v:.4g}" for v in result.eigenvalues))
-    print("  on the evaluation stacks:  " + " ".join(f"{v:.4g}" for v in result.evaluation))
-    print(f"figure {result.figure}, checkpoint and result.json in {out}/")
-    return 0
-
-
-def _add_atari(ssub: Any) -> None:
-    atari = ssub.add_parser(
-        "atari",
-        help="slow features of Atari game play (collect frames with ale-py, then train)",
-        description="The SpIN paper's appendix C.3: the slowest features of 4-frame stacks "
-        "of Atari play, with SlownessOperator. `collect` writes the original's .npz format "
-        "(frames uint8 N x 84 x 84, episode_starts bool N); `train` learns from it.",
-    )
-    asub = atari.add_subparsers(dest="atari_command", metavar="STEP", required=True)
-    col = asub.add_parser(
-        "collect",
-        help="play a game with a random policy and save preprocessed frames (.npz)",
-        description="Random policy with sticky actions (ale-py; pip install "
-        "'spectorch[atari]'); DQN preprocessing: every 4th frame, max of the last two, "
-        "grayscale, 84x84.",
-    )
-    col.add_argument(
-        "--game", required=True, help="an ale-py game: montezuma_revenge, space_invaders, ..."
-    )
-    col.add_argument("--frames", type=_positive_int, default=10_000, help="frames (10000)")
-    col.add_argument("--seed", type=_nonnegative_int, default=0)
-    col.add_argument("--sticky", type=float, default=0.25, help="repeat-action probability (0.25)")
-    col.add_argument("--out", default=None, help="the .npz (spectorch-out/atari/GAME.npz)")
-    col.add_argument("--quiet", action="store_true", help="no progress bar")
-    col.set_defaults(func=_cmd_spin_atari_collect)
-
-    tr = asub.add_parser(
-        "train",
-        help="learn the slowest features of collected frames; resumable",
-        description="The original's network (three 6x6 stride-2 convolutions of 64 "
-        "channels, 128 hidden units) with a constant feature first, trained with "
-        "SpectralNetwork(SlownessOperator()) and centered RMSProp (neig 5, batch 128, "
-        "lr 1e-3). Writes slow_features.png, checkpoints and result.json; resumes from --out.",
-    )
-    tr.add_argument("--data", required=True, help="an .npz from `spectorch spin atari collect`")
-    tr.add_argument("--out", default=None, help="output directory (spectorch-out/atari/NAME)")
-    tr.add_argument(
-        "--neig", type=_int_at_least(2, "features"), default=5,
-        help="features, the constant included (5)",
-    )  # fmt: skip
-    tr.add_argument("--niter", type=_positive_int, default=20_000, help="training steps (20000)")
-    tr.add_argument("--batch-size", type=_positive_int, default=128, help="(128)")
-    tr.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate (1e-3)")
-    tr.add_argument(
-        "--decay", type=float, default=0.0,
-        help="moving-average weight of the new batch; the original's 0.01 is unstable "
-        "at lr 1e-3 and 28x slower (0)",
-    )  # fmt: skip
-    tr.add_argument(
-        "--log-image-every", type=_positive_int, default=1000, help="steps between figures (1000)"
-    )
-    tr.add_argument(
-        "--save-params-every", type=_positive_int, default=1000, help="steps between checkpoints"
-    )
-    tr.add_argument(
-        "--time-budget", type=_positive_float, default=None, help="stop after this many seconds"
-    )
-    tr.add_argument("--seed", type=_nonnegative_int, default=0)
-    tr.add_argument("--show-plots", action="store_true", help="live figures when possible")
-    tr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
-    tr.add_argument("--quiet", action="store_true", help="no progress bar")
-    tr.set_defaults(func=_cmd_spin_atari_train)
-
-
-def _add_spin(sub: Any) -> None:
-    from spectorch.spin import NESTINGS, OBJECTIVES
-
-    spin = sub.add_parser(
-        "spin",
-        help="spectral inference networks: eigenfunctions of kernels and differential operators",
-        description="Train a network whose outputs span the top or bottom eigenfunctions of "
-        "an operator, with SpIN (Pfau et al. 2019), NeuralEF or NeuralSVD.",
-    )
-    ssub = spin.add_subparsers(dest="spin_command", metavar="EXAMPLE", required=True)
-    hyd = ssub.add_parser(
-        "hydrogen",
-        help="the 2-D hydrogen atom (H = -Laplacian - 1/r), checked against the exact solution",
-        description="The SpIN paper's section 5.1. Defaults are the original example's flags "
-        "(neig 9, batch 128, lr 1e-5, decay 0.01, lim 50, RMSProp) for --objective spin; "
-        "NeuralEF and NeuralSVD default to Adam with lr 1e-3. Resumes from --out.",
-    )
-    hyd.add_argument("--out", default="spectorch-out/hydrogen", help="output directory")
-    hyd.add_argument("--objective", choices=OBJECTIVES, default="spin")
-    hyd.add_argument("--neig", type=_positive_int, default=9, help="number of eigenfunctions (9)")
-    hyd.add_argument(
-        "--niter", type=_positive_int, default=1_000_000, help="training steps (1000000)"
-    )
-    hyd.add_argument("--batch-size", type=_positive_int, default=128, help="(128)")
-    hyd.add_argument(
-        "--lr", type=_positive_float, default=None, help="learning rate (1e-5 SpIN, 1e-3 others)"
-    )
-    hyd.add_argument(
-        "--optimizer", choices=("rmsprop", "adam"), default=None, help="(rmsprop SpIN, adam others)"
-    )
-    hyd.add_argument(
-        "--decay", type=float, default=0.01, help="moving-average weight of the new batch (0.01)"
-    )
-    hyd.add_argument("--lim", type=_positive_float, default=50.0, help="half-width of the box (50)")
-    hyd.add_argument(
-        "--laplacian-eps", type=float, default=0.0, help="finite-difference step; 0 = exact (0)"
-    )
-    hyd.add_argument("--no-boundary", action="store_true", help="no zero boundary mask")
-    hyd.add_argument("--charge", type=_positive_float, default=1.0, help="nuclear charge (1)")
-    hyd.add_argument(
-        "--hidden", type=_hidden, default=(64, 64, 64), help="hidden widths (64,64,64)"
-    )
-    hyd.add_argument(
-        "--importance", action="store_true", help="importance-sample x near the nucleus"
-    )
-    hyd.add_argument(
-        "--nesting", choices=NESTINGS, default="joint", help="NeuralSVD's nesting (joint)"
-    )
-    hyd.add_argument("--shift", type=float, default=0.0, help="constant added to the operator (0)")
-    hyd.add_argument(
-        "--cosine", action="store_true", help="cosine learning-rate decay over --niter"
-    )
-    hyd.add_argument(
-        "--log-image-every", type=_positive_int, default=1000, help="steps between figures (1000)"
-    )
-    hyd.add_argument(
-        "--save-params-every",
-        type=_positive_int,
-        default=5000,
-        help="steps between checkpoints (5000)",
-    )
-    hyd.add_argument(
-        "--time-budget", type=_positive_float, default=None, help="stop after this many seconds"
-    )
-    hyd.add_argument("--seed", type=_nonnegative_int, default=0)
-    hyd.add_argument(
-        "--show-plots", action="store_true", help="live figures in a window when a display exists"
-    )
-    hyd.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
-    hyd.add_argument("--quiet", action="store_true", help="no progress bar")
-    hyd.set_defaults(func=_cmd_spin_hydrogen)
-
-    ker = ssub.add_parser(
-        "kernel",
-        help="top eigenfunctions of an RBF kernel on a finite 2-D sample, against eigh",
-        description="Each objective learns the top 4 eigenpairs of a squared-exponential "
-        "kernel on 200 clustered 2-D points; compared with the exact eigendecomposition.",
-    )
-    ker.add_argument("--out", default="spectorch-out/kernel", help="output directory")
-    ker.add_argument("--objective", choices=OBJECTIVES, nargs="+", default=list(OBJECTIVES))
-    ker.add_argument(
-        "--steps", type=_positive_int, default=1500, help="training steps per objective (1500)"
-    )
-    ker.add_argument("--quiet", action="store_true", help="no progress bars")
-    ker.set_defaults(func=_cmd_spin_kernel)
-
-    _add_atari(ssub)
-
-
-def _cmd_rim_train(args: argparse.Namespace) -> int:
-    from spectorch.rim.examples import train_task
-
-    config: dict[str, Any] = {}
-    if args.task == "patches-deblur" and args.train_size is not None:
-        config["n_train"] = args.train_size
-    elif args.train_size is not None:
-        raise CLIError("--train-size applies to --task patches-deblur only")
-    metrics = train_task(
-        args.out,
-        args.task,
-        task_config=config,
-        backbone=args.backbone,
-        features=args.features,
-        steps=args.steps,
-        preprocessing=args.preprocessing,
-        initialization=args.initialization,
-        epochs=args.epochs,
-        learning_rate=args.lr,
-        batch_size=args.batch_size,
-        schedule=args.schedule,
-        ema_decay=args.ema_decay,
-        clip=args.clip,
-        patience=args.patience,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
-    print(f"test PSNR on {metrics['test_images']} images of {args.task}:")
-    for name, value in sorted(metrics["psnr"].items(), key=lambda kv: kv[1]):
-        print(f"  {name:10s} {value:6.2f} dB")
-    print(f"checkpoints, metrics.json and rim.png in {Path(args.out).resolve()}/")
-    return 0
-
-
-def _cmd_rim_predict(args: argparse.Namespace) -> int:
-    from spectorch.rim.examples import predict_directory
-
-    report = predict_directory(args.checkpoint, args.input, args.output, which=args.which)
-    line = f"{report['count']} estimates written to {report['written']}"
-    if "psnr" in report:
-        line += f"; test PSNR {report['psnr']:.2f} dB"
-    print(line)
-    return 0
-
-
-def _add_rim(sub: Any) -> None:
-    from spectorch.rim import PREPROCESSING
-    from spectorch.rim._backbones import BACKBONES
-    from spectorch.rim.examples import DEFAULTS, INITIALIZATIONS
-    from spectorch.rim.problems import TASKS
-
-    rim = sub.add_parser(
-        "rim",
-        help="recurrent inference machines: learned solvers for inverse problems",
-        description="Train a RIM (Putzky & Welling 2017) on a linear-Gaussian problem with "
-        "real images, and score it against Tikhonov, LMMSE and gradient-ascent MAP.",
-    )
-    rsub = rim.add_subparsers(dest="rim_command", metavar="COMMAND", required=True)
-    train = rsub.add_parser(
-        "train",
-        help="train on a task, resumably; test PSNR against the baselines and a figure",
-        description="Tasks: digits-deblur (8x8 digits, 5x5 Gaussian blur, noise 0.05), "
-        "digits-cs (32 random projections, noise 0.05), patches-deblur (32x32 patches of "
-        "scikit-image's sample photographs). Rerunning with the same --out resumes.",
-    )
-    train.add_argument("--task", choices=sorted(TASKS), default="digits-deblur")
-    train.add_argument("--out", default="spectorch-out/rim", help="output directory")
-    train.add_argument("--backbone", choices=sorted(BACKBONES), default=DEFAULTS["backbone"])
-    train.add_argument(
-        "--features", type=_positive_int, default=DEFAULTS["features"], help="backbone width"
-    )
-    train.add_argument(
-        "--steps", type=_positive_int, default=DEFAULTS["steps"], help="RIM iterations"
-    )
-    train.add_argument("--preprocessing", choices=PREPROCESSING, default=DEFAULTS["preprocessing"])
-    train.add_argument(
-        "--initialization", choices=INITIALIZATIONS, default=DEFAULTS["initialization"]
-    )
-    train.add_argument("--epochs", type=_positive_int, default=DEFAULTS["epochs"])
-    train.add_argument("--lr", type=_positive_float, default=DEFAULTS["learning_rate"])
-    train.add_argument("--batch-size", type=_positive_int, default=DEFAULTS["batch_size"])
-    train.add_argument(
-        "--schedule",
-        choices=("cosine", "constant"),
-        default=DEFAULTS["schedule"],
-        help="learning-rate schedule over the epochs",
-    )
-    train.add_argument("--ema-decay", type=float, default=0.0, help="weight averaging (0: off)")
-    train.add_argument("--clip", type=float, default=0.0, help="gradient-norm clip (0: off)")
-    train.add_argument("--patience", type=_positive_int, default=None, help="early stopping")
-    train.add_argument(
-        "--train-size", type=_positive_int, default=None, help="training patches (patches-deblur)"
-    )
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(func=_cmd_rim_train)
-    pred = rsub.add_parser(
-        "predict",
-        help="estimates from a trained RIM (default: the task's test set, with PSNR)",
-    )
-    pred.add_argument("--checkpoint", required=True, help="directory of `spectorch rim train`")
-    pred.add_argument("--input", default=None, help=".npy file of observations (N, m)")
-    pred.add_argument("--output", default=None, help=".npy file for the estimates")
-    pred.add_argument("--which", choices=("best", "last"), default="best")
-    pred.set_defaults(func=_cmd_rim_predict)
 
 
 def _add_width(parser: argparse.ArgumentParser) -> None:

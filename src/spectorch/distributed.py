@@ -34,6 +34,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from spectorch import checks
+
 __all__ = [
     "Context",
     "DistributedError",
@@ -91,8 +93,7 @@ def setup(
     """
     if backend not in ("auto", "gloo", "nccl"):
         raise ValueError(f"backend must be 'auto', 'gloo' or 'nccl', got {backend!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    checks.positive("timeout", timeout)
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     missing = [
@@ -148,10 +149,8 @@ class ShardedData:
     """
 
     def __init__(self, data: Iterable[Any], rank: int, world_size: int) -> None:
-        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-            raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+        checks.positive_int("world_size", world_size)
+        checks.int_in("rank", rank, 0, world_size - 1)
         if hasattr(data, "__len__") and len(data) < world_size:
             raise ValueError(
                 f"data has {len(data)} batches for {world_size} ranks: every rank needs at "
@@ -197,15 +196,14 @@ class DistributedOperator:
                 "torch.distributed is not initialised: call spectorch.distributed.setup() "
                 "(under torchrun) first"
             )
-        if not hasattr(local, "_accumulate"):
+        if not hasattr(local, "accumulate"):
             raise TypeError(
                 f"local must be a spectorch curvature operator, got {type(local).__name__}"
             )
         self.local = local
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
-        if isinstance(root, bool) or not isinstance(root, int) or not 0 <= root < self.world_size:
-            raise ValueError(f"root must be a rank in [0, {self.world_size}), got {root!r}")
+        checks.int_in("root", root, 0, self.world_size - 1)
         self.root = root
         self._comm = local.device if dist.get_backend() == "nccl" else torch.device("cpu")
         self._closed = False
@@ -272,7 +270,7 @@ class DistributedOperator:
                 raise DistributedError(
                     f"rank {self.rank}: rank {self.root} stopped with an error (see its message)"
                 )
-            V = torch.empty(n, k, dtype=self.local._net_dtype, device=self._comm)
+            V = torch.empty(n, k, dtype=self.local.compute_dtype, device=self._comm)
             self._collective(dist.broadcast, V, "receiving the vectors")
             self._reduce(V, batched=cmd == _MATMAT)
 
@@ -305,12 +303,12 @@ class DistributedOperator:
         header = torch.tensor([cmd, V.shape[1]], dtype=torch.int64, device=self._comm)
         self._collective(dist.broadcast, header, "sending a product request")
         # every rank works from the same vectors, rounded to the network's dtype once
-        V = V.to(device=self._comm, dtype=self.local._net_dtype).contiguous()
+        V = V.to(device=self._comm, dtype=self.local.compute_dtype).contiguous()
         self._collective(dist.broadcast, V, "sending the vectors")
         return self._reduce(V, batched=cmd == _MATMAT)
 
     def _reduce(self, V: torch.Tensor, *, batched: bool) -> torch.Tensor:
-        out, count = self.local._accumulate(V.to(self.local.device), batched=batched)
+        out, count = self.local.accumulate(V.to(self.local.device), batched=batched)
         k, n = out.shape
         packed = torch.empty(k * n + 1, dtype=torch.float64, device=self._comm)
         packed[:-1] = out.reshape(-1).to(device=self._comm, dtype=torch.float64)

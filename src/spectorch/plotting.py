@@ -6,15 +6,20 @@ import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from spectorch._io import atomic_path
 from spectorch._utils import to_numpy
-from spectorch.density import SpectralDensity
+
+if TYPE_CHECKING:  # a type only: plotting stays importable without the density stack
+    from spectorch.density import SpectralDensity
 
 __all__ = [
+    "can_show",
+    "new_figure",
+    "save_figure",
     "draw_eigenfunctions",
     "draw_eigenvalue_curves",
     "plot_densities",
@@ -30,7 +35,9 @@ __all__ = [
 _LOG_RANGE = 1e-8  # the log panels show eight decades below the peak
 
 
-def _figure(ncols: int, width: float = 5.0, height: float = 3.6) -> Any:
+def new_figure(ncols: int = 1, width: float = 5.0, height: float = 3.6) -> Any:
+    """A matplotlib ``Figure`` of ``ncols`` panels of ``width`` x ``height`` inches on
+    the Agg canvas (no window, no pyplot state), laid out with constrained layout."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -39,7 +46,8 @@ def _figure(ncols: int, width: float = 5.0, height: float = 3.6) -> Any:
     return fig
 
 
-def _save(fig: Any, path: str | os.PathLike) -> Path:
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG (130 dpi) to ``path`` atomically; returns ``path``."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130)
     with atomic_path(path) as fh:
@@ -71,7 +79,7 @@ def plot_density(
     """
     grid, phi = density.evaluate(width=width, **evaluate_kwargs)
     outliers = density.outliers()
-    fig = _figure(2)
+    fig = new_figure(2)
     axes = fig.subplots(1, 2)
     for ax, log in zip(axes, (False, True), strict=True):
         if exact is not None:
@@ -111,7 +119,7 @@ def plot_density(
     axes[0].legend(fontsize=8, loc="upper right")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_densities(
@@ -124,7 +132,7 @@ def plot_densities(
     """Several densities (e.g. Hessian, GGN, Fisher) on shared log axes, as a PNG."""
     if not densities:
         raise ValueError("densities is empty: nothing to plot")
-    fig = _figure(1, width=6.5, height=4.0)
+    fig = new_figure(1, width=6.5, height=4.0)
     ax = fig.subplots()
     peak = 0.0
     for i, (label, dens) in enumerate(densities.items()):
@@ -138,7 +146,7 @@ def plot_densities(
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_trajectories(
@@ -160,7 +168,7 @@ def plot_trajectories(
         raise ValueError("panels is empty, or one has no density: nothing to plot")
     from matplotlib import colormaps
 
-    fig = _figure(len(panels), width=5.5, height=4.0)
+    fig = new_figure(len(panels), width=5.5, height=4.0)
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
     peak = 0.0
     curves = []
@@ -189,7 +197,7 @@ def plot_trajectories(
     axes[0].set_ylim(low, peak * 3)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def draw_eigenfunctions(
@@ -231,9 +239,9 @@ def plot_eigenfunctions(
     """:func:`draw_eigenfunctions` into a new figure saved (atomically) as a PNG."""
     k = np.asarray(images).shape[-1]
     n = max(2, int(np.ceil(np.sqrt(k))))
-    fig = _figure(1, width=2.6 * n, height=2.6 * n)
+    fig = new_figure(1, width=2.6 * n, height=2.6 * n)
     draw_eigenfunctions(fig, images, eigenvalues, extent=extent, title=title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def draw_eigenvalue_curves(
@@ -279,9 +287,9 @@ def plot_eigenvalue_curves(
     ylim: tuple[float, float] | None = None,
 ) -> Path:
     """:func:`draw_eigenvalue_curves` into a new figure saved (atomically) as a PNG."""
-    fig = _figure(1, width=6.5, height=4.2)
+    fig = new_figure(1, width=6.5, height=4.2)
     draw_eigenvalue_curves(fig, curves, exact=exact, ylabel=ylabel, title=title, ylim=ylim)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pruning_curve(
@@ -294,7 +302,7 @@ def plot_pruning_curve(
 ) -> Path:
     """Test accuracy against the percentage of hidden nodes removed, one curve per
     method, single results as marked points; saved (atomically) as a PNG."""
-    fig = _figure(1, width=6.0, height=4.0)
+    fig = new_figure(1, width=6.0, height=4.0)
     ax = fig.subplots()
     for i, (label, acc) in enumerate(curves.items()):
         ax.plot(removed, 100 * np.asarray(acc, dtype=float), "o-", color=f"C{i}", label=label)
@@ -305,7 +313,7 @@ def plot_pruning_curve(
     ax.legend(fontsize=8, loc="lower left")
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_rim_trajectory(
@@ -343,7 +351,7 @@ def plot_rim_trajectory(
     columns = [("truth", truth), ("observation", images(observation))]
     columns += [(name, images(e)) for name, e in estimates.items()]
     columns += [(f"RIM t={k + 1}", images(trajectory[k])) for k in picks]
-    fig = _figure(1, width=1.25 * len(columns), height=1.3 * n + 0.5)
+    fig = new_figure(1, width=1.25 * len(columns), height=1.3 * n + 0.5)
     axes = fig.subplots(n, len(columns), squeeze=False)
     for j, (name, imgs) in enumerate(columns):
         key = "RIM" if name.startswith("RIM") and picks[-1] + 1 == int(name[6:]) else name
@@ -358,7 +366,7 @@ def plot_rim_trajectory(
                 ax.set_title(name, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_slow_features(
@@ -390,7 +398,7 @@ def plot_slow_features(
     rows = list(range(first, f.shape[1]))
     shown = max(1, min(shown, len(f) // 2))
     vmax = max(float(frames.max()), 1e-12)  # the brightest pixel shown white
-    fig = _figure(1, width=1.0 * 2 * shown + 5.5, height=max(3.6, 1.05 * len(rows) + 0.6))
+    fig = new_figure(1, width=1.0 * 2 * shown + 5.5, height=max(3.6, 1.05 * len(rows) + 0.6))
     left, right = fig.subfigures(1, 2, width_ratios=[2 * shown, 5.0])
     axes = left.subplots(len(rows), 2 * shown, squeeze=False)
     for r, i in enumerate(rows):
@@ -408,4 +416,17 @@ def plot_slow_features(
     draw_eigenvalue_curves(right, curves, ylabel="slowness (moving average)")
     if title:
         fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+def can_show() -> bool:
+    """Whether matplotlib can open a window here (an interactive backend and a display)."""
+    try:
+        import matplotlib
+
+        backend = matplotlib.get_backend().lower()
+    except Exception:
+        return False
+    if "agg" in backend or backend in ("pdf", "ps", "svg", "template", "cairo"):
+        return False
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.name == "nt")

@@ -211,19 +211,21 @@ class CurvatureOperator:
         raise NotImplementedError
 
     def _product(self, V: torch.Tensor, *, batched: bool) -> torch.Tensor:
-        out, count = self._accumulate(V, batched=batched)
+        out, count = self.accumulate(V, batched=batched)
         if count == 0:
             raise ValueError("data yielded no batches")
         if self.reduction == "mean":
             out /= count
         return out.T
 
-    def _accumulate(self, V: torch.Tensor, *, batched: bool) -> tuple[torch.Tensor, int]:
-        """The unnormalised sum over this operator's data of the weighted batch
-        products, shape ``(k, P)`` in ``self.dtype``, and the number of samples.
-
-        A distributed product (:class:`spectorch.distributed.DistributedOperator`)
-        adds these over ranks before dividing.
+    def accumulate(self, V: torch.Tensor, *, batched: bool) -> tuple[torch.Tensor, int]:
+        """The per-batch accumulation behind every product, a public seam: the
+        unnormalised sum over this operator's data of the weighted batch products of
+        the columns of ``V`` (``(P, k)``), shape ``(k, P)`` in ``self.dtype``, and the
+        number of samples. ``matmat`` is its transpose divided by that number (for a
+        mean loss); a distributed product
+        (:class:`spectorch.distributed.DistributedOperator`) adds both over ranks first.
+        ``batched=True`` maps the columns with ``vmap``, ``False`` takes one column.
         """
         self._check_train_mode()
         k = V.shape[1]
@@ -454,7 +456,7 @@ class HessianOperator(_SecondOrderOperator):
         they outgrow the budget)."""
         return bool(self.cache_graphs)
 
-    def _accumulate(self, V: torch.Tensor, *, batched: bool) -> tuple[torch.Tensor, int]:
+    def accumulate(self, V: torch.Tensor, *, batched: bool) -> tuple[torch.Tensor, int]:
         if self.caching:
             # any in-place change of a parameter (an optimiser step) or of a buffer
             # (BatchNorm statistics) bumps its version and drops the kept graphs
@@ -463,7 +465,7 @@ class HessianOperator(_SecondOrderOperator):
             if key != self._graph_key:
                 self._drop_cache()
                 self._graph_key = key
-        return super()._accumulate(V, batched=batched)
+        return super().accumulate(V, batched=batched)
 
     def _drop_cache(self) -> None:
         self._graphs.clear()

@@ -1,6 +1,19 @@
 """Real data readers and batching: the bundled 8x8 digits, CIFAR-10 binary batches,
-MNIST / Fashion-MNIST IDX files and in-memory batches."""
+MNIST / Fashion-MNIST IDX files, Atari play collected with ale-py (the SpIN paper's
+.npz format) and synthetic video, and in-memory batches."""
 
+from spectorch.data._atari import (
+    FRAME_SIZE,
+    STACK,
+    WindowReader,
+    ball_slowness,
+    ball_video,
+    check_game,
+    collect,
+    games,
+    load_frames,
+    save_frames,
+)
 from spectorch.data._batches import Batches
 from spectorch.data._cifar import (
     CIFAR10_CLASSES,
@@ -15,6 +28,18 @@ from spectorch.data._digits import load_digits
 from spectorch.data._idx import load_mnist, read_idx, write_idx
 
 __all__ = [
+    # Atari play and video
+    "FRAME_SIZE",
+    "STACK",
+    "WindowReader",
+    "ball_slowness",
+    "ball_video",
+    "check_game",
+    "collect",
+    "games",
+    "load_frames",
+    "save_frames",
+    # images
     "CIFAR10_CLASSES",
     "CIFAR10_MEAN",
     "CIFAR10_STD",

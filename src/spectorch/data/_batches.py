@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from spectorch import checks
+
 __all__ = ["Batches"]
 
 
@@ -45,8 +47,7 @@ class Batches:
                 f"inputs and targets must have the same number of samples, got "
                 f"{inputs.shape[0]} and {targets.shape[0]}"
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        checks.positive_int("batch_size", batch_size)
         self.inputs, self.targets = inputs, targets
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch = 0

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spectorch import checks
 from spectorch._io import atomic_path
 
 __all__ = [
@@ -127,8 +128,7 @@ def synthetic_cifar10(n: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     stripe pattern at a random phase, under pixel noise. For tests and demos where the
     real dataset is not at hand; written with :func:`write_cifar10` it goes through
     exactly the reader users run on the real files."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    checks.positive_int("n", n)
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 10, (n,), generator=g)
     yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
@@ -187,10 +187,9 @@ class CifarBatches:
             raise ValueError(
                 f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}"
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        checks.positive_int("batch_size", batch_size)
+        checks.positive_int("world_size", world_size)
+        checks.int_in("rank", rank, 0, world_size - 1)
         self.images = images[rank::world_size]
         self.labels = labels[rank::world_size]
         if self.images.shape[0] == 0 or (drop_last and self.images.shape[0] < batch_size):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spectorch import checks
 from spectorch._io import atomic_path
 
 __all__ = ["load_mnist", "read_idx", "write_idx"]
@@ -128,8 +129,7 @@ def load_mnist(directory: str | os.PathLike, split: str = "train") -> tuple[np.n
         ValueError: for another ``split``, or images and labels that do not match.
         FileNotFoundError: naming the missing file.
     """
-    if split not in _MNIST_FILES:
-        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    checks.choice("split", split, _MNIST_FILES)
     directory = Path(directory)
     images_file, labels_file = (_find(directory, s) for s in _MNIST_FILES[split])
     images, labels = read_idx(images_file), read_idx(labels_file)

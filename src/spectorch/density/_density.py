@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from spectorch import checks
 from spectorch._utils import to_numpy
 from spectorch.linalg import TraceEstimate, gauss_quadrature
 
@@ -62,8 +63,7 @@ def eigv_to_density(
     lambda_max = float(np.nanmean(np.nanmax(eig_vals, axis=1))) + grid_expand
     lambda_min = float(np.nanmean(np.nanmin(eig_vals, axis=1))) - grid_expand
     if grids is None:
-        if isinstance(grid_len, bool) or not isinstance(grid_len, int) or grid_len < 2:
-            raise ValueError(f"grid_len must be an int >= 2, got {grid_len!r}")
+        checks.int_at_least("grid_len", grid_len, 2)
         grids = np.linspace(lambda_min, lambda_max, num=grid_len)
     grids = np.asarray(grids, dtype=np.float64).reshape(-1)
     if sigma_squared is None:
@@ -318,5 +318,4 @@ class SpectralDensity:
 
 
 def _check_k(k: Any, limit: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= limit:
-        raise ValueError(f"k must be an int in [1, {limit}], got {k!r}")
+    checks.int_in("k", k, 1, limit)

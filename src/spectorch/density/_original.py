@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from spectorch import checks
 from spectorch.density._density import SpectralDensity
 from spectorch.linalg import lanczos
 
@@ -55,8 +56,7 @@ def lanczos_alg(
         space becomes invariant after ``m < order`` steps (breakdown), they are
         ``(m, m)`` and ``(m, dim)``: the original divided by ``β ≈ 0`` there.
     """
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-        raise ValueError(f"dim must be a positive int, got {dim!r}")
+    checks.positive_int("dim", dim)
     generator = seed if isinstance(seed, torch.Generator) else None
     res = lanczos(
         _FunctionOperator(matrix_vector_product, int(dim)),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import time
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from spectorch import checks
 from spectorch._io import atomic_save_npy, atomic_write_json
 from spectorch._version import __version__
 from spectorch.density._density import SpectralDensity
@@ -28,6 +28,7 @@ from spectorch.linalg import (
     operator_device,
     random_start,
 )
+from spectorch.train import RunDirectory
 
 __all__ = ["MANIFEST", "combine_densities", "draw_generator", "load_density", "spectral_density"]
 
@@ -113,14 +114,12 @@ def spectral_density(
     op = as_operator(op)
     n = op.shape[0]
     dtype = _resolve_dtype(dtype)
-    for name, value in (("steps", steps), ("probes_per_pass", probes_per_pass)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    checks.positive_int("steps", steps)
+    checks.positive_int("probes_per_pass", probes_per_pass)
     indices = _draw_indices(draws)
     if steps > n:
         raise ValueError(f"steps must be at most the operator's dimension {n}, got {steps}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    checks.nonnegative_int("seed", seed)
     if start not in ("rademacher", "gaussian"):
         raise ValueError(f"start must be 'rademacher' or 'gaussian', got {start!r}")
     if basis not in BASIS_MODES:
@@ -382,24 +381,19 @@ class _RunDir:
     """The on-disk state of a run: created on the first finished draw, never before."""
 
     def __init__(self, path: Path, settings: dict[str, Any], metadata: dict | None) -> None:
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"out must be a directory, but {path} is a file")
+        self.dir = RunDirectory(
+            path,
+            {key: settings[key] for key in _RESUME_KEYS},
+            kind="density",
+            settings_file=MANIFEST,
+            only=_RESUME_KEYS,
+        )
         self.path = path
         self.settings = settings
         self.metadata = metadata or {}
         self.manifest = _read_manifest(path)
         if self.manifest is not None:
-            diffs = {
-                key: (self.manifest.get(key), settings[key])
-                for key in _RESUME_KEYS
-                if self.manifest.get(key) != settings[key]
-            }
-            if diffs:
-                detail = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diffs.items())
-                raise ValueError(
-                    f"{path} holds a run with other settings ({detail}); choose another out "
-                    "directory or delete that one"
-                )
+            self.dir.check(self.manifest)
         elif path.is_dir() and any(path.glob("tridiag_*.npy")):
             raise ValueError(
                 f"{path} holds tridiag files but no {MANIFEST}; choose another out directory"
@@ -440,16 +434,15 @@ class _RunDir:
         seconds: float,
         trace_sample: float | None,
     ) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        vec_file = self.path / f"lanczos_vec_{k}.npy"
+        vec_file = self.dir.file(f"lanczos_vec_{k}.npy")
         if res.disk is not None and res.disk.path.parent == self.path:
             if save_vectors:  # the basis is already a .npy file here: hand it over
                 res.disk.sync()
                 os.replace(res.disk.path, vec_file)
                 res.disk.path = vec_file
         elif save_vectors:
-            atomic_save_npy(vec_file, res.basis.cpu().numpy())
-        atomic_save_npy(self.path / f"tridiag_{k}.npy", T)
+            self.dir.save_npy(vec_file.name, res.basis.cpu().numpy())
+        self.dir.save_npy(f"tridiag_{k}.npy", T)
         if self.manifest is None:
             self.manifest = dict(
                 self.settings,
@@ -467,19 +460,13 @@ class _RunDir:
             "trace_sample": trace_sample,
         }
         self.manifest["finished_draws"] = sorted(int(d) for d in self.manifest["draw_info"])
-        atomic_write_json(self.path / MANIFEST, self.manifest)
+        self.dir.write_json(MANIFEST, self.manifest)
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:
-    file = path / MANIFEST
-    if not file.exists():
-        return None
-    try:
-        manifest = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read {file}: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
-        raise ValueError(f"{file} is not a spectorch density manifest (format {_FORMAT})")
+    manifest = RunDirectory(path, kind="density", settings_file=MANIFEST).saved_settings()
+    if manifest is not None and manifest.get("format") != _FORMAT:
+        raise ValueError(f"{path / MANIFEST} is not a spectorch density manifest ({_FORMAT})")
     return manifest
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from spectorch import checks
 from spectorch.linalg._basis import BASIS_MODES, BlockBasis, DiskRows
 from spectorch.linalg._operator import as_operator, operator_device, operator_matmat
 from spectorch.linalg._quadrature import gauss_quadrature, tridiagonal_matrix
@@ -287,8 +288,7 @@ def lanczos_block(
 
 
 def _check_steps(steps: Any, n: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    checks.positive_int("steps", steps)
     if steps > n:
         raise ValueError(f"steps must be at most the dimension n={n}, got {steps}")
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from spectorch import checks
 from spectorch.linalg._operator import as_operator, operator_device, operator_matmat
 
 __all__ = ["TraceEstimate", "deflated_trace_sample", "hutchinson_trace"]
@@ -45,9 +46,8 @@ def hutchinson_trace(
     """
     op = as_operator(op)
     n = op.shape[0]
-    for name, value in (("probes", probes), ("probes_per_pass", probes_per_pass)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    checks.positive_int("probes", probes)
+    checks.positive_int("probes_per_pass", probes_per_pass)
     if distribution not in ("rademacher", "gaussian"):
         raise ValueError(f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}")
     if generator is None:

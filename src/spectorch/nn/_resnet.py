@@ -61,6 +61,6 @@ def cifar_resnet(
     Raises:
         ValueError: if ``depth`` is not of the form ``6n + 2``.
     """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 8 or (depth - 2) % 6:
         raise ValueError(f"depth must be 6n + 2 with n >= 1 (20, 32, 44, ...), got {depth!r}")
     return CifarResNet((depth - 2) // 6, num_classes, batchnorm, width)

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from spectorch import checks
+
 __all__ = ["Spectral"]
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -108,9 +110,8 @@ class Spectral(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        checks.positive_int("in_features", in_features)
+        checks.positive_int("out_features", out_features)
         self.in_features, self.out_features = in_features, out_features
         kw = {"device": device, "dtype": dtype}
         self.base = nn.Parameter(torch.empty(in_features, out_features, **kw))

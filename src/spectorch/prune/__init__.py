@@ -1,7 +1,6 @@
 """Pruning by eigenvalues and eigenvalue-only training (spectraltools' names):
 :func:`spectral_pruning`, :func:`spectral_pretrain`, :func:`spectral_distiller`."""
 
-from spectorch.prune._demo import pruning_demo
 from spectorch.prune._pretrain import (
     eigenvalues_only,
     make_evaluate,
@@ -17,8 +16,22 @@ __all__ = [
     "make_evaluate",
     "make_fit",
     "prunable_boundaries",
-    "pruning_demo",
     "spectral_distiller",
     "spectral_pretrain",
     "spectral_pruning",
 ]
+
+
+def __getattr__(name: str):
+    if name == "pruning_demo":  # spectorch 0.1's name; the experiment lives elsewhere now
+        import warnings
+
+        from spectorch.experiments.pruning import pruning_demo
+
+        warnings.warn(
+            "spectorch.prune.pruning_demo moved to spectorch.experiments.pruning",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return pruning_demo
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

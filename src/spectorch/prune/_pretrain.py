@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spectorch import checks
 from spectorch.nn import Spectral
 from spectorch.prune._pruning import spectral_pruning
 from spectorch.train import FitResult, fit
@@ -136,12 +137,9 @@ def spectral_pretrain(
     The input model is not modified.
     """
     _check_callables(fit=fit, evaluate=evaluate)
-    if compare_with not in ("acc", "loss"):
-        raise ValueError(f"compare_with: expected 'acc' or 'loss', got {compare_with!r}")
-    if not max_delta > 0:
-        raise ValueError(f"max_delta: expected a positive percentage, got {max_delta!r}")
-    if not 0 < step <= 100:
-        raise ValueError(f"step: expected a percentile step in (0, 100], got {step!r}")
+    checks.choice("compare_with", compare_with, ("acc", "loss"))
+    checks.positive("max_delta", max_delta)
+    checks.interval("step", step, 0, 100, closed=(False, True))
     tolerance = min(max(float(max_delta), 1.0), 99.0) / 100
     spec = eigenvalues_only(copy.deepcopy(model))
     fit(spec)
@@ -174,8 +172,7 @@ def spectral_distiller(
     modified.
     """
     _check_callables(fit=fit, fine_tune=fine_tune or fit)
-    if not (0 <= percentile <= 100):  # before any training
-        raise ValueError(f"percentile: expected a number in [0, 100], got {percentile!r}")
+    checks.interval("percentile", percentile, 0, 100)  # before any training
     spec = eigenvalues_only(copy.deepcopy(model))
     fit(spec)
     pruned = spectral_pruning(spec, percentile)

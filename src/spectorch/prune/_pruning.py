@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from spectorch import checks
 from spectorch.nn import Spectral
 
 __all__ = ["PruningReport", "prunable_boundaries", "spectral_pruning"]
@@ -288,8 +289,7 @@ def spectral_pruning(
             Spectral layer.
         TypeError: for a model that is neither an ``nn.Sequential`` nor traceable.
     """
-    if not (0 <= percentile <= 100):
-        raise ValueError(f"percentile: expected a number in [0, 100], got {percentile!r}")
+    checks.interval("percentile", percentile, 0, 100)
     boundaries, skipped = prunable_boundaries(model)
     new = copy.deepcopy(model)
     modules = {name: new.get_submodule(name) for pair in boundaries for name in pair}

@@ -6,13 +6,17 @@ inverse problems ``y = F(x) + noise``.
   their :class:`ConvGRU`.
 * :mod:`spectorch.rim.problems`: linear-Gaussian problems on real images (digits,
   scikit-image patches), their datasets and the classical baselines.
+
+The experiments built on them (``spectorch rim train``) are in
+:mod:`spectorch.experiments.rim`.
 """
 
-from spectorch.rim._backbones import ConvGRU, ConvRNN, Hourglass, Unet
+from spectorch.rim._backbones import BACKBONES, ConvGRU, ConvRNN, Hourglass, Unet, build_backbone
 from spectorch.rim._rim import LINKS, PREPROCESSING, RIM
 from spectorch.rim.problems import FeedForward, InverseProblemDataset, LinearGaussian
 
 __all__ = [
+    "BACKBONES",
     "LINKS",
     "PREPROCESSING",
     "RIM",
@@ -23,4 +27,5 @@ __all__ = [
     "InverseProblemDataset",
     "LinearGaussian",
     "Unet",
+    "build_backbone",
 ]

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spectorch import checks
+
 __all__ = ["ConvGRU", "ConvRNN", "Hourglass", "Unet", "get_activation"]
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -43,10 +45,7 @@ def _check_dimensions(dimensions: Any) -> int:
     return int(dimensions)
 
 
-def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+_positive = checks.positive_int
 
 
 def _check_resampling(owner: str, dimensions: Any, **sizes: Any) -> int:
@@ -200,8 +199,7 @@ class Hourglass(_Backbone):
             levels=levels,
             multiplier=multiplier,
         )
-        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
-            raise ValueError(f"layers must be a non-negative int, got {layers!r}")
+        checks.nonnegative_int("layers", layers)
         bottom = features * multiplier**levels
         hidden = bottom if hidden is None else _positive("hidden", hidden)
         self.channels = channels

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
-from spectorch._io import atomic_write_json
+from spectorch import checks
 from spectorch.rim._backbones import BACKBONES, build_backbone
-from spectorch.train import FitResult, fit, load_best, load_checkpoint
+from spectorch.train import FitResult, RunDirectory, fit, load_best, load_checkpoint
 
 __all__ = ["RIM", "LINKS", "PREPROCESSING"]
 
@@ -189,8 +189,7 @@ class RIM(nn.Module):
             raise TypeError(f"dimensions must be a sequence of ints, got {dimensions!r}") from None
         if any(d < 1 for d in dimensions):
             raise ValueError(f"dimensions must be positive sizes, got {dimensions!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        checks.positive_int("steps", steps)
         if initialization not in _INITIALIZATIONS:
             raise ValueError(
                 f"initialization must be one of {list(_INITIALIZATIONS)}, got {initialization!r}"
@@ -517,7 +516,7 @@ class RIM(nn.Module):
         if which == "best":
             state = load_best(directory / "best.pt")["model"]
         else:
-            ckpt = load_checkpoint(directory / "last.pt")
+            ckpt = load_checkpoint(directory / "last.pt", kind="fit")["state"]
             state = ckpt["model"]
             if ckpt.get("ema") is not None:
                 ema = ckpt["ema"]
@@ -550,6 +549,7 @@ class RIM(nn.Module):
         optimizer: Callable | None = None,
         progress: bool = True,
         desc: str = "rim",
+        extra_settings: dict[str, Any] | None = None,
     ) -> FitResult:
         """Train on ``dataset``, whose items are ``(y, x_true, *args)``.
 
@@ -584,14 +584,14 @@ class RIM(nn.Module):
             seed: seed of the shuffle and of the training RNG.
             optimizer: ``params ↦ optimizer``; default Adam.
             progress: show a progress bar.
+            extra_settings: more JSON-friendly settings recorded in ``hparams.json``
+                and compared on resume (e.g. the task the data comes from).
 
         Returns:
             :class:`spectorch.train.FitResult` (losses, validation losses, best epoch).
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
-            raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+        checks.positive_int("batch_size", batch_size)
+        checks.positive("learning_rate", learning_rate)
         train_items = _CheckedItems(dataset, self, "dataset")
         train_items.check_through(0)
         data = _EpochLoader(train_items, batch_size, shuffle=shuffle, seed=seed)
@@ -599,7 +599,7 @@ class RIM(nn.Module):
         if validation is not None:
             val_items = _CheckedItems(validation, self, "validation", like=train_items)
             val = _EpochLoader(val_items, batch_size, shuffle=False, seed=seed)
-        checkpoint = best = None
+        run = best = None
         if checkpoints_directory is not None:
             directory = Path(checkpoints_directory)
             settings = {
@@ -615,19 +615,19 @@ class RIM(nn.Module):
                     "validation": validation is not None,
                     "optimizer": "adam" if optimizer is None else _describe(optimizer),
                     "scheduler": None if scheduler is None else _describe(scheduler),
+                    "epochs": epochs,
                 },
+                **(extra_settings or {}),
             }
-            hp_path = directory / "hparams.json"
-            if (directory / "last.pt").exists() and hp_path.exists():
-                saved = json.loads(hp_path.read_text())
-                if _comparable(saved) != _comparable(settings):
-                    raise ValueError(
-                        f"{directory} holds a run with other settings; use a new "
-                        "checkpoints_directory or the same settings to resume"
-                    )
-            settings["fit"]["epochs"] = epochs
-            atomic_write_json(hp_path, settings)
-            checkpoint, best = directory / "last.pt", directory / "best.pt"
+            run = RunDirectory(
+                directory,
+                settings,
+                kind="fit",
+                settings_file="hparams.json",
+                checkpoint="last.pt",
+                ignore=("fit.epochs",),
+            )
+            best = directory / "best.pt"
 
         def compute(rim: nn.Module, batch: tuple) -> torch.Tensor:
             return rim.loss(*batch)
@@ -641,7 +641,7 @@ class RIM(nn.Module):
             lr=learning_rate,
             optimizer=optimizer,
             scheduler=scheduler,
-            checkpoint=checkpoint,
+            checkpoint=run,
             best_checkpoint=best,
             validation=val,
             ema_decay=ema_decay,
@@ -662,12 +662,6 @@ def _describe(fn: Any) -> str:
     if type(fn).__repr__ is not object.__repr__ and not inspect.isfunction(fn):
         return repr(fn)
     return "custom"
-
-
-def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
-    out = json.loads(json.dumps(settings))
-    out.get("fit", {}).pop("epochs", None)
-    return out
 
 
 class _CheckedItems(torch.utils.data.Dataset):

@@ -10,7 +10,7 @@ operators with SpIN (Pfau et al., 2019), NeuralEF (Deng et al., 2022) or NeuralS
 
 from spectorch.spin import util
 from spectorch.spin._network import SpectralNetwork
-from spectorch.spin._objectives import NESTINGS, OBJECTIVES
+from spectorch.spin._objectives import NESTINGS, OBJECTIVES, cholesky
 from spectorch.spin._operators import (
     AddOperator,
     DiagonalOperator,
@@ -35,6 +35,7 @@ __all__ = [
     "ScaleOperator",
     "SlownessOperator",
     "SpectralNetwork",
+    "cholesky",
     "covariance",
     "util",
 ]

@@ -7,15 +7,14 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from spectorch._io import atomic_torch_save, load_torch_checkpoint
+from spectorch import checks
+from spectorch.plotting import can_show
 from spectorch.spin import util
 from spectorch.spin._objectives import (
     NESTINGS,
@@ -27,10 +26,10 @@ from spectorch.spin._objectives import (
     spin_loss,
 )
 from spectorch.spin._operators import Batch, LinearOperator, covariance
+from spectorch.train import Every, Loop, RunDirectory, SettingsMismatch, settings_differences
 
 __all__ = ["SpectralNetwork"]
 
-_FORMAT = "spectorch.spin/1"
 _LOGGING_KEYS = ("log_image_every", "save_params_every", "saver_path", "saver_name")
 log = logging.getLogger("spectorch.spin")
 
@@ -93,16 +92,11 @@ class SpectralNetwork:
             raise TypeError(
                 f"network: expected an nn.Module or a callable, got {type(network).__name__}"
             )
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective: expected one of {OBJECTIVES}, got {objective!r}")
-        if which not in ("smallest", "largest"):
-            raise ValueError(f"which: expected 'smallest' or 'largest', got {which!r}")
-        if nesting not in NESTINGS:
-            raise ValueError(f"nesting: expected one of {NESTINGS}, got {nesting!r}")
-        if not (isinstance(decay, (int, float)) and 0.0 <= decay <= 1.0):
-            raise ValueError(f"decay: expected a number in [0, 1], got {decay!r}")
-        if not math.isfinite(shift):
-            raise ValueError(f"shift: expected a finite number, got {shift!r}")
+        checks.choice("objective", objective, OBJECTIVES)
+        checks.choice("which", which, ("smallest", "largest"))
+        checks.choice("nesting", nesting, NESTINGS)
+        checks.probability("decay", decay)
+        checks.finite("shift", shift)
         if params is None:
             if not isinstance(network, nn.Module):
                 raise ValueError(
@@ -386,9 +380,11 @@ class SpectralNetwork:
         }
 
     def state_dict(self, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
-        """Everything a run needs to resume exactly (weights-only loadable)."""
+        """The network's training state (weights-only loadable): its settings, step,
+        parameters, buffers and moving averages, and ``optimizer``'s state when given.
+        :meth:`train` saves it with the optimizer, the data's and the random generators'
+        states in one :mod:`spectorch.train` checkpoint."""
         state: dict[str, Any] = {
-            "format": _FORMAT,
             "config": self._config(),
             "step": self.step_count,
             "k": self.k,
@@ -398,26 +394,22 @@ class SpectralNetwork:
             if self.sigma_jac_avg is None
             else [a.cpu() for a in self.sigma_jac_avg],
             "chol": None if self.chol is None else self.chol.cpu(),
-            "rng": torch.get_rng_state(),
         }
         if isinstance(self.network, nn.Module):
             state["buffers"] = {k: v.cpu() for k, v in self.network.named_buffers()}
-        if torch.cuda.is_available() and self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if optimizer is not None:
             state["optimizer"] = optimizer.state_dict()
-        if hasattr(self.data, "state_dict"):
-            state["data"] = self.data.state_dict()
         return state
 
     def load_state_dict(
         self, state: Mapping[str, Any], optimizer: torch.optim.Optimizer | None = None
     ) -> None:
-        """Restore :meth:`state_dict`; refuses a checkpoint of another configuration."""
-        if state.get("config") != self._config():
-            raise ValueError(
-                f"checkpoint: written with configuration {state.get('config')}, this run has "
-                f"{self._config()}; use another saver_path/saver_name or the same settings"
+        """Restore :meth:`state_dict`; refuses the state of another configuration."""
+        diffs = settings_differences(state.get("config", {}), self._config())
+        if diffs:
+            raise SettingsMismatch(
+                f"the saved state is of a network with other settings ({'; '.join(diffs)}); "
+                "use another saver_path/saver_name or the same settings"
             )
         with torch.no_grad():
             for p, v in zip(self.params, state["params"], strict=True):
@@ -435,13 +427,8 @@ class SpectralNetwork:
             None if jac is None else [a.to(p.device) for a, p in zip(jac, self.params, strict=True)]
         )
         self.chol = None if state["chol"] is None else state["chol"].to(dev)
-        torch.set_rng_state(state["rng"])
-        if "cuda_rng" in state and dev.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], dev)
         if optimizer is not None and "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
-        if "data" in state and hasattr(self.data, "load_state_dict"):
-            self.data.load_state_dict(state["data"])
 
     # -- training loop ---------------------------------------------------------------------------
     def train(
@@ -458,8 +445,10 @@ class SpectralNetwork:
         resume: bool = True,
         time_budget: float | None = None,
         lr_schedule: Callable[[int], float] | None = None,
+        run: RunDirectory | None = None,
     ) -> dict[str, np.ndarray]:
-        """The original's training loop, resumable.
+        """The original's training loop, resumable; it runs on
+        :class:`spectorch.train.Loop`.
 
         Args:
             optim: a ``torch.optim`` optimizer over :attr:`params`.
@@ -482,8 +471,11 @@ class SpectralNetwork:
             resume: continue from ``saver_path/saver_name.pt`` when it exists.
             time_budget: stop (with a checkpoint) after this many seconds.
             lr_schedule: ``step -> factor``: each step runs with the optimizer's initial
-                learning rate times ``lr_schedule(step)`` (a function of the step, so a
-                resumed run follows the same schedule).
+                learning rate times ``lr_schedule(step)`` (torch's ``LambdaLR``; a
+                function of the step, so a resumed run follows the same schedule).
+            run: the :class:`~spectorch.train.RunDirectory` of a larger workflow to
+                checkpoint into, with its settings, instead of
+                ``saver_path/saver_name.pt``; the other ``logging_config`` keys apply.
 
         Returns:
             The stats dict (arrays of length ``iterations``; filled up to the last step).
@@ -493,8 +485,7 @@ class SpectralNetwork:
         """
         if not isinstance(optim, torch.optim.Optimizer):
             raise TypeError(f"optim: expected a torch.optim.Optimizer, got {type(optim).__name__}")
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-            raise ValueError(f"iterations: expected a positive int, got {iterations!r}")
+        checks.positive_int("iterations", iterations)
         cfg = _check_logging_config(logging_config)
         hooks = stats_hooks or {
             "create": util.create_default_stats,
@@ -512,83 +503,77 @@ class SpectralNetwork:
                         "plotting_hooks: expected callables under 'create' and 'update', "
                         f"missing {key!r}"
                     )
-        ckpt = None if cfg is None else Path(cfg["saver_path"]) / f"{cfg['saver_name']}.pt"
-        saved_stats: dict[str, Any] = {}
-        if ckpt is not None and resume and ckpt.exists():
-            state = load_torch_checkpoint(ckpt, _FORMAT, "SpectralNetwork")
-            self.load_state_dict(state, optim)
-            saved_stats = state.get("stats", {})
-            log.info("resumed from %s at step %d", ckpt, self.step_count)
+        if run is not None and cfg is None:
+            raise ValueError("run: needs a logging_config for the checkpoint and image steps")
+        if run is None and cfg is not None:
+            run = RunDirectory(
+                cfg["saver_path"],
+                self._config(),
+                kind="spin",
+                settings_file=None,
+                checkpoint=f"{cfg['saver_name']}.pt",
+            )
         if cfg is not None:
             log.info(cfg["config"])
-
-        if self.k is None:  # learn k from one forward pass (no training)
-            with torch.no_grad():
-                x, _ = (
-                    self._next_batch()
-                    if not isinstance(self.data, Tensor)
-                    else self._to_batch(self.data)
-                )
-                self._peek_k(x)
-        stats = hooks["create"](iterations, self.k)
-        for key, value in saved_stats.items():
-            if key in stats and isinstance(stats[key], np.ndarray):
-                arr = value.numpy()
-                n = min(len(arr), len(stats[key]))
-                stats[key][:n] = arr[:n]
-
-        plots = None
-        live = bool(show_plots) and _can_show()
+        stats = _Stats(self, hooks, iterations)
+        callbacks: list[Any] = [stats]
         if plotting_hooks is not None and data_for_plotting is not None:
+            live = bool(show_plots) and can_show()
             plots = plotting_hooks["create"]()
-            if not isinstance(plots, tuple):
-                plots = (plots,)
+            plots = plots if isinstance(plots, tuple) else (plots,)
 
-        every = iterations if cfg is None else int(cfg["log_image_every"])
-        if lr_schedule is not None:
-            for group in optim.param_groups:
-                group.setdefault("initial_lr", group["lr"])
-        start = self.step_count
-        t0 = time.monotonic()
-        bar = tqdm(
-            total=iterations,
-            initial=start,
-            desc=f"{self.objective}",
-            disable=not progress,
-            dynamic_ncols=True,
+            def draw(loop: Loop) -> None:
+                if loop.step == 0:
+                    return
+                outputs = self.eigenfunctions(data_for_plotting).cpu().numpy()
+                inputs = data_for_plotting.detach().cpu().numpy()
+                plotting_hooks["update"](loop.step - 1, outputs, inputs, *plots, **stats.arrays)
+                if live:
+                    import matplotlib.pyplot as plt
+
+                    plt.pause(0.01)
+
+            every = iterations if cfg is None else int(cfg["log_image_every"])
+            callbacks.append(Every(every, draw))
+        scheduler = (
+            torch.optim.lr_scheduler.LambdaLR(optim, lambda t: float(lr_schedule(t)))
+            if lr_schedule is not None
+            else None
         )
-        try:
-            for t in range(start, iterations):
-                if lr_schedule is not None:
-                    factor = float(lr_schedule(t))
-                    for group in optim.param_groups:
-                        group["lr"] = group["initial_lr"] * factor
-                loss, eig = self.step(optim)
-                hooks["update"](t, loss, eig, **stats)
-                shown = stats["eigenvalues_ma"][t] if "eigenvalues_ma" in stats else eig
-                bar.set_postfix_str(
-                    "eig " + " ".join(f"{v:.4g}" for v in np.asarray(shown)[:9]), refresh=False
-                )
-                bar.update(1)
-                done = t + 1
-                out_of_time = time_budget is not None and time.monotonic() - t0 > time_budget
-                if cfg is not None and (
-                    done % cfg["save_params_every"] == 0 or done == iterations or out_of_time
-                ):
-                    self._save(ckpt, optim, stats, cfg)
-                if plots is not None and (done % every == 0 or done == iterations or out_of_time):
-                    outputs = self.eigenfunctions(data_for_plotting).cpu().numpy()
-                    inputs = data_for_plotting.detach().cpu().numpy()
-                    plotting_hooks["update"](t, outputs, inputs, *plots, **stats)
-                    if live:
-                        import matplotlib.pyplot as plt
 
-                        plt.pause(0.01)
-                if out_of_time:
-                    break
-        finally:
-            bar.close()
-        return stats
+        def one_step(t: int) -> float:
+            loss, eig = self.step(optim)
+            hooks["update"](t, loss, eig, **stats.arrays)
+            return loss
+
+        def postfix(loop: Loop) -> str:
+            arrays = stats.arrays
+            t = loop.step - 1
+            shown = arrays["eigenvalues_ma"][t] if "eigenvalues_ma" in arrays else self.eigenvalues
+            return "eig " + " ".join(f"{v:.4g}" for v in np.asarray(shown)[:9])
+
+        data_state = self.data if hasattr(self.data, "state_dict") else None
+        loop = Loop(
+            one_step,
+            iterations,
+            state={"network": self, "optimizer": optim, "data": data_state},
+            run=run,
+            checkpoint_every=None if cfg is None else int(cfg["save_params_every"]),
+            schedulers=[scheduler],
+            callbacks=callbacks,
+            time_budget=time_budget,
+            resume=resume,
+            progress=progress,
+            desc=self.objective,
+            postfix=postfix,
+            record=False,
+            extra={} if cfg is None else {"logging_config": _plain(cfg["config"])},
+            finite=[self.network] if isinstance(self.network, nn.Module) else [],
+        )
+        done = loop.run()
+        if done.resumed_from:
+            log.info("resumed from %s at step %d", done.checkpoint, done.resumed_from)
+        return stats.arrays
 
     def _peek_k(self, x: Tensor) -> None:
         u = self.network(x)
@@ -598,21 +583,49 @@ class SpectralNetwork:
         if not isinstance(self.data, Tensor) and not callable(self.data):
             self._iter = None  # a re-iterable serves the peeked batch again
 
-    def _save(
-        self,
-        path: Path,
-        optim: torch.optim.Optimizer,
-        stats: Mapping[str, Any],
-        cfg: Mapping[str, Any],
-    ) -> None:
-        state = self.state_dict(optim)
-        state["stats"] = {
-            k: torch.from_numpy(np.ascontiguousarray(v[: self.step_count]))
-            for k, v in stats.items()
+
+class _Stats:
+    """The stats hooks' arrays as a part of the run: created once ``k`` is known (from
+    the checkpoint, or one forward pass), saved up to the current step."""
+
+    name = "stats"
+
+    def __init__(self, net: SpectralNetwork, hooks: Mapping[str, Any], iterations: int) -> None:
+        self.net, self.hooks, self.iterations = net, hooks, iterations
+        self._arrays: dict[str, Any] | None = None
+
+    @property
+    def arrays(self) -> dict[str, Any]:
+        if self._arrays is None:
+            net = self.net
+            if net.k is None:  # learn k from one forward pass (no training)
+                with torch.no_grad():
+                    x, _ = (
+                        net._next_batch()
+                        if not isinstance(net.data, Tensor)
+                        else net._to_batch(net.data)
+                    )
+                    net._peek_k(x)
+            self._arrays = self.hooks["create"](self.iterations, net.k)
+        return self._arrays
+
+    def on_start(self, loop: Loop) -> None:
+        self.arrays  # noqa: B018 - created before the first step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            k: torch.from_numpy(np.ascontiguousarray(v[: self.net.step_count]))
+            for k, v in self.arrays.items()
             if isinstance(v, np.ndarray)
         }
-        state["logging_config"] = _plain(cfg["config"])
-        atomic_torch_save(path, state)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        arrays = self.arrays
+        for key, value in state.items():
+            if key in arrays and isinstance(arrays[key], np.ndarray):
+                saved = value.numpy()
+                n = min(len(saved), len(arrays[key]))
+                arrays[key][:n] = saved[:n]
 
 
 def _plain(obj: Any) -> Any:
@@ -640,28 +653,11 @@ def _check_logging_config(cfg: Mapping[str, Any] | None) -> dict[str, Any] | Non
     out = dict(cfg)
     out.setdefault("config", {})
     for key in ("log_image_every", "save_params_every"):
-        v = out[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"logging_config[{key!r}]: expected a positive int, got {v!r}")
+        checks.positive_int(f"logging_config[{key!r}]", out[key])
     if not isinstance(out["saver_name"], str) or not out["saver_name"]:
         raise ValueError(
-            f"logging_config['saver_name']: expected a non-empty string, got {out['saver_name']!r}"
+            f"logging_config['saver_name'] must be a non-empty string, got {out['saver_name']!r}"
         )
     if not isinstance(out["saver_path"], (str, os.PathLike)):
-        raise ValueError(
-            f"logging_config['saver_path']: expected a path, got {out['saver_path']!r}"
-        )
+        raise ValueError(f"logging_config['saver_path'] must be a path, got {out['saver_path']!r}")
     return out
-
-
-def _can_show() -> bool:
-    """Whether matplotlib can open a window (an interactive backend and a display)."""
-    try:
-        import matplotlib
-
-        backend = matplotlib.get_backend().lower()
-    except Exception:
-        return False
-    if "agg" in backend or backend in ("pdf", "ps", "svg", "template", "cairo"):
-        return False
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.name == "nt")

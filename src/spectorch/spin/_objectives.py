@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spectorch import checks
+
 OBJECTIVES = ("spin", "neuralef", "neuralsvd")
 NESTINGS = ("joint", "sequential")
 
@@ -170,8 +172,7 @@ def neuralsvd_loss(
     Returns:
         ``(loss, Rayleigh-quotient eigenvalue estimates Pi_ll / Sigma_ll)``.
     """
-    if nesting not in NESTINGS:
-        raise ValueError(f"nesting: expected one of {NESTINGS}, got {nesting!r}")
+    checks.choice("nesting", nesting, NESTINGS)
     k = u.shape[1]
     diag_pi = pi_masked.diagonal()
     halves = _halves(u, weights)

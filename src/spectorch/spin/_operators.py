@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spectorch import checks
+
 __all__ = [
     "AddOperator",
     "DiagonalOperator",
@@ -233,8 +235,7 @@ class LaplacianOperator(LinearOperator):
         return super().__new__(cls)
 
     def __init__(self, eps: float | None = None) -> None:
-        if not (isinstance(eps, numbers.Real) and eps > 0):
-            raise ValueError(f"eps: expected a positive finite-difference step, got {eps!r}")
+        checks.positive("eps", eps)
         self.eps = float(eps)
 
     def laplacian(self, batch: Batch) -> Tensor:

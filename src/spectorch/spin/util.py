@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from spectorch import checks
+
 __all__ = ["create_default_stats", "grid_reader", "update_default_stats"]
 
 _STATS_DECAY = 0.01
@@ -47,8 +49,7 @@ def grid_reader(
     ``dim > 2`` the other coordinates are 0. Row ``i * points + j`` is
     ``(x_j, y_i)``, so ``values.reshape(points, points)`` is an image with ``y`` down
     the rows."""
-    if dim < 1:
-        raise ValueError(f"dim: expected a positive int, got {dim!r}")
+    checks.positive_int("dim", dim)
     axis = torch.linspace(-lim, lim, points, dtype=dtype)
     if dim == 1:
         return axis[:, None]

@@ -1,24 +1,46 @@
-"""``spectorch tour``: a short run of every capability, with figures and a summary."""
+"""``spectorch tour``: a short run of every capability, with figures and a summary
+(:class:`TourConfig` and :func:`run`)."""
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from spectorch import checks
 from spectorch._io import atomic_path, atomic_write_json
-from spectorch.cifar import cifar_demo
 from spectorch.curvature import make_operator
 from spectorch.data import Batches, load_digits
-from spectorch.demo import train_digits_mlp
 from spectorch.density import spectral_density
+from spectorch.experiments._options import option
+from spectorch.experiments.cifar import cifar_demo
+from spectorch.experiments.digits import train_digits_mlp
 from spectorch.plotting import plot_densities, plot_density
 
-__all__ = ["run_tour"]
+__all__ = ["TourConfig", "run", "run_tour"]
+
+
+@dataclass
+class TourConfig:
+    """The lengths of the tour's parts."""
+
+    cifar_steps: int = option(60, "training steps of each CIFAR-format ResNet")
+    kernel_steps: int = option(1500, "training steps of each kernel objective")
+    hydrogen_steps: int = option(2000, "NeuralEF steps on 2-D hydrogen")
+    atari_frames: int = option(3000, "Space Invaders frames to collect")
+    atari_steps: int = option(100, "slow-feature steps")
+    pruning_epochs: int = option(5, "epochs of each pruning training")
+    rim_epochs: int = option(8, "RIM training epochs")
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            checks.positive_int(name, value)
+
 
 _LABELS = {"hessian": "Hessian", "ggn": "GGN", "fisher": "empirical Fisher"}
 
@@ -97,68 +119,70 @@ def _curvature_spectra(out: Path, progress: bool) -> dict[str, Any]:
     }
 
 
-def _spectral_inference(out: Path, progress: bool) -> dict[str, Any]:
+def _spectral_inference(out: Path, config: TourConfig, progress: bool) -> dict[str, Any]:
     """A kernel run (each objective against eigh) and a short 2-D hydrogen run."""
-    from spectorch.spin.examples import kernel_example
-    from spectorch.spin.hydrogen import HydrogenConfig, train_hydrogen
+    from spectorch.experiments import hydrogen, kernel
 
     t0 = time.perf_counter()
-    kernel = kernel_example(out / "kernel", steps=1500, progress=progress)
-    kernel["seconds"] = round(time.perf_counter() - t0, 1)
+    kern = kernel.run(
+        out / "kernel", kernel.KernelConfig(steps=config.kernel_steps), progress=progress
+    )
+    kern["seconds"] = round(time.perf_counter() - t0, 1)
     t1 = time.perf_counter()
-    cfg = HydrogenConfig(
+    cfg = hydrogen.HydrogenConfig(
         objective="neuralef",
-        niter=2000,
+        niter=config.hydrogen_steps,
         batch_size=256,
-        lr=1e-3,
-        optimizer="adam",
         importance=True,
         cosine=True,
         log_image_every=500,
         save_params_every=500,
     )
-    result = train_hydrogen(out / "hydrogen", cfg, progress=progress, eval_samples=10_000)
+    result = hydrogen.run(out / "hydrogen", cfg, progress=progress, eval_samples=10_000)
     hyd = result.summary()
     hyd["seconds"] = round(time.perf_counter() - t1, 1)
     figures = ["kernel/kernel.png", "hydrogen/eigenfunctions.png", "hydrogen/eigenvalues.png"]
-    slow = _slow_features(out / "atari", progress)
+    slow = _slow_features(out / "atari", config, progress)
     if "figure" in slow:
         figures.append(f"atari/{slow['figure']}")
-    return {"kernel": kernel, "hydrogen": hyd, "atari": slow, "figures": figures}
+    return {"kernel": kern, "hydrogen": hyd, "atari": slow, "figures": figures}
 
 
-def _slow_features(out: Path, progress: bool) -> dict[str, Any]:
+def _slow_features(out: Path, config: TourConfig, progress: bool) -> dict[str, Any]:
     """Frames of Space Invaders played at random (ale-py), then a short slow-feature run."""
-    from spectorch.spin import atari
+    from spectorch.data import collect, games
+    from spectorch.experiments import atari
 
     try:
-        atari.games()
+        games()
     except ImportError:
         return {"skipped": "ale-py is not installed (pip install 'spectorch[atari]')"}
     t0 = time.perf_counter()
     data = out / "space_invaders.npz"
     if not data.exists():
-        atari.collect("space_invaders", 3000, seed=0, out=data, progress=progress)
+        collect("space_invaders", config.atari_frames, seed=0, out=data, progress=progress)
     cfg = atari.AtariConfig(
-        niter=100,
+        niter=config.atari_steps,
         batch_size=64,
         evaluation_stacks=512,
         log_image_every=100,
         save_params_every=50,
     )
-    result = atari.train_atari(out / "run", data, cfg, progress=progress)
+    result = atari.run(out / "run", data, cfg, progress=progress)
     summary = result.summary()
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     summary["figure"] = "run/slow_features.png"
     return summary
 
 
-def _rim(out: Path, progress: bool) -> dict[str, Any]:
+def _rim(out: Path, config: TourConfig, progress: bool) -> dict[str, Any]:
     """A short RIM run on digits deblurring, scored against the classical solvers."""
-    from spectorch.rim.examples import train_task
+    from spectorch.experiments import rim
 
     t0 = time.perf_counter()
-    metrics = train_task(out, "digits-deblur", epochs=8, progress=progress)
+    metrics = rim.run(
+        out, rim.RimConfig(task="digits-deblur", epochs=config.rim_epochs), progress=progress
+    )
     return {
         "epochs": metrics["epochs"],
         "psnr": metrics["psnr"],
@@ -167,12 +191,18 @@ def _rim(out: Path, progress: bool) -> dict[str, Any]:
     }
 
 
-def run_tour(out: str | os.PathLike = "spectorch-out", *, progress: bool = True) -> dict[str, Any]:
+def run(
+    out: str | os.PathLike = "spectorch-out",
+    config: TourConfig | None = None,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run every capability briefly, write figures and ``summary.json``/``summary.txt``.
 
     Returns:
         The summary as a dict.
     """
+    config = config or TourConfig()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out must be a directory, but {out} is a file")
@@ -180,18 +210,26 @@ def run_tour(out: str | os.PathLike = "spectorch-out", *, progress: bool = True)
     t0 = time.perf_counter()
     summary = {"curvature_spectra": _curvature_spectra(out / "curvature", progress)}
     t1 = time.perf_counter()
-    summary["cifar_workflow"] = cifar_demo(out / "cifar", progress=progress)
+    summary["cifar_workflow"] = cifar_demo(
+        out / "cifar", train_steps=config.cifar_steps, progress=progress
+    )
     summary["cifar_workflow"]["seconds"] = round(time.perf_counter() - t1, 1)
-    summary["spectral_inference"] = _spectral_inference(out / "spin", progress)
-    from spectorch.prune import pruning_demo
+    summary["spectral_inference"] = _spectral_inference(out / "spin", config, progress)
+    from spectorch.experiments import pruning
 
-    summary["spectral_layers"] = pruning_demo(out / "pruning", progress=progress)
-    summary["rim"] = _rim(out / "rim", progress)
+    summary["spectral_layers"] = pruning.run(
+        out / "pruning", pruning.PruningConfig(epochs=config.pruning_epochs), progress=progress
+    )
+    summary["rim"] = _rim(out / "rim", config, progress)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(out / "summary.json", summary)
     with atomic_path(out / "summary.txt", "w") as fh:
         fh.write(_summary_text(summary))
     return summary
+
+
+#: The name of spectorch 0.1.
+run_tour = run
 
 
 def _summary_text(summary: dict[str, Any]) -> str:
