@@ -176,6 +176,23 @@ def test_a_checkpoint_of_non_finite_weights_is_refused(tmp_path):
     assert run.latest_checkpoint() is None
 
 
+def test_a_non_finite_gradient_stops_before_the_weights_change(tmp_path):
+    from spectorch.train import fit
+
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    x = torch.ones(2, 1)
+
+    def sqrt_loss(net: nn.Module, batch) -> torch.Tensor:
+        return net(batch[0]).abs().sqrt().mean()  # 0 at w = 0, with a NaN gradient there
+
+    with pytest.raises(FloatingPointError, match="gradient became non-finite in epoch 0"):
+        fit(model, None, [(x, x)], epochs=2, compute_loss=sqrt_loss, progress=False,
+            checkpoint=tmp_path / "last.pt")  # fmt: skip
+    assert model.weight.item() == 0.0 and not (tmp_path / "last.pt").exists()
+
+
 def test_every_early_stopping_and_time_budget(tmp_path):
     calls = []
     losses = [5.0, 4.0, 4.5, 4.2, 4.1, 3.0]

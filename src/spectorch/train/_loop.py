@@ -81,15 +81,10 @@ def optimizer_step(
         raise FloatingPointError(f"the training loss became {value}{where}")
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    grads = [p.grad for p in params if p.grad is not None]
-    if clip > 0:
-        norm = nn.utils.clip_grad_norm_(params, float(clip))
-    elif grads:
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    else:
-        norm = torch.zeros(())
-    if not bool(torch.isfinite(norm)):
+    if not _all_finite([p.grad for p in params if p.grad is not None]):
         raise FloatingPointError(f"the gradient became non-finite{where}")
+    if clip > 0:
+        nn.utils.clip_grad_norm_(params, float(clip))
     optimizer.step()
     if ema is not None:
         if model is None:
@@ -127,6 +122,16 @@ class BatchStream:
                     next(self._it)
         self._next = t + 1
         return next(self._it)
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every entry of ``tensors`` is finite, with one synchronisation per
+    device: a NaN or inf makes the tensor's sum non-finite (and a sum is less prone
+    to overflow than the squares of a norm)."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(t.sum().float())
+    return all(bool(torch.isfinite(torch.stack(sums).sum())) for sums in by_device.values())
 
 
 @dataclass
