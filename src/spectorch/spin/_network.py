@@ -567,7 +567,7 @@ class SpectralNetwork:
             desc=self.objective,
             postfix=postfix,
             record=False,
-            extra={} if cfg is None else {"logging_config": _plain(cfg["config"])},
+            extra={} if cfg is None else {"logging_config": cfg["config"]},
             finite=[self.network] if isinstance(self.network, nn.Module) else [],
         )
         done = loop.run()
@@ -626,17 +626,6 @@ class _Stats:
                 saved = value.numpy()
                 n = min(len(saved), len(arrays[key]))
                 arrays[key][:n] = saved[:n]
-
-
-def _plain(obj: Any) -> Any:
-    """A weights-only-loadable copy of a config (numbers, strings, lists, dicts)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
 
 
 def _check_logging_config(cfg: Mapping[str, Any] | None) -> dict[str, Any] | None:

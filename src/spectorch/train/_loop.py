@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from spectorch import checks
-from spectorch.train._rundir import RunDirectory
+from spectorch.train._rundir import RunDirectory, plain
 
 __all__ = [
     "BatchStream",
@@ -271,7 +271,8 @@ class Loop:
         record: keep the returned values in ``history`` (saved with checkpoints).
         resume: continue from a checkpoint found in ``run`` (``False``: start afresh
             and write over it).
-        extra: JSON-friendly entries saved in every checkpoint's ``extra``.
+        extra: entries saved in every checkpoint's ``extra``, as JSON would keep them
+            (other objects as their ``str``).
         finite: the modules whose parameters must be finite for a checkpoint to be
             written (default: the ``nn.Module`` entries of ``state``).
     """
@@ -325,7 +326,7 @@ class Loop:
         self.progress, self.desc, self.unit, self.postfix = progress, desc, unit, postfix
         self.record = record
         self.resume = bool(resume)
-        self.extra = dict(extra or {})
+        self.extra = plain(dict(extra or {}))
         self.finite = (
             {n: m for n, m in self.state.items() if isinstance(m, nn.Module)}
             if finite is None

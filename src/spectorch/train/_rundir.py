@@ -32,7 +32,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
     """``obj`` as JSON would give it back (tuples become lists, keys strings)."""
     return json.loads(json.dumps(obj, default=str))
 
@@ -51,7 +51,7 @@ def settings_differences(
         ignore: keys (dotted for nested ones) that may differ.
         only: compare just these keys (and what is nested under them).
     """
-    a, b = _flatten(_plain(dict(saved))), _flatten(_plain(dict(wanted)))
+    a, b = _flatten(plain(dict(saved))), _flatten(plain(dict(wanted)))
     skip = tuple(ignore)
     keep = None if only is None else tuple(only)
 
@@ -117,7 +117,7 @@ class RunDirectory:
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"out must be a directory, but {self.path} is a file")
-        self.settings = _plain(dict(settings or {}))
+        self.settings = plain(dict(settings or {}))
         self.kind = kind
         self.settings_file = settings_file
         self.checkpoint = checkpoint
@@ -172,7 +172,7 @@ class RunDirectory:
         the settings file (once; ignored keys are brought up to date)."""
         saved = self.saved_settings()
         self.check(saved)
-        if self.settings_file is not None and (saved is None or _plain(saved) != self.settings):
+        if self.settings_file is not None and (saved is None or plain(saved) != self.settings):
             atomic_write_json(self.path / self.settings_file, self.settings)
         self.path.mkdir(parents=True, exist_ok=True)
         return self
