@@ -268,9 +268,10 @@ def _add_config(parser: argparse.ArgumentParser, cls: type) -> None:
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
         shown = default if not isinstance(default, tuple) else " ".join(map(str, default))
         help_text = meta.get("help", "")
-        if tp is bool:
+        if tp is bool:  # a flag that turns the default over
             action = "store_false" if default else "store_true"
-            parser.add_argument(flag, dest=f.name, action=action, help=help_text)
+            shown_help = f"without: {help_text}" if default else help_text
+            parser.add_argument(flag, dest=f.name, action=action, help=shown_help)
             continue
         kwargs: dict[str, Any] = {"dest": f.name, "default": default}
         parse = meta.get("parse")
