@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from spectorch import checks
-from spectorch._io import atomic_save_npy
 from spectorch.experiments._options import option
 from spectorch.rim import BACKBONES, PREPROCESSING, RIM
 from spectorch.rim.problems import TASKS, Task, load_task, make_task, psnr
+from spectorch.train import RunDirectory
 
 __all__ = [
     "DEFAULTS",
@@ -259,7 +259,6 @@ def run(
         "train_seconds_this_call": seconds,
     }
     from spectorch.plotting import plot_rim_trajectory
-    from spectorch.train import RunDirectory
 
     run_dir = RunDirectory(out, kind="fit", settings_file=None)
     run_dir.write_json("metrics.json", metrics)
@@ -380,7 +379,9 @@ def predict(
             )
     estimate = rim.predict(y)
     target = Path(out) if out is not None else directory / "predictions.npy"
-    atomic_save_npy(target, estimate.numpy())
+    RunDirectory(target.parent, kind="fit", settings_file=None).save_npy(
+        target.name, estimate.numpy()
+    )
     report.update(count=int(y.shape[0]), written=str(target))
     if truth is not None:
         report["psnr"] = float(psnr(estimate, truth).mean())

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from spectorch import checks
-from spectorch._io import atomic_path, atomic_write_json
 from spectorch.curvature import make_operator
 from spectorch.data import Batches, load_digits
 from spectorch.density import spectral_density
@@ -21,6 +20,7 @@ from spectorch.experiments._options import option
 from spectorch.experiments.cifar import cifar_demo
 from spectorch.experiments.digits import train_digits_mlp
 from spectorch.plotting import plot_densities, plot_density
+from spectorch.train import RunDirectory
 
 __all__ = ["TourConfig", "run", "run_tour"]
 
@@ -222,9 +222,9 @@ def run(
     )
     summary["rim"] = _rim(out / "rim", config, progress)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    atomic_write_json(out / "summary.json", summary)
-    with atomic_path(out / "summary.txt", "w") as fh:
-        fh.write(_summary_text(summary))
+    results = RunDirectory(out, kind="tour", settings_file=None)
+    results.write_json("summary.json", summary)
+    results.write_text("summary.txt", _summary_text(summary))
     return summary
 
 

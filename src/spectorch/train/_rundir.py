@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from spectorch._io import atomic_save_npy, atomic_write_json
+from spectorch._io import atomic_path, atomic_save_npy, atomic_write_json
 from spectorch.train._checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["RunDirectory", "SettingsMismatch", "settings_differences"]
@@ -87,7 +87,7 @@ class RunDirectory:
       rolling file (``checkpoint="last.pt"``) or one per step when the name holds
       ``{step}`` (``"step_{step:07d}.pt"``); :meth:`latest_checkpoint` finds the one
       to resume from.
-    * **Results** (:meth:`write_json`, :meth:`save_npy`, :meth:`file`) are written
+    * **Results** (:meth:`write_json`, :meth:`write_text`, :meth:`save_npy`) are written
       atomically.
 
     Nothing is created on disk until :meth:`open` (or a first write).
@@ -224,6 +224,13 @@ class RunDirectory:
         """Write ``obj`` as JSON to ``name`` atomically."""
         path = self.file(name)
         atomic_write_json(path, obj)
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write ``text`` to ``name`` atomically."""
+        path = self.file(name)
+        with atomic_path(path, "w") as fh:
+            fh.write(text)
         return path
 
     def save_npy(self, name: str, array: Any) -> Path:
