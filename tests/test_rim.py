@@ -470,3 +470,19 @@ def test_build_rim_starts_where_it_is_told(initialization):
     }[initialization]
     for x in rim(y):
         torch.testing.assert_close(x, expected)
+
+
+def test_a_run_of_spectorch_0_1_resumes_and_predicts(tmp_path):
+    """0.1 kept the task in task.json beside hparams.json; such a run resumes (its
+    task is folded into hparams.json) and predicts."""
+    from spectorch.experiments.rim import RimConfig, predict, run
+
+    cfg = RimConfig(task="digits-cs", epochs=1, features=4, steps=2, schedule="constant")
+    first = run(tmp_path, cfg, progress=False)
+    hp = json.loads((tmp_path / "hparams.json").read_text())
+    (tmp_path / "task.json").write_text(json.dumps(hp.pop("task")))  # 0.1's layout
+    (tmp_path / "hparams.json").write_text(json.dumps(hp))
+    assert predict(tmp_path)["psnr"] == pytest.approx(first["psnr"]["RIM"], abs=1e-4)
+    again = run(tmp_path, RimConfig(**{**cfg.as_dict(), "epochs": 2}), progress=False)
+    assert again["resumed_from"] == 1 and again["epochs"] == 2
+    assert json.loads((tmp_path / "hparams.json").read_text())["task"]["name"] == "digits-cs"

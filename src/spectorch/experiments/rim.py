@@ -204,11 +204,7 @@ def run(
     if not isinstance(cfg, RimConfig):
         raise TypeError(f"config must be a RimConfig, got {type(cfg).__name__}")
     out = Path(out)
-    if (out / "task.json").exists():
-        raise ValueError(
-            f"{out} holds a RIM run of spectorch 0.1 (task.json): `spectorch rim predict` "
-            "reads it, but it cannot be resumed; train into another output directory"
-        )
+    _adopt_legacy_task(out)
     the_task = make_task(cfg.task, **cfg.task_config())
     rim = build_rim(
         the_task,
@@ -274,6 +270,22 @@ def run(
         f"LMMSE {metrics['psnr']['LMMSE']:.2f} dB",
     )
     return metrics
+
+
+def _adopt_legacy_task(out: Path) -> None:
+    """A run of spectorch 0.1 kept its task in ``task.json`` beside ``hparams.json``;
+    its task goes into ``hparams.json`` (where runs keep it now) so the run resumes.
+    A run on another task is left alone: the settings check refuses it."""
+    legacy, hp_path = out / "task.json", out / "hparams.json"
+    if not (legacy.is_file() and hp_path.is_file()):
+        return
+    try:
+        old_spec, hparams = json.loads(legacy.read_text()), json.loads(hp_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the spectorch 0.1 run in {out}: {exc}") from exc
+    if isinstance(hparams, dict) and "task" not in hparams:
+        hparams["task"] = old_spec
+        RunDirectory(out, kind="fit", settings_file=None).write_json("hparams.json", hparams)
 
 
 def train_task(

@@ -415,8 +415,10 @@ class Loop:
         t0 = time.monotonic()
         result = LoopResult()
         saved = None
-        if self.run_dir is not None and self.resume:
-            saved = self.run_dir.load_checkpoint()
+        if self.run_dir is not None:
+            self.run_dir.check()  # the directory's settings file first, then the checkpoint's
+            if self.resume:
+                saved = self.run_dir.load_checkpoint()
         if saved is not None:
             self.checkpoint = self.run_dir.latest_checkpoint()
             self._restore(saved)
