@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -163,10 +162,6 @@ class RunDirectory:
                 "choose another output directory or the same settings to resume"
             )
 
-    def holds_run(self) -> bool:
-        """Whether the directory already holds (part of) a run."""
-        return self.saved_settings() is not None or self.latest_checkpoint() is not None
-
     def open(self) -> RunDirectory:
         """Check the settings against a run found here, create the directory and write
         the settings file (once; ignored keys are brought up to date)."""
@@ -238,10 +233,6 @@ class RunDirectory:
         path = self.file(name)
         atomic_save_npy(path, array)
         return path
-
-    @staticmethod
-    def timestamp() -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     def __repr__(self) -> str:
         return f"RunDirectory({str(self.path)!r}, kind={self.kind!r})"
