@@ -18,8 +18,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from spectorch.distributed import DistributedError
-
 __all__ = ["load_entry", "main"]
 
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError, FloatingPointError)
@@ -311,12 +309,29 @@ def _config(cls: type, args: argparse.Namespace) -> Any:
     return cls(**values)
 
 
-def _resumed(result: Any) -> None:
-    step = getattr(result, "resumed_from", None)
-    if step is None and isinstance(result, dict):
-        step = result.get("resumed_from")
-    if step:
-        print(f"resumed from step {step}")
+def _ran(result: Any) -> None:
+    """``N steps in S s``, counting only this call's steps of a resumed run."""
+    ran = result.steps - result.resumed_from
+    line = f"{ran} steps in {result.seconds:.0f} s"
+    if result.resumed_from:
+        line += f" (resumed at step {result.resumed_from}; {result.steps} in all)"
+    print(line)
+
+
+def _say_resumes() -> None:
+    """Print the resume notices of the training loop (which step, which checkpoint, a
+    changed learning rate) and of density runs (draws found) to stderr, also under
+    --quiet."""
+    import logging
+
+    for name in ("spectorch.train", "spectorch.density"):
+        log = logging.getLogger(name)
+        if not any(getattr(h, "_spectorch_cli", False) for h in log.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("spectorch: %(message)s"))
+            handler._spectorch_cli = True  # type: ignore[attr-defined]
+            log.addHandler(handler)
+        log.setLevel(logging.INFO)
 
 
 # ----------------------------------------------------------------------------- cifar
@@ -334,7 +349,6 @@ def _cmd_cifar_train(args: argparse.Namespace) -> int:
         device=_device(args.device),
         progress=not args.quiet,
     )
-    _resumed(result)
     last = result.losses[-1] if result.losses else float("nan")
     print(f"final training loss {last:.4f}; {len(result.checkpoints)} checkpoints in {out}/")
     return 0
@@ -429,7 +443,7 @@ def _add_cifar(sub: Any) -> None:
 
     parser = sub.add_parser(
         "cifar",
-        help="the CIFAR-10 workflow: train with checkpoints, eval, densities, figures",
+        help=_HELP["cifar"],
         description="Ghorbani et al. 2019's workflow on CIFAR-10 binary batches "
         "(cifar-10-batches-bin/data_batch_*.bin): train a CIFAR ResNet with checkpoints "
         "every N steps, evaluate them, one Hessian density per checkpoint, and the "
@@ -506,7 +520,7 @@ def _cmd_tour(args: argparse.Namespace) -> int:
 def _add_tour(sub: Any) -> None:
     from spectorch.experiments import tour
 
-    parser = sub.add_parser("tour", help="a short run of every capability, with figures")
+    parser = sub.add_parser("tour", help=_HELP["tour"])
     parser.add_argument("--out", default="spectorch-out", help="output directory (spectorch-out)")
     _add_config(parser, tour.TourConfig)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -530,7 +544,7 @@ def _cmd_spin_hydrogen(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         device=_device(args.device),
     )
-    print(f"{result.steps} steps in {result.seconds:.0f} s")
+    _ran(result)
     print("  state   learned     exact    rel. error")
     for i, (e, x, r) in enumerate(
         zip(result.eigenvalues, result.exact, result.relative_errors, strict=True)
@@ -602,7 +616,7 @@ def _cmd_spin_atari_train(args: argparse.Namespace) -> int:
         device=_device(args.device),
         show_plots=args.show_plots,
     )
-    print(f"{result.steps} steps in {result.seconds:.0f} s")
+    _ran(result)
     print("slowness of each feature (0 is the constant):")
     print("  training (moving average): " + " ".join(f"{v:.4g}" for v in result.eigenvalues))
     print("  on the evaluation stacks:  " + " ".join(f"{v:.4g}" for v in result.evaluation))
@@ -674,7 +688,7 @@ def _add_spin(sub: Any) -> None:
 
     parser = sub.add_parser(
         "spin",
-        help="spectral inference networks: eigenfunctions of kernels and differential operators",
+        help=_HELP["spin"],
         description="Train a network whose outputs span the top or bottom eigenfunctions of "
         "an operator, with SpIN (Pfau et al. 2019), NeuralEF or NeuralSVD.",
     )
@@ -711,7 +725,6 @@ def _cmd_rim_train(args: argparse.Namespace) -> int:
 
     config = _config(rim.RimConfig, args)
     metrics = rim.run(args.out, config, progress=not args.quiet)
-    _resumed(metrics)
     print(f"test PSNR on {metrics['test_images']} images of {config.task}:")
     for name, value in sorted(metrics["psnr"].items(), key=lambda kv: kv[1]):
         print(f"  {name:10s} {value:6.2f} dB")
@@ -735,7 +748,7 @@ def _add_rim(sub: Any) -> None:
 
     parser = sub.add_parser(
         "rim",
-        help="recurrent inference machines: learned solvers for inverse problems",
+        help=_HELP["rim"],
         description="Train a RIM (Putzky & Welling 2017) on a linear-Gaussian problem with "
         "real images, and score it against Tikhonov, LMMSE and gradient-ascent MAP.",
     )
@@ -763,19 +776,47 @@ def _add_rim(sub: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- parsers
-def build_parser() -> argparse.ArgumentParser:
-    from spectorch.curvature import OPERATORS
+#: the sub-commands in the order of ``spectorch --help``, with their one-line help
+_HELP = {
+    "tour": "a short run of every capability, with figures",
+    "density": "eigenvalue density of a network's curvature by stochastic Lanczos quadrature",
+    "cifar": "the CIFAR-10 workflow: train with checkpoints, eval, densities, figures",
+    "spin": "spectral inference networks: eigenfunctions of kernels and differential operators",
+    "rim": "recurrent inference machines: learned solvers for inverse problems",
+}
 
+
+def build_parser(only: str | None = None, *, full: bool = True) -> argparse.ArgumentParser:
+    """The ``spectorch`` parser.
+
+    Args:
+        only: build the options of this sub-command alone (the others are listed with
+            their help but take no options), so a command imports only what it needs.
+        full: False lists every sub-command without its options: ``--help`` and
+            ``--version`` then answer without importing torch.
+    """
     parser = argparse.ArgumentParser(
         prog="spectorch",
         description="Study and train neural networks through the spectra of linear operators.",
     )
     parser.add_argument("--version", action="version", version=f"spectorch {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_tour(sub)
+    adders = {"tour": _add_tour, "density": _add_density, "cifar": _add_cifar,
+              "spin": _add_spin, "rim": _add_rim}  # fmt: skip
+    for name, add in adders.items():
+        if full and only in (None, name):
+            add(sub)
+        else:
+            sub.add_parser(name, help=_HELP[name], add_help=False)
+    return parser
+
+
+def _add_density(sub: Any) -> None:
+    from spectorch.curvature import OPERATORS
+
     dens = sub.add_parser(
         "density",
-        help="eigenvalue density of a network's curvature by stochastic Lanczos quadrature",
+        help=_HELP["density"],
         description=(
             "ENTRY is MODULE:FUNCTION (or path/file.py:FUNCTION), a function that returns "
             "(model, loss, data): data is a re-iterable of (inputs, targets) batches. "
@@ -837,10 +878,6 @@ def build_parser() -> argparse.ArgumentParser:
     dens.add_argument("--out", default="spectorch-out/density", help="output directory")
     dens.add_argument("--quiet", action="store_true", help="no progress bars")
     dens.set_defaults(func=_cmd_density)
-    _add_cifar(sub)
-    _add_spin(sub)
-    _add_rim(sub)
-    return parser
 
 
 def _add_width(parser: argparse.ArgumentParser) -> None:
@@ -874,11 +911,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_combine_parser()
         argv = argv[2:]
     else:
-        parser = build_parser()
+        command = argv[0] if argv and argv[0] in _HELP else None
+        # --help and --version (and a mistyped command) need no sub-command's options
+        parser = build_parser(command, full=command is not None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    _say_resumes()
     try:
         return args.func(args)
     except CLIError as exc:
@@ -887,12 +927,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _USER_ERRORS as exc:
         print(f"spectorch: error: {exc}", file=sys.stderr)
         return 2
-    except DistributedError as exc:
-        print(f"spectorch: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("spectorch: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from spectorch.distributed import DistributedError
+
+        if isinstance(exc, DistributedError):
+            print(f"spectorch: error: {exc}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover
