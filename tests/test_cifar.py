@@ -154,8 +154,8 @@ def test_training_resumes_to_the_uninterrupted_result(tmp_path, cifar_files):
     for k in a["state"]["model"]:
         assert torch.equal(a["state"]["model"][k], b["state"]["model"][k]), k
     assert a["history"]["loss"] == b["history"]["loss"] and len(a["history"]["loss"]) == 6
-    with pytest.raises(ValueError, match=r"other settings \(lr: 0.05 there, 0.1 now"):
-        train_cifar(data, tmp_path / "b", small_config(lr=0.1), progress=False)
+    with pytest.raises(ValueError, match=r"other settings \(momentum: 0.9 there, 0.5 now"):
+        train_cifar(data, tmp_path / "b", small_config(momentum=0.5), progress=False)
 
 
 def test_step_schedule():

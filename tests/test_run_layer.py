@@ -104,8 +104,8 @@ def test_a_killed_process_resumes_to_the_uninterrupted_result(tmp_path):
             model = torch.nn.Linear(4, 1)
             opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
             def step(t):
-                if slow and t >= 6:
-                    time.sleep(60)  # killed here
+                if slow and t >= 7:
+                    time.sleep(60)  # killed here (step 6's loss confirmed checkpoint 6)
                 x = torch.randn(8, 4)
                 opt.zero_grad()
                 loss = ((model(x)[:, 0] - x.sum(1)) ** 2).mean()
@@ -367,7 +367,7 @@ def test_checks_share_one_message_style():
         (lambda: checks.nonnegative_int("seed", -5), "seed must be a non-negative int, got -5"),
         (lambda: checks.int_at_least("size", 3, 8), "size must be an int >= 8, got 3"),
         (lambda: checks.int_in("k", 3, 1, 2), r"k must be an int in \[1, 2\], got 3"),
-        (lambda: checks.positive("lr", 0.0), "lr must be a positive number, got 0.0"),
+        (lambda: checks.positive("lr", 0.0), "lr must be a positive finite number, got 0.0"),
         (lambda: checks.probability("p", 1.0, one=False), r"p must lie in \[0, 1\), got 1.0"),
         (lambda: checks.finite("shift", float("inf")), "shift must be a finite number"),
         (lambda: checks.choice("which", "top", ("smallest", "largest")),

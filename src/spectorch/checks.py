@@ -80,7 +80,7 @@ def finite(name: str, value: Any) -> float:
 def positive(name: str, value: Any) -> float:
     """``value`` as a float, if it is a finite number above zero."""
     if not _is_number(value) or not math.isfinite(value) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
 
 

@@ -184,7 +184,8 @@ class AtariResult:
             the moving average of the training estimates at the last step.
         evaluation: the same, measured on ``evaluation_stacks`` consecutive stacks
             spread over the data (Rayleigh-Ritz values of the learned span).
-        steps, seconds: steps done and wall time of this call's training.
+        steps: steps done (resumed ones included); resumed_from: the step this call
+            resumed from (0: a fresh run); seconds: wall time of this call's training.
         figure: the figure of the frames where each feature is lowest and highest.
         network: the trained :class:`~spectorch.spin.SpectralNetwork`
             (``network.eigenfunctions(stacks)`` gives the features of new stacks).
@@ -196,6 +197,7 @@ class AtariResult:
     seconds: float
     out: str
     figure: str
+    resumed_from: int = 0
     stats: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     network: SpectralNetwork | None = field(default=None, repr=False)
 
@@ -284,7 +286,12 @@ def run(
         raise ValueError(f"data: expected square frames, got {h}x{w}")
     recorded = {**cfg.as_dict(), "data": str(data.resolve()), "frames": len(reader.frames)}
     run_dir = RunDirectory(
-        out, recorded, kind="spin", settings_file="config.json", checkpoint="atari_params.pt"
+        out,
+        recorded,
+        kind="spin",
+        settings_file="config.json",
+        checkpoint="atari_params.pt",
+        ignore=("lr",),  # a run that diverged resumes with a lower rate
     )
     run_dir.check()  # before anything is built
     torch.manual_seed(cfg.seed)
@@ -329,6 +336,7 @@ def run(
         evaluation=[float(v) for v in evaluate_slowness(net, stacks)],
         steps=steps,
         seconds=seconds,
+        resumed_from=net.resumed_from,
         out=str(out),
         figure=str(out / "slow_features.png"),
         stats={k: v[:steps] for k, v in stats.items() if isinstance(v, np.ndarray)},

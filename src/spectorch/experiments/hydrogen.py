@@ -361,8 +361,10 @@ class HydrogenResult:
         ritz: Rayleigh-Ritz values of the learned span on the same sample.
         shell_distances: per degenerate shell, ``sqrt(1 - overlap)`` between the span of
             the learned functions of that shell and the exact one (0 is perfect).
-        steps: training steps done; seconds: wall time of the training;
-        step_seconds: the part of it spent in optimisation steps (this call only).
+        steps: training steps done (resumed ones included); resumed_from: the step
+            this call resumed from (0: a fresh run), so it ran ``steps - resumed_from``;
+        seconds: wall time of this call's training; step_seconds: the part of it
+            spent in optimisation steps.
         stats: the stats hooks' arrays (up to ``steps``).
     """
 
@@ -376,6 +378,7 @@ class HydrogenResult:
     seconds: float
     out: str
     step_seconds: float = 0.0
+    resumed_from: int = 0
     stats: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict[str, Any]:
@@ -443,12 +446,34 @@ def evaluate_hydrogen(
     }
 
 
+def shell_zoom(n: int, lim: float, charge: float = 1.0) -> float:
+    """Half-width of a box that holds the states of shell ``n`` (0, 1, 2, ...): they
+    decay as ``r^n e^(-charge r / (2n + 1))``, so ``3 (2n + 1)(n + 1) / charge``
+    (3 for the ground state, 18 for the next shell), at most ``lim``."""
+    return min(float(lim), 3.0 * (2 * n + 1) * (n + 1) / charge)
+
+
+def _plot_grid(cfg: HydrogenConfig, points: int) -> tuple[Tensor, list[tuple[float, ...]]]:
+    """One grid of ``points^2`` positions per shell, each zoomed to its states
+    (:func:`shell_zoom`), stacked; and the extent of each state's image."""
+    zooms = sorted({shell_zoom(n, cfg.lim, cfg.charge) for n, _ in quantum_numbers(cfg.neig)})
+    grid = torch.cat([util.grid_reader(cfg.ndim, z, points) for z in zooms])
+    extents = [
+        (-z, z, -z, z)
+        for z in (shell_zoom(n, cfg.lim, cfg.charge) for n, _ in quantum_numbers(cfg.neig))
+    ]
+    return grid, extents
+
+
 def _plotting_hooks(
     out: Path, cfg: HydrogenConfig, exact: np.ndarray, live: bool, points: int
 ) -> dict[str, Any]:
     from spectorch import plotting
 
-    extent = (-cfg.lim, cfg.lim, -cfg.lim, cfg.lim)
+    _, extents = _plot_grid(cfg, points)
+    zooms = sorted({e[1] for e in extents})
+    # each state's image is read from the grid of its own zoom
+    which = [zooms.index(e[1]) for e in extents]
 
     def create() -> tuple[Any, Any]:
         if live:
@@ -464,12 +489,19 @@ def _plotting_hooks(
         del inputs
         ma = stats.get("eigenvalues_ma", stats.get("eigenvalues"))
         current = ma[t] if ma is not None else np.full(outputs.shape[1], np.nan)
-        images = outputs.reshape(points, points, -1)
+        per_grid = outputs.reshape(len(zooms), points, points, -1)
+        images = np.stack([per_grid[g, :, :, i] for i, g in enumerate(which)], axis=-1)
         title = f"{cfg.objective}, step {t + 1}"
-        ylim = (1.2 * float(exact.min()), 0.05)
+        ylim = (0.5 * float(np.abs(exact).min()), 2.0 * float(np.abs(exact).max()))
+        ylabel = "eigenvalue (moving average)"
         if psi_fig is None:
             plotting.plot_eigenfunctions(
-                images, current, out / "eigenfunctions.png", extent=extent, title=title
+                images,
+                current,
+                out / "eigenfunctions.png",
+                extent=extents,
+                title=f"{title}: learned eigenfunctions (each shell in its own zoom)",
+                exact=exact,
             )
             if ma is not None:
                 plotting.plot_eigenvalue_curves(
@@ -478,10 +510,13 @@ def _plotting_hooks(
                     exact=exact,
                     title=title,
                     ylim=ylim,
-                    ylabel="eigenvalue (moving average)",
+                    ylabel=ylabel,
+                    log=True,
                 )
             return
-        plotting.draw_eigenfunctions(psi_fig, images, current, extent=extent, title=title)
+        plotting.draw_eigenfunctions(
+            psi_fig, images, current, extent=extents, title=title, exact=exact
+        )
         plotting.save_figure(psi_fig, out / "eigenfunctions.png")
         if ma is not None:
             plotting.draw_eigenvalue_curves(
@@ -490,7 +525,8 @@ def _plotting_hooks(
                 exact=exact,
                 title=title,
                 ylim=ylim,
-                ylabel="eigenvalue (moving average)",
+                ylabel=ylabel,
+                log=True,
             )
             plotting.save_figure(curve_fig, out / "eigenvalues.png")
         for fig in (psi_fig, curve_fig):
@@ -533,6 +569,7 @@ def run(
         kind="spin",
         settings_file="config.json",
         checkpoint="hydrogen_params.pt",
+        ignore=("lr",),  # a run that diverged resumes with a lower rate
     )
     run_dir.check()  # before anything is built
     torch.manual_seed(cfg.seed)
@@ -576,7 +613,7 @@ def run(
     }
     stats_hooks = {"create": util.create_default_stats, "update": util.update_default_stats}
     live = show_plots and can_show()
-    grid = util.grid_reader(cfg.ndim, cfg.lim, plot_points)
+    grid, _ = _plot_grid(cfg, plot_points)
     t0 = time.monotonic()
     stats = net.train(
         optim,
@@ -601,6 +638,7 @@ def run(
         steps=net.step_count,
         seconds=seconds,
         step_seconds=net.step_seconds,
+        resumed_from=net.resumed_from,
         out=str(out),
         stats={k: v[: net.step_count] for k, v in stats.items() if isinstance(v, np.ndarray)},
         **check,

@@ -366,8 +366,23 @@ class RIM(nn.Module):
         return out
 
     @torch.no_grad()
-    def predict(self, y: torch.Tensor, *args: Any) -> torch.Tensor:
-        """The final estimate ``link(x_T)`` in the user's space, without a graph."""
+    def predict(self, y: torch.Tensor, *args: Any, allow_nonfinite: bool = False) -> torch.Tensor:
+        """The final estimate ``link(x_T)`` in the user's space, without a graph.
+
+        Raises:
+            ValueError: if ``y`` holds NaN or inf (whose estimates would be NaN), unless
+                ``allow_nonfinite=True``.
+        """
+        if not allow_nonfinite and torch.is_tensor(y) and y.is_floating_point():
+            bad = ~torch.isfinite(y)
+            if bool(bad.any()):
+                rows = bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten() if y.ndim else []
+                raise ValueError(
+                    f"y holds {int(bad.sum())} NaN or inf values (in {len(rows)} of "
+                    f"{y.shape[0] if y.ndim else 1} observations, the first at row "
+                    f"{int(rows[0]) if len(rows) else 0}); their estimates would be NaN. "
+                    "Pass allow_nonfinite=True to predict anyway"
+                )
         return self.link_function(self(y, *args)[-1])
 
     def loss(self, y: torch.Tensor, x_true: torch.Tensor, *args: Any) -> torch.Tensor:
@@ -625,7 +640,7 @@ class RIM(nn.Module):
                 kind="fit",
                 settings_file="hparams.json",
                 checkpoint="last.pt",
-                ignore=("fit.epochs",),
+                ignore=("fit.epochs", "fit.learning_rate"),
             )
             best = directory / "best.pt"
 

@@ -121,6 +121,7 @@ class SpectralNetwork:
         self.nesting = nesting
         self.shift = float(shift)
         self.step_count = 0
+        self.resumed_from = 0  # the step the last train() call resumed from
         self.step_seconds = 0.0  # time spent in step() by this object (not restored on resume)
         self.k: int | None = None
         self.sigma_avg: Tensor | None = None
@@ -571,8 +572,7 @@ class SpectralNetwork:
             finite=[self.network] if isinstance(self.network, nn.Module) else [],
         )
         done = loop.run()
-        if done.resumed_from:
-            log.info("resumed from %s at step %d", done.checkpoint, done.resumed_from)
+        self.resumed_from = done.resumed_from
         return stats.arrays
 
     def _peek_k(self, x: Tensor) -> None:

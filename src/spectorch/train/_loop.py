@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +32,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("spectorch.train")
+
+#: the suffix of a checkpoint written but not yet confirmed by the next step's loss
+_PENDING = ".pending"
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -244,9 +248,12 @@ class Loop:
       history and the step, and the loop continues from there; the result equals an
       uninterrupted run when ``step(t)`` depends only on ``t`` and that state;
     * **checkpoints** every ``checkpoint_every`` steps and when the loop ends, written
-      atomically; never after a failed step: a non-finite loss (or an exception) stops
-      the loop with the last checkpoint intact, and a checkpoint whose model weights
-      are not finite is refused;
+      atomically; never after a failed step: a non-finite (or, with ``diverge``, a
+      diverging) loss stops the loop with the last checkpoint intact. A checkpoint
+      becomes one only once the next step has computed a good loss from its weights
+      (until then it is ``<name>.pending``), and one whose model weights or buffers
+      are not finite is refused, so the checkpoint left behind after a divergence is
+      one to resume from, with a lower learning rate;
     * **schedules**: ``schedulers`` (torch LR schedulers) step after every step;
     * **callbacks**: objects with any of ``on_start(loop)``, ``on_step(loop)``,
       ``on_end(loop)`` (e.g. :class:`Every`, :class:`EarlyStopping`); those with a
@@ -273,8 +280,10 @@ class Loop:
             and write over it).
         extra: entries saved in every checkpoint's ``extra``, as JSON would keep them
             (other objects as their ``str``).
-        finite: the modules whose parameters must be finite for a checkpoint to be
-            written (default: the ``nn.Module`` entries of ``state``).
+        finite: the modules whose parameters and buffers must be finite for a
+            checkpoint to be written (default: the ``nn.Module`` entries of ``state``).
+        diverge: stop (as for a NaN) when a step's loss exceeds ``diverge`` times the
+            first step's (``None``: only non-finite losses stop the run).
     """
 
     def __init__(
@@ -298,6 +307,7 @@ class Loop:
         resume: bool = True,
         extra: Mapping[str, Any] | None = None,
         finite: Iterable[nn.Module] | None = None,
+        diverge: float | None = None,
     ) -> None:
         if not callable(step):
             raise TypeError(f"step must be callable, got {type(step).__name__}")
@@ -308,6 +318,9 @@ class Loop:
             isinstance(time_budget, (int, float)) and time_budget >= 0
         ):
             raise ValueError(f"time_budget must be a non-negative number, got {time_budget!r}")
+        if diverge is not None:
+            checks.positive("diverge", diverge)
+        self.diverge = diverge
         self.step_fn = step
         self.state = {k: v for k, v in (state or {}).items() if v is not None}
         for name, obj in self.state.items():
@@ -336,7 +349,9 @@ class Loop:
         self.history: dict[str, list[float]] = {}
         self._stop: str | None = None
         self._saved: int | None = None
+        self._pending: tuple[Any, Any] | None = None
         self.checkpoint: Any = None
+        self.lr_changes: list[tuple[float, float]] = []
 
     # ----------------------------------------------------------------- state
     def stop(self, reason: str) -> None:
@@ -354,6 +369,14 @@ class Loop:
 
     def _restore(self, saved: Mapping[str, Any]) -> None:
         states = saved["state"]
+        # the learning rates this run was built with; they may differ from the saved
+        # run's (a resume after a divergence, with a lower rate)
+        fresh = {
+            id(opt): [g["lr"] for g in opt.param_groups]
+            for opt in self.state.values()
+            if isinstance(opt, torch.optim.Optimizer)
+        }
+        bases = {id(s): list(s.base_lrs) for s in self.schedulers if hasattr(s, "base_lrs")}
         for name, obj in self._stateful().items():
             if name.startswith("scheduler") and states.get(name) is None:
                 # written without its schedule's state (spectorch 0.1's CIFAR runs): a
@@ -373,28 +396,97 @@ class Loop:
         set_rng_state(saved["rng"])
         self.history = {k: [float(x) for x in v] for k, v in saved["history"].items()}
         self.step = int(saved["step"])
+        self.lr_changes = self._rebase_learning_rates(fresh, bases)
+
+    def _rebase_learning_rates(
+        self, fresh: dict[int, list[float]], bases: dict[int, list[float]]
+    ) -> list[tuple[float, float]]:
+        """Give the resumed optimizers the learning rates this run was built with: a
+        scheduled optimizer continues its schedule from the new base rate (the rate is
+        scaled by new base / old base), an unscheduled one takes the new rate.
+        Returns the ``(old, new)`` base rates that changed."""
+        changes: list[tuple[float, float]] = []
+        scheduled = set()
+        for sched in self.schedulers:
+            if id(sched) not in bases:
+                continue
+            opt = sched.optimizer
+            scheduled.add(id(opt))
+            new, old = bases[id(sched)], list(sched.base_lrs)
+            if new == old:
+                continue
+            for group, n, o in zip(opt.param_groups, new, old, strict=True):
+                group["lr"] = group["lr"] * (n / o) if o else n
+                group["initial_lr"] = n
+            sched.base_lrs = list(new)
+            sched._last_lr = [g["lr"] for g in opt.param_groups]
+            changes += [(o, n) for o, n in zip(old, new, strict=True) if o != n]
+        for opt in self.state.values():
+            if not isinstance(opt, torch.optim.Optimizer) or id(opt) in scheduled:
+                continue
+            for group, n in zip(opt.param_groups, fresh.get(id(opt), []), strict=False):
+                if group["lr"] != n:
+                    changes.append((group["lr"], n))
+                    group["lr"] = n
+        return changes
 
     def _check_weights(self) -> None:
         for name, obj in self.finite.items():
-            for pname, p in obj.named_parameters():
-                if not bool(torch.isfinite(p).all()):
-                    raise FloatingPointError(
-                        f"{name} parameter {pname} became non-finite at step {self.step} "
-                        f"(lower the learning rate); {self._intact()}"
-                    )
+            tensors = [("parameter", n, p) for n, p in obj.named_parameters()]
+            tensors += [("buffer", n, b) for n, b in obj.named_buffers() if b.is_floating_point()]
+            if _all_finite([t.detach() for _, _, t in tensors]):
+                continue
+            what, tname, _ = next(x for x in tensors if not bool(torch.isfinite(x[2]).all()))
+            raise FloatingPointError(
+                f"{name} {what} {tname} became non-finite at step {self.step} "
+                f"(lower the learning rate); {self._intact()}"
+            )
 
-    def _save(self) -> None:
+    def _save(self, *, pending: bool = False) -> None:
+        """Write the checkpoint of this step. ``pending``: under a temporary name, made
+        the checkpoint by :meth:`_commit` once the next step's loss (the loss of these
+        very weights) has been found finite, so that a checkpoint never holds weights
+        that are about to diverge."""
         if self.run_dir is None or self._saved == self.step:
             return
+        self._commit()
         self._check_weights()
-        self.checkpoint = self.run_dir.save_checkpoint(
+        final = self.run_dir.checkpoint_path(self.step)
+        written = self.run_dir.save_checkpoint(
             self.step,
             state={name: obj.state_dict() for name, obj in self._stateful().items()},
             history=self.history,
             rng=get_rng_state(),
             extra=self.extra,
+            path=final.with_name(final.name + _PENDING) if pending else None,
         )
         self._saved = self.step
+        if pending:
+            self._pending = (written, final)
+        else:
+            self.checkpoint = written
+
+    def _commit(self) -> None:
+        if self._pending is not None:
+            written, final = self._pending
+            os.replace(written, final)
+            self._pending, self.checkpoint = None, final
+
+    def _discard(self) -> None:
+        if self._pending is not None:
+            self._pending[0].unlink(missing_ok=True)
+            self._pending = None
+
+    def _check_divergence(self, t: int, loss: float) -> None:
+        if self.diverge is None:
+            return
+        first = (self.history.get("loss") or [loss])[0]
+        if abs(loss) > self.diverge * max(abs(first), 1e-12):
+            raise FloatingPointError(
+                f"the training loss diverged at step {t}: {loss:.6g}, more than "
+                f"{self.diverge:g} times the first step's {first:.6g} (lower the learning "
+                f"rate); {self._intact()}"
+            )
 
     def _intact(self) -> str:
         if self.run_dir is None:
@@ -424,11 +516,21 @@ class Loop:
             self._restore(saved)
             self._saved = self.step
             result.resumed_from = self.step
-            log.info("resumed %s from step %d (%s)", self.desc, self.step, self.checkpoint)
+            log.info(
+                "%s: resuming from step %d of %d (%s)",
+                self.desc,
+                self.step,
+                self.steps,
+                self.checkpoint,
+            )
+            for old_lr, new_lr in self.lr_changes:
+                log.info("%s: learning rate %g -> %g from here on", self.desc, old_lr, new_lr)
         elif self.seed is not None:
             torch.manual_seed(self.seed)
         if self.run_dir is not None:
             self.run_dir.open()
+            for stale in self.run_dir.path.glob(f"*{_PENDING}"):
+                stale.unlink(missing_ok=True)  # of a process killed before its next step
             if saved is None and self.save_initial:
                 self._save()
         for cb in self.callbacks:
@@ -456,6 +558,8 @@ class Loop:
                         f"the training loss became {loss} at step {t} (lower the learning "
                         f"rate); {self._intact()}"
                     )
+                self._check_divergence(t, loss)
+                self._commit()  # the pending checkpoint's weights gave a good loss
                 self.step = t + 1
                 if self.record:
                     for key, value in values.items():
@@ -476,12 +580,16 @@ class Loop:
                         bar.set_postfix(shown, refresh=False)
                 ending = self.step >= self.steps or self._stop is not None
                 if not ending and self.checkpoint_every and self.step % self.checkpoint_every == 0:
-                    self._save()
+                    self._save(pending=True)
             for cb in self.callbacks:
                 if hasattr(cb, "on_end"):
                     cb.on_end(self)
             self._save()
+        except FloatingPointError:
+            self._discard()  # its weights led to a non-finite or diverging loss
+            raise
         finally:
+            self._commit()  # interrupted (or failed elsewhere): its weights were fine
             bar.close()
         result.step, result.history, result.stopped = self.step, self.history, self._stop
         result.checkpoint, result.seconds = self.checkpoint, time.monotonic() - t0

@@ -203,11 +203,13 @@ class RunDirectory:
             self.check(state["settings"], where=path)
         return state
 
-    def save_checkpoint(self, step: int, **payload: Any) -> Path:
-        """Write the checkpoint of ``step`` (with this run's kind and settings)."""
-        return save_checkpoint(
-            self.checkpoint_path(step), kind=self.kind, step=step, settings=self.settings, **payload
-        )
+    def save_checkpoint(
+        self, step: int, *, path: str | os.PathLike | None = None, **payload: Any
+    ) -> Path:
+        """Write the checkpoint of ``step`` (with this run's kind and settings) to its
+        place in the directory, or to ``path``."""
+        target = self.checkpoint_path(step) if path is None else Path(path)
+        return save_checkpoint(target, kind=self.kind, step=step, settings=self.settings, **payload)
 
     # ----------------------------------------------------------------- results
     def file(self, name: str) -> Path:
