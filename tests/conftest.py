@@ -71,3 +71,22 @@ def matrix_with_spectrum(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tens
     g = torch.Generator().manual_seed(seed)
     Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
     return (Q * eigenvalues.to(torch.float64)) @ Q.T
+
+
+@pytest.fixture(scope="session")
+def rim_cli_run(tmp_path_factory):
+    """One small `spectorch rim train` (digits-cs, 1 epoch), shared by the tests that
+    need a trained RIM directory: ``(directory, completed process)``."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("rim") / "rim"
+    r = subprocess.run(
+        [sys.executable, "-m", "spectorch.cli", "rim", "train", "--task", "digits-cs",
+         "--epochs", "1", "--features", "8", "--steps", "3", "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return out, r

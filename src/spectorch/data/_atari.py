@@ -22,6 +22,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -204,11 +206,21 @@ def load_frames(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data: no such file {str(path)!r}")
-    with np.load(path, allow_pickle=False) as z:
-        missing = [k for k in ("frames", "episode_starts") if k not in z.files]
-        if missing:
-            raise ValueError(f"{path}: missing {missing}; the file holds {z.files}")
-        frames, starts = _check_frames(z["frames"], z["episode_starts"], str(path))
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise ValueError(f"{path}: an .npy array, expected an .npz archive")
+            missing = [k for k in ("frames", "episode_starts") if k not in z.files]
+            if missing:
+                raise ValueError(f"{path}: missing {missing}; the file holds {z.files}")
+            frames, starts = _check_frames(z["frames"], z["episode_starts"], str(path))
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
+        if isinstance(exc, ValueError) and str(path) in str(exc):
+            raise  # already names the file
+        raise ValueError(
+            f"{path} is not a readable .npz of frames (truncated or damaged: {exc}); "
+            "collect it again with `spectorch spin atari collect`"
+        ) from None
     if len(frames) == 0:
         raise ValueError(f"{path}: holds no frames")
     starts = starts.copy()

@@ -93,6 +93,8 @@ def tridiag_to_density(
     """
     if len(tridiag_list) == 0:
         raise ValueError("tridiag_list is empty")
+    checks.positive("sigma_squared", sigma_squared)
+    checks.int_at_least("grid_len", grid_len, 2)
     grid, density = SpectralDensity.from_tridiagonals(tridiag_list, dim=1).evaluate(
         width="original", sigma_squared=sigma_squared, grid_len=grid_len
     )

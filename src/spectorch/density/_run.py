@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import time
@@ -31,6 +32,8 @@ from spectorch.linalg import (
 from spectorch.train import RunDirectory
 
 __all__ = ["MANIFEST", "combine_densities", "draw_generator", "load_density", "spectral_density"]
+
+log = logging.getLogger("spectorch.density")
 
 MANIFEST = "manifest.json"
 _FORMAT = "spectorch.density/1"
@@ -142,6 +145,15 @@ def spectral_density(
     if run is not None:
         done = run.load_finished()
     todo = [k for k in indices if k not in done]
+    reused = len(indices) - len(todo)
+    if reused:
+        log.info(
+            "resuming %s: %d of %d draws already there, %d to compute",
+            out,
+            reused,
+            len(indices),
+            len(todo),
+        )
     if todo and check_symmetry:
         check_symmetric(op, generator=draw_generator(seed, 2**31 - 1))
 
@@ -417,13 +429,45 @@ class _RunDir:
         done = {}
         for key, info in self.manifest.get("draw_info", {}).items():
             k = int(key)
-            file = self.path / f"tridiag_{k}.npy"
-            try:
-                T = np.load(file)
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"cannot read {file} of the run to resume: {exc}") from exc
-            done[k] = (T, info.get("trace_sample"))
+            done[k] = (self._checked_tridiagonal(k, info), info.get("trace_sample"))
+            if info.get("vectors"):
+                self._check_vectors(k, info)
         return done
+
+    def _damaged(self, file: Path, what: str) -> ValueError:
+        return ValueError(
+            f"{file} of the run to resume is damaged ({what}); delete it and its draw's "
+            f"other files (or the whole run) and run again, or choose another out directory"
+        )
+
+    def _checked_tridiagonal(self, k: int, info: dict[str, Any]) -> np.ndarray:
+        """Draw ``k``'s tridiagonal, checked against the manifest before any work."""
+        file = self.path / f"tridiag_{k}.npy"
+        try:
+            T = np.load(file, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise self._damaged(file, f"unreadable: {exc}") from None
+        m = int(info.get("steps", self.settings["steps"]))
+        if not isinstance(T, np.ndarray) or T.shape != (m, m):
+            raise self._damaged(file, f"shape {getattr(T, 'shape', None)}, expected ({m}, {m})")
+        if not np.issubdtype(T.dtype, np.floating) or not np.isfinite(T).all():
+            raise self._damaged(file, "NaN or inf entries" if T.dtype.kind == "f" else T.dtype)
+        if not np.array_equal(T, T.T) or np.count_nonzero(np.triu(T, 2)):
+            raise self._damaged(file, "not a symmetric tridiagonal matrix")
+        return T
+
+    def _check_vectors(self, k: int, info: dict[str, Any]) -> None:
+        """Draw ``k``'s Lanczos vectors: a readable ``(steps, dim)`` float array."""
+        file = self.path / f"lanczos_vec_{k}.npy"
+        if not file.exists():
+            raise self._damaged(file, "missing, though the manifest lists it")
+        try:
+            Q = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise self._damaged(file, f"truncated or unreadable: {exc}") from None
+        m, n = int(info.get("steps", self.settings["steps"])), int(self.settings["dim"])
+        if Q.ndim != 2 or Q.shape[1] != n or Q.shape[0] < m:
+            raise self._damaged(file, f"shape {Q.shape}, expected ({m}, {n})")
 
     def save_draw(
         self,

@@ -368,6 +368,12 @@ def predict(
     W)``, are written to ``out`` (default ``directory/predictions.npy``).
     """
     directory = Path(directory)
+    target = Path(out) if out is not None else directory / "predictions.npy"
+    if out is not None:
+        if target.is_dir():
+            raise ValueError(f"output {target} is a directory, expected a .npy file name")
+        if not target.parent.is_dir():
+            raise FileNotFoundError(f"output directory {target.parent} does not exist")
     spec = _task_spec(directory)
     task = load_task(spec)
     rim = _load(directory, task, spec.get("initialization", "zeros"), which)
@@ -380,7 +386,13 @@ def predict(
         path = Path(observations)
         if not path.is_file():
             raise FileNotFoundError(f"observations file {path} does not exist")
-        y = torch.as_tensor(np.load(path), dtype=task.train.dtype)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"observations file {path} is not a readable .npy: {exc}") from None
+        if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"observations file {path} must hold one numeric array")
+        y = torch.as_tensor(array, dtype=task.train.dtype)
         if y.ndim == 1:
             y = y[None]
         m = task.problem.matrix.shape[0]
@@ -389,8 +401,14 @@ def predict(
                 f"observations in {path} must have shape (N, {m}) for task {spec['name']}, "
                 f"got {tuple(y.shape)}"
             )
+        bad = ~torch.isfinite(y)
+        if bool(bad.any()):
+            rows = bad.any(1).nonzero().flatten().tolist()
+            raise ValueError(
+                f"observations in {path} hold NaN or inf in {len(rows)} of {y.shape[0]} rows "
+                f"(the first is row {rows[0]}); a RIM cannot estimate from them"
+            )
     estimate = rim.predict(y)
-    target = Path(out) if out is not None else directory / "predictions.npy"
     RunDirectory(target.parent, kind="fit", settings_file=None).save_npy(
         target.name, estimate.numpy()
     )
