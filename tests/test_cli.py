@@ -101,8 +101,9 @@ def test_density_writes_the_originals_files_and_resumes(tmp_path, entry):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["bottom_eigenvalue"] > -1e-6  # the GGN is positive semi-definite
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("tridiag_*.npy")}
-    r = run(*args)  # everything is done: nothing is recomputed
+    r = run(*args)  # everything is done: nothing is recomputed, and it says so
     assert r.returncode == 0
+    assert "3 of 3 draws already there, 0 to compute" in r.stderr
     assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("tridiag_*.npy")}
 
 
@@ -147,24 +148,72 @@ def test_out_that_is_a_file(tmp_path, entry):
     assert r.returncode == 2 and "is a file, expected a directory" in r.stderr
 
 
-def test_tour(tmp_path):
-    r = run("tour", "--out", "tour", "--quiet", cwd=tmp_path, timeout=900)
-    assert r.returncode == 0, r.stderr
-    out = tmp_path / "tour"
-    assert "figures and summary in" in r.stdout
-    summary = json.loads((out / "summary.json").read_text())
+#: A cut-down tour for the default tier: every section runs, through the command line,
+#: in about a minute; `make demo` and the slow tier run the full one.
+SHORT_TOUR = ("--digits-epochs", "10", "--slq-draws", "2", "--cifar-steps", "4",
+              "--cifar-images", "128", "--cifar-lanczos-steps", "8",
+              "--cifar-density-images", "16",
+              "--kernel-steps", "20", "--hydrogen-steps", "20",
+              "--atari-frames", "200", "--atari-steps", "2", "--pruning-epochs", "2",
+              "--rim-epochs", "1", "--rim-features", "4")  # fmt: skip
+
+
+def _check_tour_files(out, summary):
+    assert set(summary["section_seconds"]) == {
+        "curvature_spectra", "cifar_workflow", "spectral_inference", "spectral_layers", "rim"
+    }  # fmt: skip
     for name, rep in summary["curvature_spectra"]["operators"].items():
         assert rep["top_eigenvalue_rel_error"] < 1e-6, name
         assert rep["wasserstein1_over_range"] < 0.01, name
         assert (out / "curvature" / f"density_{name}.png").stat().st_size > 10_000
+    figures = ["curvature/curvature_densities.png", "cifar/trajectories.png",
+               "spin/kernel/kernel.png", "spin/hydrogen/eigenfunctions.png",
+               "spin/hydrogen/eigenvalues.png", "pruning/pruning.png", "rim/rim.png"]  # fmt: skip
+    for figure in figures:
+        assert (out / figure).stat().st_size > 10_000, figure
+    text = (out / "summary.txt").read_text()
+    assert "time per section" in text and "against the exact" in text
+
+
+def test_short_tour(tmp_path):
+    r = run("tour", "--out", "tour", "--quiet", *SHORT_TOUR, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "figures and summary in" in r.stdout
+    out = tmp_path / "tour"
+    summary = json.loads((out / "summary.json").read_text())
+    _check_tour_files(out, summary)
+    assert summary["spectral_inference"]["hydrogen"]["steps"] == 20
+    assert summary["rim"]["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_tour(tmp_path):
+    """The full tour (`make demo`): every capability against its reference."""
+    r = run("tour", "--out", "tour", "--quiet", cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "tour"
+    summary = json.loads((out / "summary.json").read_text())
+    _check_tour_files(out, summary)
     assert summary["curvature_spectra"]["train"]["test_accuracy"] > 0.9
+    for name, rows in summary["cifar_workflow"]["runs"].items():
+        assert rows[-1]["test_accuracy"] > 0.8, name
+    spin = summary["spectral_inference"]
+    for name, rep in spin["kernel"]["objectives"].items():
+        assert rep["max_relative_error"] < 0.05, name
+    assert spin["hydrogen"]["mean_relative_error"] < 0.05
+    layers = summary["spectral_layers"]
+    reference = layers["reference"]["acc"]
+    assert reference > 0.95
+    half = next(row for row in layers["full"] if row["removed"] == 50)
+    assert half["acc"] > reference - 0.03  # pruning half the nodes keeps the accuracy
+    assert layers["filter_90"]["acc"] > 0.95
     rim = summary["rim"]["psnr"]
-    assert rim["RIM"] > rim["Tikhonov"] and rim["RIM"] > rim["MAP-10"], rim
-    assert (out / "rim" / "rim.png").stat().st_size > 10_000
-    slow = summary["spectral_inference"]["atari"]
+    assert rim["RIM"] > max(v for k, v in rim.items() if k != "RIM"), rim
+    slow = spin["atari"]
     if "skipped" not in slow:
-        assert slow["steps"] == 100 and len(slow["evaluation"]) == 5
+        assert slow["steps"] == 60 and len(slow["evaluation"]) == 5
         assert (out / "spin" / "atari" / "run" / "slow_features.png").stat().st_size > 10_000
+    assert summary["seconds"] < 600
 
 
 def test_atari_collect_refuses_an_unknown_game():
@@ -196,19 +245,17 @@ def test_atari_collect_train_and_figure(tmp_path):
     assert r.returncode == 0 and "300 steps" in r.stdout  # resumed, nothing left to do
 
 
-def test_rim_train_and_predict(tmp_path):
-    out = tmp_path / "rim"
+def test_rim_train_and_predict(tmp_path, rim_cli_run):
+    out, r = rim_cli_run
     args = ("rim", "train", "--task", "digits-cs", "--epochs", "1", "--features", "8")
-    r = run(*args, "--steps", "3", "--out", str(out), "--quiet")
-    assert r.returncode == 0, r.stderr
     assert "LMMSE" in r.stdout and "RIM" in r.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["rim_psnr_per_step"]) == 3 and metrics["epochs"] == 1
     assert (out / "rim.png").stat().st_size > 5_000
-    r = run("rim", "predict", "--checkpoint", str(out))
+    r = run("rim", "predict", "--checkpoint", str(out), "--output", str(tmp_path / "p.npy"))
     assert r.returncode == 0, r.stderr
     assert "test PSNR" in r.stdout
-    predictions = np.load(out / "predictions.npy")
+    predictions = np.load(tmp_path / "p.npy")
     assert predictions.shape == (metrics["test_images"], 1, 8, 8)
     assert float(r.stdout.split("test PSNR ")[1].split()[0]) == pytest.approx(
         metrics["psnr"]["RIM"], abs=0.01

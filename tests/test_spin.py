@@ -476,9 +476,8 @@ def test_live_plot_hooks_draw_into_pyplot_figures_and_files(tmp_path):
     plots = hooks["create"]()
     try:
         ma = np.tile(hydrogen.exact_energies(4), (3, 1))
-        hooks["update"](
-            2, np.random.default_rng(0).random((64, 4)), None, *plots, eigenvalues_ma=ma
-        )
+        outputs = np.random.default_rng(0).random((2 * 64, 4))  # one 8x8 grid per shell
+        hooks["update"](2, outputs, None, *plots, eigenvalues_ma=ma)
         assert (tmp_path / "eigenfunctions.png").stat().st_size > 0
         assert (tmp_path / "eigenvalues.png").stat().st_size > 0
         assert len(plots[0].axes) >= 4  # one panel per eigenfunction

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -122,6 +123,19 @@ def plot_density(
     return save_figure(fig, path)
 
 
+def _shared_sigma(densities: Any, width: str) -> tuple[float, float, float]:
+    """One kernel width for densities that are compared, and their common range:
+    ``(lo, hi, sigma)``; ``"spacing"``: the node-spacing width of the widest spectrum
+    (Papyan 2020), ``"original"``: google/spectral-density's ``sqrt(1e-5) · range``."""
+    lo = min(d.bounds()[0] for d in densities)
+    hi = max(d.bounds()[1] for d in densities)
+    span = max(hi - lo, 1e-12 * max(abs(lo), abs(hi), 1.0))
+    if width == "original":
+        return lo, hi, math.sqrt(1e-5) * span
+    steps = max(d.steps for d in densities)
+    return lo, hi, span / max(steps - 1, 1) / math.sqrt(8.0 * math.log(3.0))
+
+
 def plot_densities(
     densities: Mapping[str, SpectralDensity],
     path: str | os.PathLike,
@@ -129,23 +143,44 @@ def plot_densities(
     title: str | None = None,
     width: str = "spacing",
 ) -> Path:
-    """Several densities (e.g. Hessian, GGN, Fisher) on shared log axes, as a PNG."""
+    """Several densities (e.g. Hessian, GGN, Fisher) on log-density axes, as a PNG.
+
+    Spectra of comparable ranges (within a factor 10) share a panel and one kernel
+    width; a spectrum of another scale gets a panel of its own (an empirical Fisher a
+    hundred times narrower than the Hessian would be a spike on the Hessian's axis)."""
     if not densities:
         raise ValueError("densities is empty: nothing to plot")
-    fig = new_figure(1, width=6.5, height=4.0)
-    ax = fig.subplots()
-    peak = 0.0
-    for i, (label, dens) in enumerate(densities.items()):
-        grid, phi = dens.evaluate(width=width)
-        ax.plot(grid, phi, color=f"C{i}", lw=1.3, label=label)
-        peak = max(peak, float(phi.max()))
-    ax.set_yscale("log")
-    ax.set_xlabel("eigenvalue λ")
-    ax.set_ylabel("density φ(λ) (log)")
-    ax.set_ylim(peak * _LOG_RANGE, peak * 3)
-    ax.legend(fontsize=8)
+    # one panel per group of spectra whose ranges agree within a factor 10
+    groups: list[dict[str, SpectralDensity]] = []
+    for label, dens in densities.items():
+        span = max(dens.bounds()[1] - dens.bounds()[0], 1e-300)
+        for group in groups:
+            spans = [max(d.bounds()[1] - d.bounds()[0], 1e-300) for d in group.values()]
+            if max(*spans, span) / min(*spans, span) <= 10.0:
+                group[label] = dens
+                break
+        else:
+            groups.append({label: dens})
+    together = len(groups) == 1
+    fig = new_figure(len(groups), width=6.5 if together else 4.8, height=4.0)
+    axes = np.atleast_1d(fig.subplots(1, len(groups)))
+    colour = {label: f"C{i}" for i, label in enumerate(densities)}
+    for ax, group in zip(axes, groups, strict=True):
+        lo, hi, sigma = _shared_sigma(list(group.values()), width)
+        grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, 4096)
+        peak = 0.0
+        for label, dens in group.items():
+            _, phi = dens.evaluate(grid, sigma=sigma)
+            ax.plot(grid, phi, color=colour[label], lw=1.3, label=label)
+            peak = max(peak, float(phi.max()))
+        ax.set_yscale("log")
+        ax.set_xlim(grid[0], grid[-1])
+        ax.set_xlabel("eigenvalue λ")
+        ax.set_ylim(peak * _LOG_RANGE, peak * 3)
+        ax.legend(fontsize=8, title=f"σ = {sigma:.2g}", title_fontsize=7)
+    axes[0].set_ylabel("density φ(λ) (log)")
     if title:
-        ax.set_title(title)
+        fig.suptitle(title + ("" if together else " (panels: spectra of different scales)"))
     return save_figure(fig, path)
 
 
@@ -160,6 +195,12 @@ def plot_trajectories(
     BatchNorm), one curve per checkpoint on a shared log-density axis; each curve's
     outliers are marked by ticks of its colour under it (Ghorbani et al. 2019, Fig. 2-4).
 
+    Every curve is smoothed with one kernel width, and every panel shows one
+    eigenvalue range (wide enough for each curve to fall to the floor at both ends),
+    so the panels and the checkpoints compare as drawn. With ``width="spacing"`` the
+    width is the node-spacing width of the widest spectrum (Papyan 2020); with
+    ``"original"`` it is google/spectral-density's ``sqrt(1e-5 · range²)``.
+
     Args:
         panels: ``{panel title: {curve label: density}}``, curves in trajectory order.
         path: where the PNG goes (written atomically).
@@ -168,35 +209,37 @@ def plot_trajectories(
         raise ValueError("panels is empty, or one has no density: nothing to plot")
     from matplotlib import colormaps
 
+    every = [d for densities in panels.values() for d in densities.values()]
+    lo, hi, sigma = _shared_sigma(every, width)
+    grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, 4096)
     fig = new_figure(len(panels), width=5.5, height=4.0)
-    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True, sharex=True))
     peak = 0.0
     curves = []
     for ax, (panel, densities) in zip(axes, panels.items(), strict=True):
-        lo = min(d.bounds()[0] for d in densities.values())
-        hi = max(d.bounds()[1] for d in densities.values())
-        pad = 0.05 * max(hi - lo, 1e-12)
-        grid = np.linspace(lo - pad, hi + pad, 2048)
         cmap = colormaps["viridis"]
         n = len(densities)
         for i, (label, dens) in enumerate(densities.items()):
             color = cmap(0.9 * i / max(n - 1, 1))
-            _, phi = dens.evaluate(grid, width=width)
+            _, phi = dens.evaluate(grid, sigma=sigma)
             ax.plot(grid, phi, color=color, lw=1.3, label=label)
             peak = max(peak, float(np.nanmax(phi)))
-            curves.append((ax, dens.outliers(), color, i))
+            curves.append((ax, dens.outliers(resolution=sigma), color, i))
         ax.set_yscale("log")
         ax.set_xlabel("eigenvalue λ")
         ax.set_title(panel, fontsize=10)
         ax.legend(fontsize=7, loc="upper right")
+    axes[0].set_xlim(grid[0], grid[-1])
     low = peak * _LOG_RANGE
     for ax, outliers, color, i in curves:
         # a row of ticks per checkpoint just above the bottom of the axis
         ax.plot(outliers, np.full(len(outliers), low * 3.0 ** (i + 1)), "|", color=color, ms=9)
     axes[0].set_ylabel("density φ(λ) (log); ticks: outliers")
     axes[0].set_ylim(low, peak * 3)
-    if title:
-        fig.suptitle(title)
+    fig.suptitle(
+        (f"{title}\n" if title else "") + f"one kernel width σ = {sigma:.3g} for every curve",
+        fontsize=10,
+    )
     return save_figure(fig, path)
 
 
@@ -205,25 +248,46 @@ def draw_eigenfunctions(
     images: Any,
     eigenvalues: Any,
     *,
-    extent: tuple[float, float, float, float] | None = None,
+    extent: Any = None,
     title: str | None = None,
+    exact: Any = None,
 ) -> None:
     """Draw ``k`` images (``points x points x k``) on a square grid of panels of ``fig``,
-    each titled with its eigenvalue (the original's GUI, as a figure)."""
+    each titled with its eigenvalue (and the exact one, if given), with a colour bar
+    centred on 0 and the coordinates on the axes (the original's GUI, as a figure).
+
+    ``extent`` is ``(left, right, bottom, top)`` for every panel, or one such tuple per
+    panel (each image may show its own zoom)."""
     images = np.asarray(images)
     eigenvalues = np.asarray(eigenvalues, dtype=np.float64).reshape(-1)
     k = images.shape[-1]
+    extents = list(extent) if extent is not None and np.ndim(extent[0]) == 1 else [extent] * k
+    exact = None if exact is None else np.asarray(exact, dtype=np.float64).reshape(-1)
     fig.clear()
     n = max(2, int(np.ceil(np.sqrt(k))))
     axes = fig.subplots(n, n)
     for i, ax in enumerate(np.asarray(axes).reshape(-1)):
-        ax.axis("off")
         if i >= k:
+            ax.axis("off")
             continue
         img = images[..., i]
-        ax.imshow(img, cmap="plasma", origin="lower", extent=extent, interpolation="nearest")
+        vmax = float(np.nanmax(np.abs(img))) or 1.0
+        shown = ax.imshow(
+            img,
+            cmap="RdBu_r",
+            vmin=-vmax,
+            vmax=vmax,
+            origin="lower",
+            extent=extents[i],
+            interpolation="nearest",
+        )
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
+        ax.tick_params(labelsize=6)
         value = eigenvalues[i] if i < len(eigenvalues) else float("nan")
-        ax.set_title(f"{i}: λ = {value:.4g}", fontsize=9)
+        label = f"{i}: λ = {value:.4g}"
+        if exact is not None and i < len(exact):
+            label += f" (exact {exact[i]:.4g})"
+        ax.set_title(label, fontsize=8)
     if title:
         fig.suptitle(title)
 
@@ -233,14 +297,15 @@ def plot_eigenfunctions(
     eigenvalues: Any,
     path: str | os.PathLike,
     *,
-    extent: tuple[float, float, float, float] | None = None,
+    extent: Any = None,
     title: str | None = None,
+    exact: Any = None,
 ) -> Path:
     """:func:`draw_eigenfunctions` into a new figure saved (atomically) as a PNG."""
     k = np.asarray(images).shape[-1]
     n = max(2, int(np.ceil(np.sqrt(k))))
-    fig = new_figure(1, width=2.6 * n, height=2.6 * n)
-    draw_eigenfunctions(fig, images, eigenvalues, extent=extent, title=title)
+    fig = new_figure(1, width=3.1 * n, height=2.8 * n)
+    draw_eigenfunctions(fig, images, eigenvalues, extent=extent, title=title, exact=exact)
     return save_figure(fig, path)
 
 
@@ -252,27 +317,35 @@ def draw_eigenvalue_curves(
     ylabel: str = "eigenvalue",
     title: str | None = None,
     ylim: tuple[float, float] | None = None,
+    log: bool = False,
 ) -> None:
     """Draw the eigenvalue estimates along training (``steps x k``), one colour per
-    eigenvalue, with the exact values as dashed lines of the same colour."""
+    eigenvalue, with the exact values as dashed lines of the same colour (labelled
+    in the legend, which sits outside the axes). ``log``: plot ``|eigenvalue|`` on a
+    log axis, which separates eigenvalues of different magnitudes."""
     curves = np.asarray(curves, dtype=np.float64)
     fig.clear()
     ax = fig.subplots()
     steps = np.arange(1, len(curves) + 1)
     k = curves.shape[1] if curves.ndim == 2 else 0
+    shown = np.abs(curves) if log else curves
     for i in range(k):
-        ax.plot(steps, curves[:, i], color=f"C{i % 10}", lw=1.0, label=f"λ{i}")
+        ax.plot(steps, shown[:, i], color=f"C{i % 10}", lw=1.0, label=f"λ{i}")
     if exact is not None:
-        for i, value in enumerate(np.asarray(exact, dtype=np.float64).reshape(-1)):
+        values = np.asarray(exact, dtype=np.float64).reshape(-1)
+        for i, value in enumerate(np.abs(values) if log else values):
             ax.axhline(value, color=f"C{i % 10}", ls="--", lw=0.8)
+        ax.plot([], [], color="0.3", ls="--", lw=0.8, label="exact (dashed)")
     ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(f"|{ylabel}| (log scale)" if log else ylabel)
+    if log:
+        ax.set_yscale("log")
     if len(steps) > 1:
         ax.set_xlim(1, len(steps))
     if ylim is not None:
         ax.set_ylim(*ylim)
     if 0 < k <= 16:
-        ax.legend(fontsize=7, ncol=2, loc="upper right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if title:
         ax.set_title(title)
 
@@ -285,10 +358,11 @@ def plot_eigenvalue_curves(
     ylabel: str = "eigenvalue",
     title: str | None = None,
     ylim: tuple[float, float] | None = None,
+    log: bool = False,
 ) -> Path:
     """:func:`draw_eigenvalue_curves` into a new figure saved (atomically) as a PNG."""
-    fig = new_figure(1, width=6.5, height=4.2)
-    draw_eigenvalue_curves(fig, curves, exact=exact, ylabel=ylabel, title=title, ylim=ylim)
+    fig = new_figure(1, width=7.5, height=4.2)
+    draw_eigenvalue_curves(fig, curves, exact=exact, ylabel=ylabel, title=title, ylim=ylim, log=log)
     return save_figure(fig, path)
 
 
@@ -298,18 +372,24 @@ def plot_pruning_curve(
     path: str | os.PathLike,
     *,
     marks: Mapping[str, tuple[float, float]] | None = None,
+    reference: tuple[str, float] | None = None,
     title: str | None = None,
 ) -> Path:
     """Test accuracy against the percentage of hidden nodes removed, one curve per
-    method, single results as marked points; saved (atomically) as a PNG."""
-    fig = new_figure(1, width=6.0, height=4.0)
+    method, single results as marked points, ``reference`` (label, accuracy) as a
+    dashed line; saved (atomically) as a PNG."""
+    fig = new_figure(1, width=6.5, height=4.2)
     ax = fig.subplots()
+    if reference is not None:
+        ax.axhline(100 * reference[1], color="k", ls="--", lw=1, label=reference[0])
     for i, (label, acc) in enumerate(curves.items()):
         ax.plot(removed, 100 * np.asarray(acc, dtype=float), "o-", color=f"C{i}", label=label)
     for j, (label, (x, acc)) in enumerate((marks or {}).items()):
         ax.plot([x], [100 * acc], "*", ms=14, color=f"C{len(curves) + j}", label=label)
     ax.set_xlabel("hidden nodes removed (%)")
     ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     if title:
         ax.set_title(title)

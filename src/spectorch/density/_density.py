@@ -68,6 +68,7 @@ def eigv_to_density(
     grids = np.asarray(grids, dtype=np.float64).reshape(-1)
     if sigma_squared is None:
         sigma_squared = 1e-5
+    checks.positive("sigma_squared", sigma_squared)
     variance = sigma_squared * max(1.0, lambda_max - lambda_min)
     per_draw = []
     for nodes, weights in zip(eig_vals, all_weights, strict=True):
@@ -215,14 +216,22 @@ class SpectralDensity:
         ev = to_numpy(eigenvalues)
         return float(wasserstein_distance(x, ev.reshape(-1), u_weights=w))
 
-    def outliers(self, *, whisker: float = 3.0, max_count: int = 20) -> np.ndarray:
+    def outliers(
+        self, *, whisker: float = 3.0, max_count: int = 20, resolution: float | None = None
+    ) -> np.ndarray:
         """Eigenvalues standing out of the bulk, the largest first.
 
         An outlier is a Ritz value that lies ``whisker`` interquartile ranges beyond
         the quartiles of the estimated spectrum and that has converged: at least half
         of the other draws reproduce it to ``1e-4`` of the spectral range (a bulk Ritz
         value moves from draw to draw; an isolated eigenvalue does not). With a single
-        draw only the first test applies. At most ``max_count`` are returned.
+        draw only the first test applies. The interquartile range counts as at least
+        the kernel width :meth:`sigma` (the resolution of ``steps`` nodes), so a bulk
+        concentrated at one point (most curvature spectra, at 0) does not make its own
+        neighbours outliers: an outlier is separated from the bulk by more than
+        ``whisker`` resolvable widths (``resolution`` sets that width instead, e.g.
+        the kernel width of a figure that compares several densities). At most
+        ``max_count`` are returned.
         """
         x, w = self.pooled()
         c = np.cumsum(w)
@@ -230,7 +239,8 @@ class SpectralDensity:
         q3 = x[min(np.searchsorted(c, 0.75), len(x) - 1)]
         lo_all, hi_all = self.bounds()
         span = max(hi_all - lo_all, 1e-300)
-        iqr = max(q3 - q1, 1e-9 * span)
+        width = self.sigma() if resolution is None else checks.positive("resolution", resolution)
+        iqr = max(q3 - q1, width, 1e-9 * span)
         lo, hi = q1 - whisker * iqr, q3 + whisker * iqr
         first = self.nodes[0]
         candidates = first[(first > hi) | (first < lo)]
@@ -272,6 +282,7 @@ class SpectralDensity:
         sigma_squared: float = 1e-5,
         num_points: int = 1024,
         grid_len: int = 10000,
+        sigma: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The smoothed density on a grid.
 
@@ -284,6 +295,8 @@ class SpectralDensity:
                 normalised to integrate to one on the grid).
             kappa: the ``"spacing"`` overlap parameter, see :meth:`sigma`.
             sigma_squared: the ``"original"`` variance factor.
+            sigma: a kernel width to use instead of either convention's (one width
+                for densities that are compared, e.g. checkpoints along training).
 
         Returns:
             ``(grid, density)`` as float64 arrays.
@@ -293,6 +306,12 @@ class SpectralDensity:
         """
         if width not in WIDTHS:
             raise ValueError(f"width must be one of {list(WIDTHS)}, got {width!r}")
+        checks.positive("sigma_squared", sigma_squared)
+        if sigma is not None:
+            checks.positive("sigma", sigma)
+            grid = self.grid(num_points) if grid is None else np.asarray(grid, dtype=np.float64)
+            x, w = self.pooled()
+            return grid, gaussian_mixture(grid, x, w, float(sigma) ** 2)
         if width == "original":
             density, grid_out = eigv_to_density(
                 self._padded(np.nan),
