@@ -371,6 +371,10 @@ def test_rim_predict_to_a_missing_directory_and_a_corrupt_run(rim_run, tmp_path)
     (broken / "hparams.json").write_text("{not json")
     r = cli("rim", "predict", "--checkpoint", str(broken))
     one_line_error(r, f"cannot read {broken / 'hparams.json'}")
+    (broken / "hparams.json").unlink()  # a run of spectorch 0.1 kept its task in task.json
+    (broken / "task.json").write_text('{"name": "digits-')
+    r = cli("rim", "predict", "--checkpoint", str(broken))
+    one_line_error(r, f"cannot read {broken / 'task.json'}")
 
 
 @pytest.mark.parametrize(

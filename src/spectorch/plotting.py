@@ -150,6 +150,8 @@ def plot_densities(
     hundred times narrower than the Hessian would be a spike on the Hessian's axis)."""
     if not densities:
         raise ValueError("densities is empty: nothing to plot")
+    from matplotlib.ticker import MaxNLocator
+
     # one panel per group of spectra whose ranges agree within a factor 10
     groups: list[dict[str, SpectralDensity]] = []
     for label, dens in densities.items():
@@ -175,6 +177,8 @@ def plot_densities(
             peak = max(peak, float(phi.max()))
         ax.set_yscale("log")
         ax.set_xlim(grid[0], grid[-1])
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
         ax.set_xlabel("eigenvalue λ")
         ax.set_ylim(peak * _LOG_RANGE, peak * 3)
         ax.legend(fontsize=8, title=f"σ = {sigma:.2g}", title_fontsize=7)
