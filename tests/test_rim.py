@@ -294,7 +294,7 @@ def test_an_interrupted_fit_resumes_to_the_same_weights(tmp_path):
     again = _rim(problem)
     result = again.fit(
         train,
-        epochs=3,
+        epochs=2,  # as torch-rim: two more, three in all
         batch_size=16,
         validation=val,
         checkpoints_directory=tmp_path / "b",

@@ -138,7 +138,7 @@ def test_masked_gradient_is_each_columns_own_rayleigh_quotient_gradient():
     net = spin.SpectralNetwork(
         spin.DiagonalOperator(lambda z: z[:, 0] ** 2 + 0.5 * z[:, 1]),
         lambda z: z @ w_mat,
-        x,
+        [x],  # one fixed batch, said explicitly
         [w_mat],
         decay=0.0,
     )
@@ -170,7 +170,7 @@ def test_moving_average_path_equals_the_plain_gradient_without_memory():
     ) + spin.DiagonalOperator(lambda z: z[:, 0])
     grads = []
     for decay in (0.0, 1.0 - 1e-13):  # the second goes through the averaged Jacobian
-        sn = spin.SpectralNetwork(op, net, x, decay=decay)
+        sn = spin.SpectralNetwork(op, net, [x], decay=decay)
         net.zero_grad()
         loss, _, extras = sn.compute_loss(x)
         loss.backward()
@@ -238,7 +238,7 @@ def test_rank_deficient_features_get_jitter_with_a_warning():
     net = spin.SpectralNetwork(
         spin.DiagonalOperator(lambda z: z[:, 0]),
         lambda z: torch.cat([lin(z), lin(z)[:, :1]], 1),
-        x,
+        [x],
         list(lin.parameters()),
         decay=0.0,
     )
@@ -254,16 +254,16 @@ def test_bad_arguments_are_named():
     lin = torch.nn.Linear(2, 2)
     op = spin.DiagonalOperator(lambda z: z[:, 0])
     with pytest.raises(ValueError, match="objective"):
-        spin.SpectralNetwork(op, lin, x, objective="spinn")
+        spin.SpectralNetwork(op, lin, [x], objective="spinn")
     with pytest.raises(ValueError, match="which"):
-        spin.SpectralNetwork(op, lin, x, which="top")
+        spin.SpectralNetwork(op, lin, [x], which="top")
     with pytest.raises(ValueError, match="decay"):
-        spin.SpectralNetwork(op, lin, x, decay=1.5)
+        spin.SpectralNetwork(op, lin, [x], decay=1.5)
     with pytest.raises(TypeError, match="operator"):
-        spin.SpectralNetwork(lambda z: z, lin, x)
+        spin.SpectralNetwork(lambda z: z, lin, [x])
     with pytest.raises(ValueError, match="params"):
-        spin.SpectralNetwork(op, lambda z: z, x)
-    net = spin.SpectralNetwork(op, lin, x)
+        spin.SpectralNetwork(op, lambda z: z, [x])
+    net = spin.SpectralNetwork(op, lin, [x])
     optim = torch.optim.SGD(lin.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="missing key"):
         net.train(optim, 2, {"saver_path": "/tmp"}, progress=False)
@@ -298,7 +298,7 @@ def test_interrupted_training_resumes_exactly(tmp_path, objective):
     net3, model3, optim3 = _hydrogen_net(
         tmp_seed=99, objective=objective
     )  # other init: must be overwritten
-    resumed = net3.train(optim3, 20, _logging(tmp_path / "b", 10), progress=False)
+    resumed = net3.train(optim3, 20, _logging(tmp_path / "b", 10), progress=False, resume=True)
     for a, b in zip(model.parameters(), model3.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     np.testing.assert_array_equal(full["eigenvalues"], resumed["eigenvalues"])
@@ -306,7 +306,7 @@ def test_interrupted_training_resumes_exactly(tmp_path, objective):
     # another configuration is refused
     net4, _, optim4 = _hydrogen_net(objective=objective, decay=0.5)
     with pytest.raises(ValueError, match="other settings"):
-        net4.train(optim4, 20, _logging(tmp_path / "b", 10), progress=False)
+        net4.train(optim4, 20, _logging(tmp_path / "b", 10), progress=False, resume=True)
 
 
 def test_nan_loss_stops_with_the_last_checkpoint_intact(tmp_path):
@@ -325,7 +325,7 @@ def test_nan_loss_stops_with_the_last_checkpoint_intact(tmp_path):
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     poisoned["on"] = True
     with pytest.raises(FloatingPointError, match="step 5"):
-        net.train(optim, 10, _logging(tmp_path, 5), progress=False)
+        net.train(optim, 10, _logging(tmp_path, 5), progress=False, resume=True)
     state = torch.load(tmp_path / "run.pt", weights_only=True)
     assert state["step"] == 5
     for v, w in zip(state["state"]["network"]["params"], saved.values(), strict=True):

@@ -328,6 +328,8 @@ def run(
         progress=progress,
         time_budget=time_budget,
         run=run_dir,
+        resume=True,  # rerunning the command continues the run in out
+        plot=True,  # the figures are written to files with or without a window
     )
     seconds = time.monotonic() - t0
     steps = net.step_count

@@ -629,6 +629,8 @@ def run(
         if cfg.cosine
         else None,
         run=run_dir,
+        resume=True,  # rerunning the command continues the run in out
+        plot=True,  # the figures are written to files with or without a window
     )
     seconds = time.monotonic() - t0
     check = evaluate_hydrogen(

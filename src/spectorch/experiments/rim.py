@@ -220,7 +220,7 @@ def run(
     t0 = time.perf_counter()
     result = rim.fit(
         train,
-        epochs=cfg.epochs,
+        total_epochs=cfg.epochs,  # a rerun of the command finishes the run
         learning_rate=cfg.learning_rate,
         batch_size=cfg.batch_size,
         checkpoints_directory=out,

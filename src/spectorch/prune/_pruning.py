@@ -4,10 +4,13 @@ A hidden node sits between a *producer* (a :class:`~spectorch.nn.Spectral` or
 ``nn.Linear`` whose output it is) and a *consumer* (the next ``Spectral`` or ``Linear``),
 with only element-wise modules in between (activations, dropout). It has up to two
 eigenvalues: the producer's ``diag_end`` and the consumer's ``diag_start``. One global
-cut-off, the ``percentile`` of ``|diag_end|`` over the prunable Spectral layers (as
-spectraltools' ``eigenvalue_cutoff``), decides: a node survives when every *trained*
-eigenvalue it has is at least the cut-off (``and`` of the end and start conditions,
-the original's default; an eigenvalue that is not trained imposes nothing). Removing
+cut-off decides, the ``percentile`` of the pool of spectraltools 0.4.1's
+``eigenvalue_cutoff``: ``|diag_end|`` of every Spectral layer (with a trainable
+``diag_end``) that feeds another layer, and that layer's ``|diag_start|`` too when its
+``diag_start`` is trainable. A node survives when every *trained* eigenvalue it has is
+at least the cut-off (``and`` of the end and start conditions, the original's default;
+an eigenvalue that is not trained imposes nothing, nor, as in spectraltools, a
+``diag_start`` that is still all zero). Removing
 a node removes the producer's output column (and bias entry) and the consumer's input
 row, so the returned model is smaller and faster. The input model is not modified.
 """
@@ -237,7 +240,9 @@ def _conditions(producer: nn.Module, consumer: nn.Module, cutoff: float) -> np.n
     if isinstance(producer, Spectral) and producer.is_diag_end_trainable:
         keep &= producer.diag_end.detach().abs().cpu().numpy() >= cutoff
     if isinstance(consumer, Spectral) and consumer.is_diag_start_trainable:
-        keep &= consumer.diag_start.detach().abs().cpu().numpy() >= cutoff
+        start = consumer.diag_start.detach().abs().cpu().numpy()
+        if start.any():  # spectraltools keeps every node while diag_start is all zero
+            keep &= start >= cutoff
     return keep
 
 
@@ -293,11 +298,16 @@ def spectral_pruning(
     boundaries, skipped = prunable_boundaries(model)
     new = copy.deepcopy(model)
     modules = {name: new.get_submodule(name) for pair in boundaries for name in pair}
-    eigen = [
-        modules[p].diag_end.detach().abs().cpu().numpy()
-        for p, _ in boundaries
-        if isinstance(modules[p], Spectral) and modules[p].is_diag_end_trainable
-    ]
+    # spectraltools' pool (eigenvalue_cutoff with return_diag): each Spectral layer
+    # with a trainable diag_end that feeds another layer gives |diag_end| and, when
+    # its diag_start is trainable too, |diag_start|
+    eigen = []
+    for p, _ in boundaries:
+        m = modules[p]
+        if isinstance(m, Spectral) and m.is_diag_end_trainable:
+            if m.is_diag_start_trainable:
+                eigen.append(m.diag_start.detach().abs().cpu().numpy().reshape(-1))
+            eigen.append(m.diag_end.detach().abs().cpu().numpy().reshape(-1))
     if not eigen:
         raise ValueError(
             "model: no prunable Spectral layer (a Spectral layer with trainable diag_end "

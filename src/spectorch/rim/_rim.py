@@ -152,6 +152,11 @@ class RIM(nn.Module):
             needs no second derivatives of the likelihood.
         epsilon, beta_1, beta_2: constants of the adam/rmsprop preprocessing.
         channels: channels of x; default ``model.channels``.
+        loss_reduction: ``"mean"``: the loss averages each step's squared error over
+            the batch, the channels and the pixels, with weights summing to one;
+            ``"sum"``: torch-rim's loss, summed over steps, channels and pixels and
+            averaged over the batch (``T · C · ∏D`` times the mean; torch-rim's
+            learning rates transfer with it).
     """
 
     def __init__(
@@ -174,6 +179,7 @@ class RIM(nn.Module):
         beta_1: float = 0.9,
         beta_2: float = 0.999,
         channels: int | None = None,
+        loss_reduction: str = "mean",
     ):
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -229,6 +235,8 @@ class RIM(nn.Module):
             raise ValueError(f"beta_1 and beta_2 must lie in [0, 1), got {beta_1}, {beta_2}")
         if not epsilon > 0:
             raise ValueError(f"epsilon must be positive, got {epsilon!r}")
+        checks.choice("loss_reduction", loss_reduction, ("mean", "sum"))
+        self.loss_reduction = loss_reduction
         n_out = steps + (initialization == "model")
         if time_weights is None:
             weights = torch.full((n_out,), 1.0 / n_out, dtype=torch.float64)
@@ -386,7 +394,8 @@ class RIM(nn.Module):
         return self.link_function(self(y, *args)[-1])
 
     def loss(self, y: torch.Tensor, x_true: torch.Tensor, *args: Any) -> torch.Tensor:
-        """``Σ_t w_t mean((x_t - inverse_link(x_true))²)``: the training loss."""
+        """``Σ_t w_t mean((x_t - inverse_link(x_true))²)``: the training loss; with
+        ``loss_reduction="sum"``, torch-rim's ``Σ_t T w_t Σ_{c,pixels} (...)² / B``."""
         traj = self(y, *args)
         target = self.inverse_link_function(x_true.to(traj[0].device, traj[0].dtype))
         if target.shape != traj[0].shape:
@@ -395,7 +404,10 @@ class RIM(nn.Module):
                 f"got {tuple(x_true.shape)}"
             )
         w = self.time_weights.to(traj[0].dtype)
-        return sum(w[t] * (xt - target).square().mean() for t, xt in enumerate(traj))
+        loss = sum(w[t] * (xt - target).square().mean() for t, xt in enumerate(traj))
+        if self.loss_reduction == "sum":  # times T · C · ∏D: per example, summed
+            loss = loss * (len(traj) * target[0].numel())
+        return loss
 
     # ----------------------------------------------------------------- saving
     def hyperparameters(self) -> dict[str, Any]:
@@ -421,6 +433,7 @@ class RIM(nn.Module):
             "initialization": self.initialization,
             "score_preprocessing": self.score_preprocessing,
             "time_weights": self._time_weights_given,
+            "loss_reduction": self.loss_reduction,
             "per_example": self.per_example,
             "score_graph": self.score_graph,
             "epsilon": self.epsilon,
@@ -520,6 +533,7 @@ class RIM(nn.Module):
             ),
             score_preprocessing=hp["score_preprocessing"],
             time_weights=hp["time_weights"],
+            loss_reduction=hp.get("loss_reduction", "mean"),
             per_example=hp["per_example"],
             score_graph=hp["score_graph"],
             epsilon=hp["epsilon"],
@@ -565,6 +579,7 @@ class RIM(nn.Module):
         progress: bool = True,
         desc: str = "rim",
         extra_settings: dict[str, Any] | None = None,
+        total_epochs: int | None = None,
     ) -> FitResult:
         """Train on ``dataset``, whose items are ``(y, x_true, *args)``.
 
@@ -581,12 +596,20 @@ class RIM(nn.Module):
         training hyper-parameter, so :meth:`from_checkpoint` rebuilds the RIM),
         ``last.pt`` (everything to resume; written every epoch) and ``best.pt`` (the
         weights with the lowest validation loss, or training loss without validation)
-        are written atomically, and calling :meth:`fit` again resumes. A directory
-        holding a different RIM or training set-up is refused.
+        are written atomically, and calling :meth:`fit` again resumes: as torch-rim,
+        each call trains ``epochs`` more (``total_epochs`` instead trains until the run
+        has that many in all, what a rerun of an interrupted command wants). The
+        learning rate and ``ema_decay`` may change between calls; a directory holding
+        a different RIM or training set-up is refused.
+
+        The loss is :meth:`loss`: with the default ``loss_reduction="mean"`` it is
+        torch-rim's divided by ``T · C · ∏D`` (steps, channels, pixels), so torch-rim's
+        learning rates are too small here by that factor; build the RIM with
+        ``loss_reduction="sum"`` to train on torch-rim's loss.
 
         Args:
             dataset: the training items.
-            epochs: total epochs (a resumed run trains the missing ones).
+            epochs: epochs to train in this call (after those of a resumed run).
             learning_rate: Adam's learning rate.
             batch_size: items per batch.
             checkpoints_directory: where to write (see above).
@@ -601,12 +624,17 @@ class RIM(nn.Module):
             progress: show a progress bar.
             extra_settings: more JSON-friendly settings recorded in ``hparams.json``
                 and compared on resume (e.g. the task the data comes from).
+            total_epochs: train until the run has this many epochs (``epochs`` is then
+                ignored); a finished run trains none.
 
         Returns:
             :class:`spectorch.train.FitResult` (losses, validation losses, best epoch).
         """
         checks.positive_int("batch_size", batch_size)
         checks.positive("learning_rate", learning_rate)
+        checks.positive_int("epochs", epochs)
+        if total_epochs is not None:
+            checks.positive_int("total_epochs", total_epochs)
         train_items = _CheckedItems(dataset, self, "dataset")
         train_items.check_through(0)
         data = _EpochLoader(train_items, batch_size, shuffle=shuffle, seed=seed)
@@ -640,9 +668,14 @@ class RIM(nn.Module):
                 kind="fit",
                 settings_file="hparams.json",
                 checkpoint="last.pt",
-                ignore=("fit.epochs", "fit.learning_rate"),
+                ignore=("fit.epochs", "fit.learning_rate", "fit.ema_decay"),
             )
             best = directory / "best.pt"
+        done = 0
+        if run is not None and total_epochs is None:
+            saved = run.load_checkpoint()  # refuses another run's checkpoint, by name
+            done = 0 if saved is None else int(saved["step"])
+        until = total_epochs if total_epochs is not None else done + epochs
 
         def compute(rim: nn.Module, batch: tuple) -> torch.Tensor:
             return rim.loss(*batch)
@@ -652,7 +685,7 @@ class RIM(nn.Module):
             None,
             data,
             compute_loss=compute,
-            epochs=epochs,
+            epochs=until,
             lr=learning_rate,
             optimizer=optimizer,
             scheduler=scheduler,

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -78,7 +79,7 @@ class SpectralNetwork:
         data: Any,
         params: Sequence[Tensor] | None = None,
         *,
-        decay: float = 0.01,
+        decay: float = 0.0,
         objective: str = "spin",
         which: str = "smallest",
         nesting: str = "joint",
@@ -111,6 +112,15 @@ class SpectralNetwork:
                 raise ValueError(f"params[{i}]: does not require grad")
         if data is None:
             raise ValueError("data: expected a tensor, a callable or an iterable of batches")
+        if isinstance(data, Tensor):
+            warnings.warn(
+                "data is a tensor, so every step trains on this same batch (the original's "
+                "tf.random.normal drew a new batch each step); pass a function that returns "
+                "a batch, e.g. lambda: torch.randn(...), for a fresh one each step, or [data] "
+                "to keep the fixed batch without this warning",
+                UserWarning,
+                stacklevel=2,
+            )
         self.operator = operator
         self.network = network
         self.data = data
@@ -371,6 +381,8 @@ class SpectralNetwork:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
+        """What defines a run: compared before a checkpoint is resumed, so a run of
+        another operator, network or data source is never picked up."""
         return {
             "objective": self.objective,
             "which": self.which,
@@ -378,6 +390,9 @@ class SpectralNetwork:
             "nesting": self.nesting,
             "shift": self.shift,
             "params": [list(p.shape) for p in self.params],
+            "operator": repr(self.operator),
+            "network": _describe(self.network),
+            "data": _describe(self.data),
         }
 
     def state_dict(self, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
@@ -395,6 +410,10 @@ class SpectralNetwork:
             if self.sigma_jac_avg is None
             else [a.cpu() for a in self.sigma_jac_avg],
             "chol": None if self.chol is None else self.chol.cpu(),
+            "eigenvalues": None
+            if self.eigenvalues is None
+            else torch.as_tensor(np.asarray(self.eigenvalues, dtype=np.float64)),
+            "loss": self.loss,
         }
         if isinstance(self.network, nn.Module):
             state["buffers"] = {k: v.cpu() for k, v in self.network.named_buffers()}
@@ -406,7 +425,10 @@ class SpectralNetwork:
         self, state: Mapping[str, Any], optimizer: torch.optim.Optimizer | None = None
     ) -> None:
         """Restore :meth:`state_dict`; refuses the state of another configuration."""
-        diffs = settings_differences(state.get("config", {}), self._config())
+        saved = state.get("config", {})
+        # compared on what the saved state recorded (spectorch 0.1 did not record the
+        # operator, network and data)
+        diffs = settings_differences(saved, self._config(), only=list(saved))
         if diffs:
             raise SettingsMismatch(
                 f"the saved state is of a network with other settings ({'; '.join(diffs)}); "
@@ -428,6 +450,10 @@ class SpectralNetwork:
             None if jac is None else [a.to(p.device) for a, p in zip(jac, self.params, strict=True)]
         )
         self.chol = None if state["chol"] is None else state["chol"].to(dev)
+        if state.get("eigenvalues") is not None:  # a resumed, finished run reports them
+            self.eigenvalues = state["eigenvalues"].numpy()
+        if state.get("loss") is not None:
+            self.loss = float(state["loss"])
         if optimizer is not None and "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
 
@@ -443,10 +469,11 @@ class SpectralNetwork:
         data_for_plotting: Tensor | None = None,
         *,
         progress: bool = True,
-        resume: bool = True,
+        resume: bool = False,
         time_budget: float | None = None,
         lr_schedule: Callable[[int], float] | None = None,
         run: RunDirectory | None = None,
+        plot: bool | None = None,
     ) -> dict[str, np.ndarray]:
         """The original's training loop, resumable; it runs on
         :class:`spectorch.train.Loop`.
@@ -465,11 +492,20 @@ class SpectralNetwork:
                 :func:`~spectorch.spin.util.update_default_stats`.
             plotting_hooks: ``{"create": f() -> plots, "update": f(t, outputs, inputs,
                 *plots, **stats)}``, called every ``log_image_every`` steps with the
-                eigenfunctions on ``data_for_plotting``.
-            show_plots: also refresh a live matplotlib window when one can be opened.
-            data_for_plotting: the inputs the plotting hooks see.
+                eigenfunctions on ``data_for_plotting``, when ``show_plots`` (as the
+                original) or ``plot``.
+            show_plots: run the plotting hooks and refresh a live matplotlib window when
+                one can be opened (the original's GUI).
+            data_for_plotting: the inputs the plotting hooks see: a tensor, an array, or
+                a function returning one (called each time, like the original's op).
             progress: show a progress bar with the current eigenvalues.
-            resume: continue from ``saver_path/saver_name.pt`` when it exists.
+            resume: continue from ``saver_path/saver_name.pt`` (or ``run``) when it
+                holds a run of this network's settings (objective, decay, operator,
+                network, data, parameter shapes; anything else is refused), doing the
+                rest of ``iterations`` steps. The default, as the original, is a fresh
+                run that writes over the checkpoint.
+            plot: run the plotting hooks without a window (to write figures to files);
+                default: ``show_plots``.
             time_budget: stop (with a checkpoint) after this many seconds.
             lr_schedule: ``step -> factor``: each step runs with the optimizer's initial
                 learning rate times ``lr_schedule(step)`` (torch's ``LambdaLR``; a
@@ -518,16 +554,24 @@ class SpectralNetwork:
             log.info(cfg["config"])
         stats = _Stats(self, hooks, iterations)
         callbacks: list[Any] = [stats]
-        if plotting_hooks is not None and data_for_plotting is not None:
+        plot = bool(show_plots) if plot is None else bool(plot)
+        if show_plots and plotting_hooks is None:
+            raise ValueError("plotting_hooks: required when show_plots=True (the original's rule)")
+        if plot and plotting_hooks is not None and data_for_plotting is not None:
             live = bool(show_plots) and can_show()
             plots = plotting_hooks["create"]()
             plots = plots if isinstance(plots, tuple) else (plots,)
 
+            def plotting_inputs() -> Tensor:
+                x = data_for_plotting() if callable(data_for_plotting) else data_for_plotting
+                return torch.as_tensor(x)
+
             def draw(loop: Loop) -> None:
                 if loop.step == 0:
                     return
-                outputs = self.eigenfunctions(data_for_plotting).cpu().numpy()
-                inputs = data_for_plotting.detach().cpu().numpy()
+                x = plotting_inputs()
+                outputs = self.eigenfunctions(x).cpu().numpy()
+                inputs = x.detach().cpu().numpy()
                 plotting_hooks["update"](loop.step - 1, outputs, inputs, *plots, **stats.arrays)
                 if live:
                     import matplotlib.pyplot as plt
@@ -626,6 +670,17 @@ class _Stats:
                 saved = value.numpy()
                 n = min(len(saved), len(arrays[key]))
                 arrays[key][:n] = saved[:n]
+
+
+def _describe(obj: Any) -> str:
+    """A description that is the same in every process: a module's architecture, a
+    tensor's shape and dtype, a function's or an object's qualified name."""
+    if isinstance(obj, nn.Module):
+        return repr(obj)
+    if isinstance(obj, Tensor):
+        return f"tensor{tuple(obj.shape)} {str(obj.dtype).removeprefix('torch.')}"
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{getattr(obj, '__module__', None) or type(obj).__module__}.{name}"
 
 
 def _check_logging_config(cfg: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -337,7 +337,8 @@ class KernelOperator(LinearOperator):
         return batch.cov(u1, kmat @ u2 / h, w1)
 
     def __repr__(self) -> str:
-        return f"KernelOperator(pairs={self.pairs!r})"
+        name = getattr(self.kernel, "__qualname__", type(self.kernel).__qualname__)
+        return f"KernelOperator({name}, pairs={self.pairs!r})"
 
 
 class SlownessOperator(LinearOperator):

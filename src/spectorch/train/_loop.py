@@ -387,6 +387,17 @@ class Loop:
                     warnings.simplefilter("ignore", UserWarning)
                     obj.step()
                 continue
+            if (name not in states or states[name] is None) and isinstance(
+                obj, torch.optim.swa_utils.AveragedModel
+            ):
+                # a moving average switched on at this resume: it starts from the
+                # resumed weights at its first update
+                log.info(
+                    "%s: no moving average saved; it starts from step %d",
+                    self.desc,
+                    int(saved["step"]),
+                )
+                continue
             if name not in states or states[name] is None:
                 raise ValueError(
                     f"checkpoint {self.checkpoint} has no state for {name!r}: it was written "
