@@ -178,3 +178,71 @@ def test_pruning_pools_diag_start_with_diag_end_when_both_are_trained():
         ]
     )
     assert report.cutoff == pytest.approx(float(np.percentile(pool, 40)))
+
+
+# ----------------------------------------------------------------------------- names
+def test_torch_rims_names_are_accepted(tmp_path):
+    from spectorch.rim import Hourglass
+
+    problem, data = _rim_problem()
+    rim = RIM(
+        (4, 4),
+        ConvRNN(1, 2, features=4, hidden=4).double(),
+        score_fn=problem.score,
+        T=3,
+        initialization_method="zeros",
+        score_preprocessing_method="Identity",
+        device="cpu",
+        checkpoints_directory=tmp_path,
+    )
+    assert rim.steps == 3 and rim.score_preprocessing == "identity"
+    with pytest.warns(UserWarning, match="models_to_keep/checkpoints are not needed"):
+        rim.fit(data, epochs=1, batch_size=8, models_to_keep=3, checkpoints=10, progress=False)
+    assert (tmp_path / "last.pt").exists()  # torch-rim's constructor directory is fit's default
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['TT'\]"):
+        RIM((4, 4), ConvRNN(1, 2, features=4, hidden=4), score_fn=problem.score, TT=3)
+    hourglass = Hourglass(1, 2, nf=8, ch_mult=(2, 2), hidden_units=16)
+    assert hourglass.config["features"] == 8 and hourglass.config["levels"] == 2
+    assert hourglass.config["hidden"] == 16 and hourglass.config["multiplier"] == 2
+    with pytest.raises(ValueError, match="ch_mult must repeat one multiplier"):
+        Hourglass(1, 2, ch_mult=(1, 2))
+
+
+def test_an_energy_that_ignores_x_has_a_zero_score_as_in_torch_rim():
+    rim = RIM(
+        (4, 4),
+        ConvRNN(1, 2, features=4, hidden=4),
+        steps=2,
+        energy_fn=lambda x, y: torch.ones(x.shape[0]),
+    )
+    assert torch.equal(rim.predict(torch.randn(3, 20)), torch.zeros(3, 1, 4, 4))
+
+
+def test_spins_names_are_accepted(tmp_path):
+    net, _, opt = _net()
+    spin.SpectralNetwork(net.operator, net.network, net.data, use_pfor=False, per_example=True)
+    net.train(opt, 2, _logging(tmp_path), progress=False, global_step=object())
+    assert net.step_count == 2
+
+
+def test_spectraltools_names_are_accepted():
+    from spectorch.data import load_digits
+    from spectorch.prune import spectral_distiller
+
+    layer = Spectral(6, units=4, activation="relu", use_bias=True, diag_regularizer=None)
+    assert layer.out_features == 4 and layer.return_diag().shape == (4,)
+    layer.is_diag_start_trainable = True
+    assert layer.return_diag().shape == (10,)  # [diag_start, diag_end], as spectraltools
+    with pytest.raises(TypeError, match="diag_regularizer='l2' has no per-layer equivalent"):
+        Spectral(6, units=4, diag_regularizer="l2")
+    with pytest.raises(TypeError, match=r"Spectral\(784, units=100\)"):
+        Spectral(6)
+    x, y = load_digits(split="train")
+    model = torch.nn.Sequential(Spectral(64, units=32, activation="relu"), torch.nn.Linear(32, 10))
+    tr_dict = dict(x=x.numpy(), y=y.numpy(), batch_size=300, epochs=2, verbose=0)
+    minimal = spectral_distiller(model, fit_dictionary=tr_dict, percentile=50)
+    assert minimal[0].out_features == 16
+    with pytest.raises(ValueError, match=r"\['validation_split'\] have no equivalent"):
+        spectral_distiller(
+            model, fit_dictionary={**tr_dict, "validation_split": 0.2}, percentile=50
+        )

@@ -184,7 +184,11 @@ def test_pruning_refuses_and_skips_clearly():
     from spectorch.prune import spectral_pruning
 
     with pytest.raises(ValueError, match="percentile"):
-        spectral_pruning(_model(), 120)
+        spectral_pruning(_model(), float("nan"))
+    model = _model()  # spectraltools clips a percentile beyond 100; so do we, with a warning
+    with pytest.warns(UserWarning, match="percentile 120 clipped to"):
+        clipped = spectral_pruning(model, 120)
+    assert clipped[0].out_features == spectral_pruning(model, 100)[0].out_features
     with pytest.raises(TypeError, match=r"torch\.fx cannot trace"):
         spectral_pruning(_Untraceable(), 10)
     with pytest.raises(ValueError, match="no prunable Spectral"):
@@ -238,9 +242,9 @@ def test_eigenvalue_only_training_leaves_the_bases_and_pretrain_stays_within_tol
     ref_acc, acc = evaluate(reference)["acc"], evaluate(pruned)["acc"]
     assert abs(acc - ref_acc) <= 0.05 * ref_acc
     with pytest.raises(ValueError, match="percentile"):
-        spectral_distiller(model, lambda m: pytest.fail("trained before the check"), 150)
+        spectral_distiller(model, lambda m: pytest.fail("trained before the check"), float("nan"))
     with pytest.raises(TypeError, match="evaluate"):
-        spectral_pretrain(model, spec_fit, None, max_delta=5.0)
+        spectral_pretrain(model, spec_fit, 3, max_delta=5.0)
     distilled = spectral_distiller(model, spec_fit, 50, fine_tune=make_fit(train, epochs=2))
     assert distilled[0].out_features < 128 and distilled[0].is_base_trainable
     assert evaluate(distilled)["acc"] > 0.8

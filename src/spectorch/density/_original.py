@@ -7,6 +7,7 @@ same numbers, with full reorthogonalisation in float64 and a clean breakdown.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,19 +37,43 @@ class _FunctionOperator:
         return w
 
 
+def _seed_of(key: Any) -> int | torch.Generator:
+    """An int or a ``torch.Generator`` from what the original's ``rng_key`` might be
+    here: an int, a generator, or a JAX key's raw data (two unsigned 32-bit words, as
+    ``jax.random.PRNGKey(s)`` holds ``[0, s]``)."""
+    if isinstance(key, torch.Generator):
+        return key
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return int(key)
+    words = np.asarray(key)
+    if words.shape == (2,) and np.issubdtype(words.dtype, np.integer):
+        return (int(words[0]) << 32) | int(words[1])
+    raise TypeError(
+        "rng_key must be an int, a torch.Generator or a JAX key's data (two unsigned "
+        f"ints), got {type(key).__name__}"
+    )
+
+
 def lanczos_alg(
     matrix_vector_product: Callable[[torch.Tensor], Any],
     dim: int,
     order: int,
     seed: int | torch.Generator | None = None,
+    *,
+    rng_key: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The original's ``lanczos_alg``: ``order`` Lanczos steps from a Gaussian start.
 
     Args:
         matrix_vector_product: ``v ↦ A v`` on float64 tensors of shape ``(dim,)``.
         dim: the dimension of ``A``.
-        order: the number of Lanczos steps.
-        seed: an int or a ``torch.Generator`` (the original took a JAX ``rng_key``).
+        order: the number of Lanczos steps. More than ``dim`` (the original's own test
+            asks for 72 steps of a 27-dimensional Hessian) runs ``dim`` steps, with a
+            warning: the Krylov space is the whole space after ``dim`` steps, and the
+            original's further steps divided by ``β ≈ 0``.
+        seed: an int or a ``torch.Generator``.
+        rng_key: the original's name for ``seed`` (it took a JAX key; an int, a
+            generator or a JAX key's two words are accepted).
 
     Returns:
         ``(tridiag, vecs)``: the ``(order, order)`` tridiagonal and the
@@ -57,6 +82,22 @@ def lanczos_alg(
         ``(m, m)`` and ``(m, dim)``: the original divided by ``β ≈ 0`` there.
     """
     checks.positive_int("dim", dim)
+    checks.positive_int("order", order)
+    if rng_key is not None:
+        if seed is not None:
+            raise TypeError("lanczos_alg: give seed or rng_key (the original's name), not both")
+        seed = _seed_of(rng_key)
+    elif seed is not None:
+        seed = _seed_of(seed)
+    if order > dim:
+        warnings.warn(
+            f"lanczos_alg: order {order} exceeds the dimension {dim}; running {dim} steps "
+            "(the Krylov space is then the whole space: the tridiagonal's eigenvalues are "
+            "the matrix's)",
+            UserWarning,
+            stacklevel=2,
+        )
+        order = int(dim)
     generator = seed if isinstance(seed, torch.Generator) else None
     res = lanczos(
         _FunctionOperator(matrix_vector_product, int(dim)),

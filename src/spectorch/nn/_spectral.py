@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -70,6 +71,31 @@ def _init(tensor: Tensor, how: str | Callable[[Tensor], Any], name: str) -> None
             )
 
 
+#: spectraltools' Keras keywords without a per-layer PyTorch equivalent
+_KERAS_ONLY = {
+    "base_regularizer": "add the penalty to the loss, or use the optimizer's weight_decay",
+    "diag_regularizer": "add the penalty to the loss, or use the optimizer's weight_decay",
+    "bias_regularizer": "add the penalty to the loss, or use the optimizer's weight_decay",
+    "activity_regularizer": "add a penalty on the layer's output to the loss",
+    "base_constraint": "apply it after each optimizer step, or use torch.nn.utils.parametrize",
+    "diag_constraint": "apply it after each optimizer step, or use torch.nn.utils.parametrize",
+    "bias_constraint": "apply it after each optimizer step, or use torch.nn.utils.parametrize",
+}
+
+
+def _keras_keywords(extra: dict[str, Any]) -> None:
+    """Accept spectraltools' regularizer/constraint keywords left at ``None``; refuse
+    anything else with the PyTorch way to get it."""
+    for key, value in extra.items():
+        if key not in _KERAS_ONLY:
+            raise TypeError(f"Spectral got an unexpected keyword argument {key!r}")
+        if value is not None:
+            raise TypeError(
+                f"Spectral: {key}={value!r} has no per-layer equivalent in PyTorch; "
+                f"{_KERAS_ONLY[key]}"
+            )
+
+
 class Spectral(nn.Module):
     """A dense layer trained through its eigenvalues (and/or eigenvectors).
 
@@ -87,6 +113,10 @@ class Spectral(nn.Module):
         diag_end_initializer: default ``"ones"``.
         bias_initializer: default ``"zeros"``.
 
+    spectraltools' keywords are accepted too: ``units`` (``out_features``), and its
+    regularizer and constraint keywords when ``None`` (Keras' default; PyTorch layers
+    have no per-layer penalties or constraints, see :func:`_keras_keywords`).
+
     The trainable flags are properties: setting ``layer.is_base_trainable = False``
     freezes the bases at once, no rebuild needed (the Keras original must rebuild and
     recompile the model). :meth:`to_linear` gives the equivalent ``nn.Linear``.
@@ -95,7 +125,7 @@ class Spectral(nn.Module):
     def __init__(
         self,
         in_features: int,
-        out_features: int,
+        out_features: int | None = None,
         activation: str | Callable[[Tensor], Tensor] | None = None,
         is_base_trainable: bool = True,
         is_diag_start_trainable: bool = False,
@@ -108,8 +138,21 @@ class Spectral(nn.Module):
         bias_initializer: str | Callable[[Tensor], Any] = "zeros",
         device: Any = None,
         dtype: torch.dtype | None = None,
+        units: int | None = None,
+        **keras: Any,
     ) -> None:
         super().__init__()
+        if units is not None:  # spectraltools' (Keras') name of out_features
+            if out_features is not None and out_features != units:
+                raise TypeError(f"give out_features or units, not both ({out_features}, {units})")
+            out_features = units
+        if out_features is None:
+            raise TypeError(
+                "Spectral needs in_features and out_features (or units, spectraltools' "
+                "name): a Keras layer inferred its input size at the first call, a PyTorch "
+                "layer declares it, e.g. Spectral(784, units=100)"
+            )
+        _keras_keywords(keras)
         checks.positive_int("in_features", in_features)
         checks.positive_int("out_features", out_features)
         self.in_features, self.out_features = in_features, out_features
@@ -127,6 +170,17 @@ class Spectral(nn.Module):
         self.is_base_trainable = is_base_trainable
         self.is_diag_start_trainable = is_diag_start_trainable
         self.is_diag_end_trainable = is_diag_end_trainable
+
+    def return_diag(self) -> np.ndarray:
+        """spectraltools' ``return_diag``: the trained eigenvalues as one array,
+        ``[diag_start, diag_end]`` when both are trained, else the trained one
+        (``None`` when neither is)."""
+        parts = []
+        if self.is_diag_start_trainable:
+            parts.append(self.diag_start.detach().cpu().numpy().reshape(-1))
+        if self.is_diag_end_trainable:
+            parts.append(self.diag_end.detach().cpu().numpy().reshape(-1))
+        return np.concatenate(parts) if parts else None
 
     @staticmethod
     def _activation(activation: Any) -> nn.Module | None:

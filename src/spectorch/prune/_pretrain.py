@@ -13,6 +13,7 @@ import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -111,6 +112,42 @@ def _metric(result: Any, compare_with: str) -> float:
     )
 
 
+#: the keys of a Keras fit/evaluate dictionary that have a meaning here
+_DICT_KEYS = ("x", "y", "batch_size", "epochs", "verbose", "shuffle", "lr")
+
+
+def _from_dictionary(d: Mapping[str, Any], name: str, *, training: bool) -> Callable:
+    """spectraltools' ``fit_dictionary`` / ``eval_dictionary`` (keyword arguments of
+    Keras' ``model.fit`` / ``model.evaluate``) as a spectorch callable: batches of
+    ``batch_size`` (Keras' default 32) of ``x``, ``y``; ``epochs`` (default 1) of Adam
+    at ``lr`` (default 1e-3, Keras' Adam) on the cross-entropy."""
+    from spectorch.data import Batches
+
+    unknown = sorted(set(d) - set(_DICT_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{name}: {unknown} have no equivalent here; understood keys are "
+            f"{list(_DICT_KEYS)} (for validation, evaluate the returned model yourself)"
+        )
+    if "x" not in d or "y" not in d:
+        raise ValueError(f"{name}: needs 'x' and 'y'")
+    x = torch.as_tensor(np.asarray(d["x"]), dtype=torch.float32)
+    y = torch.as_tensor(np.asarray(d["y"])).long().reshape(-1)
+    data = Batches(
+        x.reshape(len(x), -1),
+        y,
+        int(d.get("batch_size", 32)),
+        shuffle=training and bool(d.get("shuffle", True)),
+    )
+    if training:
+        return make_fit(data, epochs=int(d.get("epochs", 1)), lr=float(d.get("lr", 1e-3)))
+    return make_evaluate(data)
+
+
+def _callable_or_dictionary(obj: Any, name: str, *, training: bool) -> Any:
+    return _from_dictionary(obj, name, training=training) if isinstance(obj, Mapping) else obj
+
+
 def _check_callables(**fns: Any) -> None:
     for name, fn in fns.items():
         if not callable(fn):
@@ -121,12 +158,14 @@ def _check_callables(**fns: Any) -> None:
 
 def spectral_pretrain(
     model: nn.Module,
-    fit: Callable[[nn.Module], Any],
-    evaluate: Callable[[nn.Module], Any],
-    max_delta: float,
+    fit: Callable[[nn.Module], Any] | Mapping[str, Any] | None = None,
+    evaluate: Callable[[nn.Module], Any] | Mapping[str, Any] | None = None,
+    max_delta: float | None = None,
     compare_with: str = "acc",
     *,
     step: float = 5.0,
+    fit_dictionary: Mapping[str, Any] | None = None,
+    eval_dictionary: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Train a copy of ``model`` through its eigenvalues only, then prune it at
     percentiles ``step, 2 step, ...`` while the metric stays within ``max_delta`` percent
@@ -134,8 +173,17 @@ def spectral_pretrain(
 
     spectraltools returns the first model *beyond* the tolerance; this returns the last
     one *within* it (the one a user wants). ``max_delta`` is clipped to [1, 99] as there.
-    The input model is not modified.
+    The input model is not modified. ``fit``/``evaluate`` may also be spectraltools'
+    ``fit_dictionary``/``eval_dictionary`` (see :func:`_from_dictionary`).
     """
+    fit = _callable_or_dictionary(
+        fit if fit is not None else fit_dictionary, "fit_dictionary", training=True
+    )
+    evaluate = _callable_or_dictionary(
+        evaluate if evaluate is not None else eval_dictionary, "eval_dictionary", training=False
+    )
+    if max_delta is None:
+        raise TypeError("spectral_pretrain: max_delta is required")
     _check_callables(fit=fit, evaluate=evaluate)
     checks.choice("compare_with", compare_with, ("acc", "loss"))
     checks.positive("max_delta", max_delta)
@@ -158,10 +206,11 @@ def spectral_pretrain(
 
 def spectral_distiller(
     model: nn.Module,
-    fit: Callable[[nn.Module], Any],
-    percentile: float,
+    fit: Callable[[nn.Module], Any] | Mapping[str, Any] | None = None,
+    percentile: float | None = None,
     *,
     fine_tune: Callable[[nn.Module], Any] | None = None,
+    fit_dictionary: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """The papers' pre-training filter: train a copy of ``model`` through its eigenvalues
     only, prune it at ``percentile``, then train the pruned network fully (bases and
@@ -169,10 +218,15 @@ def spectral_distiller(
 
     spectraltools' package re-initialised the pruned network before the full training;
     this keeps the trained weights, as the papers describe. The input model is not
-    modified.
+    modified. ``fit`` may also be spectraltools' ``fit_dictionary``.
     """
+    fit = _callable_or_dictionary(
+        fit if fit is not None else fit_dictionary, "fit_dictionary", training=True
+    )
+    if percentile is None:
+        raise TypeError("spectral_distiller: percentile is required")
     _check_callables(fit=fit, fine_tune=fine_tune or fit)
-    checks.interval("percentile", percentile, 0, 100)  # before any training
+    checks.finite("percentile", percentile)  # before any training; clipped as spectraltools
     spec = eigenvalues_only(copy.deepcopy(model))
     fit(spec)
     pruned = spectral_pruning(spec, percentile)

@@ -282,7 +282,8 @@ def spectral_pruning(
         model: an ``nn.Sequential`` (nested Sequentials are flattened) or a model that
             ``torch.fx`` can trace, with Spectral and Linear layers and element-wise
             operations between them.
-        percentile: in ``[0, 100]``; 0 keeps every node.
+        percentile: in ``[0, 100]`` (outside, clipped with a warning, as spectraltools
+            clipped); 0 keeps every node.
         return_report: also return a :class:`PruningReport`.
 
     Boundaries that cannot be pruned safely (a normalisation, softmax or reshape between
@@ -290,11 +291,18 @@ def spectral_pruning(
     warning, never silently broken.
 
     Raises:
-        ValueError: for a percentile outside ``[0, 100]``, or a model without a prunable
+        ValueError: for a percentile that is not a finite number, or a model without a prunable
             Spectral layer.
         TypeError: for a model that is neither an ``nn.Sequential`` nor traceable.
     """
-    checks.interval("percentile", percentile, 0, 100)
+    checks.finite("percentile", percentile)
+    if not 0 <= percentile <= 100:  # spectraltools clips (np.clip(perc, 0, 100)); so do we, aloud
+        warnings.warn(
+            f"spectral_pruning: percentile {percentile} clipped to [0, 100], as spectraltools",
+            UserWarning,
+            stacklevel=2,
+        )
+        percentile = min(max(float(percentile), 0.0), 100.0)
     boundaries, skipped = prunable_boundaries(model)
     new = copy.deepcopy(model)
     modules = {name: new.get_submodule(name) for pair in boundaries for name in pair}

@@ -155,6 +155,29 @@ class _Backbone(nn.Module):
             )
 
 
+def _hourglass_names(
+    extra: dict[str, Any], features: int, levels: int, hidden: int | None, multiplier: int
+) -> tuple[int, int, int | None, int]:
+    """torch-rim 0.2.9's Hourglass names mapped onto spectorch's."""
+    known = ("nf", "ch_mult", "hidden_units")
+    unknown = sorted(set(extra) - set(known))
+    if unknown:
+        raise TypeError(
+            f"Hourglass got unexpected keyword argument(s) {unknown}; torch-rim's names "
+            f"accepted here are {list(known)}"
+        )
+    features = extra.get("nf", features)
+    hidden = extra.get("hidden_units", hidden)
+    if "ch_mult" in extra:
+        mult = [int(m) for m in extra["ch_mult"]]
+        if not mult or len(set(mult)) != 1:
+            raise ValueError(
+                f"ch_mult must repeat one multiplier (levels = len(ch_mult)), got {mult}"
+            )
+        levels, multiplier = len(mult), mult[0]
+    return features, levels, hidden, multiplier
+
+
 class Hourglass(_Backbone):
     """An encoder, a convolutional GRU at the coarsest scale, and a decoder.
 
@@ -175,6 +198,10 @@ class Hourglass(_Backbone):
         kernel_size: odd kernel width.
         multiplier: channel growth per level.
         activation: name of the activation.
+
+    torch-rim's names are accepted too: ``nf`` (``features``), ``ch_mult`` (one
+    multiplier per level, all equal here: ``levels = len(ch_mult)``,
+    ``multiplier = ch_mult[0]``) and ``hidden_units`` (``hidden``).
     """
 
     def __init__(
@@ -189,8 +216,12 @@ class Hourglass(_Backbone):
         kernel_size: int = 3,
         multiplier: int = 2,
         activation: str = "tanh",
+        **torch_rim: Any,
     ):
         super().__init__()
+        features, levels, hidden, multiplier = _hourglass_names(
+            torch_rim, features, levels, hidden, multiplier
+        )
         d = _check_resampling(
             "Hourglass",
             dimensions,

@@ -11,6 +11,7 @@ import importlib
 import inspect
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,41 @@ def _positional_arity(fn: Callable) -> int | None:
     )
 
 
+_TORCH_RIM_NAMES = (
+    "T",
+    "initialization_method",
+    "score_preprocessing_method",
+    "device",
+    "checkpoints_directory",
+)
+
+
+def _torch_rim_names(
+    extra: dict[str, Any], steps: int, initialization: str, score_preprocessing: str
+) -> tuple[int, str, str, Any, Any]:
+    """torch-rim 0.2.9's constructor names, mapped onto spectorch's; an unknown one
+    is a ``TypeError`` naming it."""
+    unknown = sorted(set(extra) - set(_TORCH_RIM_NAMES))
+    if unknown:
+        raise TypeError(
+            f"RIM got unexpected keyword argument(s) {unknown}; torch-rim's names accepted "
+            f"here are {list(_TORCH_RIM_NAMES)}"
+        )
+    if "T" in extra:
+        steps = extra["T"]
+    if "initialization_method" in extra:
+        initialization = extra["initialization_method"]
+    if "score_preprocessing_method" in extra:
+        score_preprocessing = extra["score_preprocessing_method"]
+    return (
+        steps,
+        initialization,
+        score_preprocessing,
+        extra.get("device"),
+        extra.get("checkpoints_directory"),
+    )
+
+
 class RIM(nn.Module):
     """A recurrent inference machine around a recurrent ``model`` (the backbone).
 
@@ -152,6 +188,10 @@ class RIM(nn.Module):
             needs no second derivatives of the likelihood.
         epsilon, beta_1, beta_2: constants of the adam/rmsprop preprocessing.
         channels: channels of x; default ``model.channels``.
+        torch-rim's names are accepted too (docs/migrating.md): ``T`` for ``steps``,
+        ``initialization_method``, ``score_preprocessing_method`` (any case, e.g.
+        ``"Identity"``), ``device`` (the RIM is moved there) and
+        ``checkpoints_directory`` (the default directory of :meth:`fit`).
         loss_reduction: ``"mean"``: the loss averages each step's squared error over
             the batch, the channels and the pixels, with weights summing to one;
             ``"sum"``: torch-rim's loss, summed over steps, channels and pixels and
@@ -180,8 +220,14 @@ class RIM(nn.Module):
         beta_2: float = 0.999,
         channels: int | None = None,
         loss_reduction: str = "mean",
+        **torch_rim: Any,
     ):
         super().__init__()
+        steps, initialization, score_preprocessing, device, directory = _torch_rim_names(
+            torch_rim, steps, initialization, score_preprocessing
+        )
+        #: torch-rim took the checkpoint directory here; :meth:`fit` uses it by default
+        self.checkpoints_directory = directory
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if (score_fn is None) == (energy_fn is None):
@@ -256,6 +302,8 @@ class RIM(nn.Module):
         self.epsilon, self.beta_1, self.beta_2 = float(epsilon), float(beta_1), float(beta_2)
         self.register_buffer("time_weights", weights.float(), persistent=False)
         self._time_weights_given = None if time_weights is None else [float(w) for w in weights]
+        if device is not None:
+            self.to(device)
 
     # ----------------------------------------------------------------- likelihood
     def _in_dims(self, args: tuple) -> tuple:
@@ -290,7 +338,13 @@ class RIM(nn.Module):
                             f"({x.shape[0]},), got {got}; with a per-example function pass "
                             "per_example=True"
                         )
-                    (s,) = torch.autograd.grad(e.sum(), xr, create_graph=graph)
+                    if not e.requires_grad:  # an energy that ignores x: a zero score,
+                        s = torch.zeros_like(xr)  # as torch-rim's vjp gives
+                    else:
+                        (s,) = torch.autograd.grad(
+                            e.sum(), xr, create_graph=graph, allow_unused=True
+                        )
+                        s = torch.zeros_like(xr) if s is None else s
         else:
             fn = self.score_fn
             if self.per_example:
@@ -580,6 +634,8 @@ class RIM(nn.Module):
         desc: str = "rim",
         extra_settings: dict[str, Any] | None = None,
         total_epochs: int | None = None,
+        models_to_keep: int | None = None,
+        checkpoints: int | None = None,
     ) -> FitResult:
         """Train on ``dataset``, whose items are ``(y, x_true, *args)``.
 
@@ -626,6 +682,9 @@ class RIM(nn.Module):
                 and compared on resume (e.g. the task the data comes from).
             total_epochs: train until the run has this many epochs (``epochs`` is then
                 ignored); a finished run trains none.
+            models_to_keep, checkpoints: torch-rim's (how many checkpoints to keep, and
+                every how many epochs): accepted with a warning, since spectorch writes
+                ``last.pt`` every epoch and keeps ``best.pt``.
 
         Returns:
             :class:`spectorch.train.FitResult` (losses, validation losses, best epoch).
@@ -633,6 +692,16 @@ class RIM(nn.Module):
         checks.positive_int("batch_size", batch_size)
         checks.positive("learning_rate", learning_rate)
         checks.positive_int("epochs", epochs)
+        if models_to_keep is not None or checkpoints is not None:
+            warnings.warn(
+                "RIM.fit: torch-rim's models_to_keep/checkpoints are not needed here: "
+                "last.pt is written every epoch (it resumes the run) and best.pt keeps the "
+                "best weights",
+                UserWarning,
+                stacklevel=2,
+            )
+        if checkpoints_directory is None:
+            checkpoints_directory = self.checkpoints_directory
         if total_epochs is not None:
             checks.positive_int("total_epochs", total_epochs)
         train_items = _CheckedItems(dataset, self, "dataset")

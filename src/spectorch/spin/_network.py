@@ -84,7 +84,14 @@ class SpectralNetwork:
         which: str = "smallest",
         nesting: str = "joint",
         shift: float = 0.0,
+        use_pfor: bool = True,
+        per_example: bool = False,
     ) -> None:
+        # use_pfor and per_example chose how the original's TensorFlow graph computed
+        # the Jacobian of Sigma (parallel_for, per-example Jacobians); spectorch
+        # computes the same quantity exactly by batched backward passes, so both are
+        # accepted for the original's signature and change nothing (docs/migrating.md)
+        self.use_pfor, self.per_example = bool(use_pfor), bool(per_example)
         if not isinstance(operator, LinearOperator):
             raise TypeError(
                 f"operator: expected a spectorch.spin.LinearOperator, got {type(operator).__name__}"
@@ -474,6 +481,7 @@ class SpectralNetwork:
         lr_schedule: Callable[[int], float] | None = None,
         run: RunDirectory | None = None,
         plot: bool | None = None,
+        global_step: Any = None,
     ) -> dict[str, np.ndarray]:
         """The original's training loop, resumable; it runs on
         :class:`spectorch.train.Loop`.
@@ -506,6 +514,8 @@ class SpectralNetwork:
                 run that writes over the checkpoint.
             plot: run the plotting hooks without a window (to write figures to files);
                 default: ``show_plots``.
+            global_step: the original's TensorFlow step counter; accepted and unused
+                (the step count is :attr:`step_count`, saved with the checkpoint).
             time_budget: stop (with a checkpoint) after this many seconds.
             lr_schedule: ``step -> factor``: each step runs with the optimizer's initial
                 learning rate times ``lr_schedule(step)`` (torch's ``LambdaLR``; a
@@ -520,6 +530,7 @@ class SpectralNetwork:
         Raises:
             FloatingPointError: on a NaN loss; the last checkpoint is left intact.
         """
+        del global_step  # the original's TF counter; see the docstring
         if not isinstance(optim, torch.optim.Optimizer):
             raise TypeError(f"optim: expected a torch.optim.Optimizer, got {type(optim).__name__}")
         checks.positive_int("iterations", iterations)
