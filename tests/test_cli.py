@@ -150,8 +150,8 @@ def test_out_that_is_a_file(tmp_path, entry):
 
 #: A cut-down tour for the default tier: every section runs, through the command line,
 #: in about a minute; `make demo` and the slow tier run the full one.
-SHORT_TOUR = ("--digits-epochs", "10", "--slq-draws", "2", "--cifar-steps", "4",
-              "--cifar-images", "128", "--cifar-lanczos-steps", "8",
+SHORT_TOUR = ("--digits-hidden", "8", "--digits-epochs", "10", "--slq-draws", "2",
+              "--cifar-steps", "4", "--cifar-images", "128", "--cifar-lanczos-steps", "8",
               "--cifar-density-images", "16",
               "--kernel-steps", "20", "--hydrogen-steps", "20",
               "--atari-frames", "200", "--atari-steps", "2", "--pruning-epochs", "2",

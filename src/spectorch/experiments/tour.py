@@ -29,6 +29,7 @@ __all__ = ["TourConfig", "run", "run_tour"]
 class TourConfig:
     """The lengths of the tour's parts."""
 
+    digits_hidden: int = option(26, "hidden units of the digits MLP (26: 1,960 parameters)")
     digits_epochs: int = option(60, "training epochs of the digits MLP whose curvature is shown")
     slq_draws: int = option(10, "SLQ draws of its Hessian (half as many for the GGN and Fisher)")
     cifar_steps: int = option(60, "training steps of each CIFAR-format ResNet")
@@ -70,6 +71,7 @@ def _curvature_spectra(out: Path, config: TourConfig, progress: bool) -> dict[st
     """Hessian, GGN and Fisher densities of the digits MLP, checked against exact ones."""
     t0 = time.perf_counter()
     model, losses = train_digits_mlp(
+        hidden=config.digits_hidden,
         epochs=config.digits_epochs,
         dtype=torch.float64,
         checkpoint=out / "digits_mlp.pt",
