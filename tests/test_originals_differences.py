@@ -233,8 +233,10 @@ def test_spectraltools_names_are_accepted():
     assert layer.out_features == 4 and layer.return_diag().shape == (4,)
     layer.is_diag_start_trainable = True
     assert layer.return_diag().shape == (10,)  # [diag_start, diag_end], as spectraltools
-    with pytest.raises(TypeError, match="diag_regularizer='l2' has no per-layer equivalent"):
-        Spectral(6, units=4, diag_regularizer="l2")
+    with pytest.raises(TypeError, match="base_constraint='non_neg' has no per-layer equivalent"):
+        Spectral(6, units=4, base_constraint="non_neg")
+    with pytest.raises(ValueError, match="diag_regularizer must be None, 'l1', 'l2'"):
+        Spectral(6, units=4, diag_regularizer="l3")
     with pytest.raises(TypeError, match=r"Spectral\(784, units=100\)"):
         Spectral(6)
     x, y = load_digits(split="train")
@@ -242,7 +244,7 @@ def test_spectraltools_names_are_accepted():
     tr_dict = dict(x=x.numpy(), y=y.numpy(), batch_size=300, epochs=2, verbose=0)
     minimal = spectral_distiller(model, fit_dictionary=tr_dict, percentile=50)
     assert minimal[0].out_features == 16
-    with pytest.raises(ValueError, match=r"\['validation_split'\] have no equivalent"):
+    with pytest.raises(ValueError, match=r"\['validation_data'\] have no equivalent"):
         spectral_distiller(
-            model, fit_dictionary={**tr_dict, "validation_split": 0.2}, percentile=50
+            model, fit_dictionary={**tr_dict, "validation_data": None}, percentile=50
         )

@@ -73,9 +73,6 @@ def _init(tensor: Tensor, how: str | Callable[[Tensor], Any], name: str) -> None
 
 #: spectraltools' Keras keywords without a per-layer PyTorch equivalent
 _KERAS_ONLY = {
-    "base_regularizer": "add the penalty to the loss, or use the optimizer's weight_decay",
-    "diag_regularizer": "add the penalty to the loss, or use the optimizer's weight_decay",
-    "bias_regularizer": "add the penalty to the loss, or use the optimizer's weight_decay",
     "activity_regularizer": "add a penalty on the layer's output to the loss",
     "base_constraint": "apply it after each optimizer step, or use torch.nn.utils.parametrize",
     "diag_constraint": "apply it after each optimizer step, or use torch.nn.utils.parametrize",
@@ -83,9 +80,41 @@ _KERAS_ONLY = {
 }
 
 
+#: Keras' named weight regularizers, with their default factors (0.01)
+_REGULARIZERS = {"l1": (0.01, 0.0), "l2": (0.0, 0.01), "l1_l2": (0.01, 0.01)}
+
+
+def _regularizer(name: str, value: Any) -> tuple[float, float] | None:
+    """A Keras weight regularizer as ``(l1, l2)`` factors: ``None``, ``"l1"``,
+    ``"l2"``, ``"l1_l2"`` (Keras' default 0.01 each), or an ``(l1, l2)`` pair."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.lower() in _REGULARIZERS:
+        return _REGULARIZERS[value.lower()]
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and v >= 0 for v in value)
+    ):
+        return float(value[0]), float(value[1])
+    raise ValueError(
+        f"{name} must be None, 'l1', 'l2', 'l1_l2' (Keras' factors, 0.01) or an (l1, l2) "
+        f"pair of factors, got {value!r}"
+    )
+
+
+def regularization_loss(model: nn.Module) -> Tensor | float:
+    """The sum of the weight penalties of every :class:`Spectral` layer of ``model``
+    (spectraltools' ``base_regularizer``, ``diag_regularizer``, ``bias_regularizer``,
+    which Keras added to the training loss); 0 when none is set."""
+    terms = [m.regularization_loss() for m in model.modules() if isinstance(m, Spectral)]
+    terms = [t for t in terms if isinstance(t, Tensor)]
+    return sum(terms) if terms else 0.0
+
+
 def _keras_keywords(extra: dict[str, Any]) -> None:
-    """Accept spectraltools' regularizer/constraint keywords left at ``None``; refuse
-    anything else with the PyTorch way to get it."""
+    """Accept spectraltools' constraint keywords left at ``None``; refuse anything else
+    with the PyTorch way to get it."""
     for key, value in extra.items():
         if key not in _KERAS_ONLY:
             raise TypeError(f"Spectral got an unexpected keyword argument {key!r}")
@@ -113,9 +142,12 @@ class Spectral(nn.Module):
         diag_end_initializer: default ``"ones"``.
         bias_initializer: default ``"zeros"``.
 
-    spectraltools' keywords are accepted too: ``units`` (``out_features``), and its
-    regularizer and constraint keywords when ``None`` (Keras' default; PyTorch layers
-    have no per-layer penalties or constraints, see :func:`_keras_keywords`).
+    spectraltools' keywords are accepted too: ``units`` (``out_features``); its weight
+    regularizers ``base_regularizer``, ``diag_regularizer``, ``bias_regularizer``
+    (``"l1"``, ``"l2"``, ``"l1_l2"`` or ``(l1, l2)`` factors; the penalty is
+    :meth:`regularization_loss`, added to the loss by :func:`spectorch.prune.make_fit`,
+    as Keras added it); its constraint and activity-regularizer keywords when ``None``
+    (PyTorch layers have no per-layer constraints, see :func:`_keras_keywords`).
 
     The trainable flags are properties: setting ``layer.is_base_trainable = False``
     freezes the bases at once, no rebuild needed (the Keras original must rebuild and
@@ -139,6 +171,9 @@ class Spectral(nn.Module):
         device: Any = None,
         dtype: torch.dtype | None = None,
         units: int | None = None,
+        base_regularizer: Any = None,
+        diag_regularizer: Any = None,
+        bias_regularizer: Any = None,
         **keras: Any,
     ) -> None:
         super().__init__()
@@ -153,6 +188,15 @@ class Spectral(nn.Module):
                 "layer declares it, e.g. Spectral(784, units=100)"
             )
         _keras_keywords(keras)
+        self.regularizers = {
+            key: reg
+            for key, reg in (
+                ("base", _regularizer("base_regularizer", base_regularizer)),
+                ("diag", _regularizer("diag_regularizer", diag_regularizer)),
+                ("bias", _regularizer("bias_regularizer", bias_regularizer)),
+            )
+            if reg is not None
+        }
         checks.positive_int("in_features", in_features)
         checks.positive_int("out_features", out_features)
         self.in_features, self.out_features = in_features, out_features
@@ -170,6 +214,22 @@ class Spectral(nn.Module):
         self.is_base_trainable = is_base_trainable
         self.is_diag_start_trainable = is_diag_start_trainable
         self.is_diag_end_trainable = is_diag_end_trainable
+
+    def regularization_loss(self) -> Tensor | float:
+        """The weight penalties of spectraltools' regularizer keywords, as Keras added
+        them to the loss: ``l1 Σ|w| + l2 Σw²`` over ``base``, the eigenvalues
+        (``diag_start`` and ``diag_end``, both under ``diag_regularizer``) and the
+        bias. :func:`spectorch.prune.make_fit` adds it to the training loss."""
+        groups = {
+            "base": [self.base],
+            "diag": [self.diag_start, self.diag_end],
+            "bias": [self.bias] if self.bias is not None else [],
+        }
+        total: Tensor | float = 0.0
+        for key, (l1, l2) in self.regularizers.items():
+            for w in groups[key]:
+                total = total + l1 * w.abs().sum() + l2 * w.square().sum()
+        return total
 
     def return_diag(self) -> np.ndarray:
         """spectraltools' ``return_diag``: the trained eigenvalues as one array,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from spectorch import checks
-from spectorch.nn import Spectral
+from spectorch.nn import Spectral, regularization_loss
 from spectorch.prune._pruning import spectral_pruning
 from spectorch.train import FitResult, fit
 
@@ -57,13 +57,18 @@ def make_fit(
     progress: bool = False,
 ) -> Callable[[nn.Module], FitResult]:
     """``fit(model)``: Adam on the trainable parameters for ``epochs`` epochs of ``data``
-    (re-iterable ``(inputs, targets)`` batches), cross-entropy by default."""
+    (re-iterable ``(inputs, targets)`` batches), cross-entropy by default, plus the
+    weight penalties of the model's Spectral layers (:func:`regularization_loss`)."""
     loss = loss_fn or nn.CrossEntropyLoss()
 
     def run(model: nn.Module) -> FitResult:
+        def penalized(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            # spectraltools' layer regularizers, added to the loss as Keras did
+            return loss(out, targets) + regularization_loss(model)
+
         return fit(
             model,
-            loss,
+            penalized,
             data,
             epochs=epochs,
             optimizer=lambda params: torch.optim.Adam(
@@ -113,26 +118,31 @@ def _metric(result: Any, compare_with: str) -> float:
 
 
 #: the keys of a Keras fit/evaluate dictionary that have a meaning here
-_DICT_KEYS = ("x", "y", "batch_size", "epochs", "verbose", "shuffle", "lr")
+_DICT_KEYS = ("x", "y", "batch_size", "epochs", "verbose", "shuffle", "lr", "validation_split")
 
 
 def _from_dictionary(d: Mapping[str, Any], name: str, *, training: bool) -> Callable:
     """spectraltools' ``fit_dictionary`` / ``eval_dictionary`` (keyword arguments of
     Keras' ``model.fit`` / ``model.evaluate``) as a spectorch callable: batches of
     ``batch_size`` (Keras' default 32) of ``x``, ``y``; ``epochs`` (default 1) of Adam
-    at ``lr`` (default 1e-3, Keras' Adam) on the cross-entropy."""
+    at ``lr`` (default 1e-3, Keras' Adam) on the cross-entropy; ``validation_split``
+    holds out the last fraction, as Keras (its scores were only reported)."""
     from spectorch.data import Batches
 
     unknown = sorted(set(d) - set(_DICT_KEYS))
     if unknown:
         raise ValueError(
-            f"{name}: {unknown} have no equivalent here; understood keys are "
-            f"{list(_DICT_KEYS)} (for validation, evaluate the returned model yourself)"
+            f"{name}: {unknown} have no equivalent here; understood keys are {list(_DICT_KEYS)}"
         )
     if "x" not in d or "y" not in d:
         raise ValueError(f"{name}: needs 'x' and 'y'")
     x = torch.as_tensor(np.asarray(d["x"]), dtype=torch.float32)
     y = torch.as_tensor(np.asarray(d["y"])).long().reshape(-1)
+    split = float(d.get("validation_split", 0.0))
+    if training and split:  # Keras holds out the last fraction (and only reports on it)
+        checks.interval("validation_split", split, 0.0, 1.0, closed=(True, False))
+        keep = int(len(x) * (1.0 - split))
+        x, y = x[:keep], y[:keep]
     data = Batches(
         x.reshape(len(x), -1),
         y,
