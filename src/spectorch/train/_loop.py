@@ -429,8 +429,7 @@ class Loop:
             for group, n, o in zip(opt.param_groups, new, old, strict=True):
                 group["lr"] = group["lr"] * (n / o) if o else n
                 group["initial_lr"] = n
-            sched.base_lrs = list(new)
-            sched._last_lr = [g["lr"] for g in opt.param_groups]
+            sched.base_lrs = list(new)  # torch's schedulers read it, and the groups' lr
             changes += [(o, n) for o, n in zip(old, new, strict=True) if o != n]
         for opt in self.state.values():
             if not isinstance(opt, torch.optim.Optimizer) or id(opt) in scheduled:
