@@ -248,3 +248,17 @@ def test_spectraltools_names_are_accepted():
         spectral_distiller(
             model, fit_dictionary={**tr_dict, "validation_data": None}, percentile=50
         )
+
+
+def test_rim_runs_written_before_loss_reduction_still_resume(tmp_path):
+    problem, data = _rim_problem()
+    assert "loss_reduction" not in _rim(problem).hyperparameters()  # what older runs hold
+    _rim(problem).fit(data, epochs=1, batch_size=8, checkpoints_directory=tmp_path, progress=False)
+    again = _rim(problem).fit(
+        data, epochs=1, batch_size=8, checkpoints_directory=tmp_path, progress=False
+    )
+    assert again.resumed_from == 1
+    summed = _rim(problem, loss_reduction="sum")
+    summed.fit(data, epochs=1, batch_size=8, checkpoints_directory=tmp_path / "s", progress=False)
+    rebuilt = RIM.from_checkpoint(tmp_path / "s", score_fn=problem.score)
+    assert rebuilt.loss_reduction == "sum"

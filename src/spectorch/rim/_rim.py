@@ -472,7 +472,7 @@ class RIM(nn.Module):
 
         model_cls = type(self.model)
         backbone = next((k for k, v in BACKBONES.items() if v is model_cls), None)
-        return {
+        hp = {
             "format": _FORMAT,
             "dimensions": list(self.dimensions),
             "channels": self.channels,
@@ -487,7 +487,6 @@ class RIM(nn.Module):
             "initialization": self.initialization,
             "score_preprocessing": self.score_preprocessing,
             "time_weights": self._time_weights_given,
-            "loss_reduction": self.loss_reduction,
             "per_example": self.per_example,
             "score_graph": self.score_graph,
             "epsilon": self.epsilon,
@@ -503,6 +502,9 @@ class RIM(nn.Module):
                 "config": getattr(self.model, "config", None),
             },
         }
+        if self.loss_reduction != "mean":  # recorded only when set, so runs written
+            hp["loss_reduction"] = self.loss_reduction  # before it existed still resume
+        return hp
 
     @classmethod
     def from_checkpoint(
