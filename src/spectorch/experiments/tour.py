@@ -51,7 +51,7 @@ class TourConfig:
 
 _LABELS = {"hessian": "Hessian", "ggn": "GGN", "fisher": "empirical Fisher"}
 
-#: The tour's hydrogen recipe, the fastest to converge that we found (docs/tour.md):
+#: The tour's hydrogen recipe, the best of the runs compared in docs/tour.md:
 #: NeuralEF with Adam at 3e-3 and a cosine decay, batches of 256 importance-sampled
 #: points, and the finite-difference Laplacian (a third of the exact one's cost;
 #: its error, O(1e-4) relative, is far below the training error).
