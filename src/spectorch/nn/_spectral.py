@@ -38,9 +38,16 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def _init(tensor: Tensor, how: str | Callable[[Tensor], Any], name: str) -> None:
+def _init(
+    tensor: Tensor,
+    how: str | Callable[[Tensor], Any],
+    name: str,
+    keras_shape: tuple[int, int] | None = None,
+) -> None:
     """Fill ``tensor`` with a Keras-named initialiser (``glorot_uniform``, ``ones``,
-    ``zeros``, ``glorot_normal``, ``he_uniform``, ``he_normal``) or a callable."""
+    ``zeros``, ``glorot_normal``, ``he_uniform``, ``he_normal``) or a callable.
+    ``keras_shape`` is the shape the Keras weight had (spectraltools kept the
+    eigenvalues as ``(1, out)`` and ``(in, 1)`` matrices): its fans are Keras' ones."""
     with torch.no_grad():
         if callable(how):
             how(tensor)
@@ -51,9 +58,10 @@ def _init(tensor: Tensor, how: str | Callable[[Tensor], Any], name: str) -> None
         elif key == "ones":
             tensor.fill_(1.0)
         elif key in ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal"):
-            if tensor.ndim != 2:
+            shape = keras_shape or tuple(tensor.shape)
+            if len(shape) != 2:
                 raise ValueError(f"{name}: {how!r} needs a matrix")
-            fan_in, fan_out = tensor.shape  # Keras kernel layout (in, out)
+            fan_in, fan_out = shape  # Keras kernel layout (in, out)
             if key == "glorot_uniform":
                 bound = math.sqrt(6.0 / (fan_in + fan_out))
                 tensor.uniform_(-bound, bound)
@@ -84,11 +92,17 @@ _KERAS_ONLY = {
 _REGULARIZERS = {"l1": (0.01, 0.0), "l2": (0.0, 0.01), "l1_l2": (0.01, 0.01)}
 
 
-def _regularizer(name: str, value: Any) -> tuple[float, float] | None:
+def _regularizer(
+    name: str, value: Any, l2_factor: float | None = None
+) -> tuple[float, float] | None:
     """A Keras weight regularizer as ``(l1, l2)`` factors: ``None``, ``"l1"``,
-    ``"l2"``, ``"l1_l2"`` (Keras' default 0.01 each), or an ``(l1, l2)`` pair."""
+    ``"l2"``, ``"l1_l2"`` (Keras' default 0.01 each), or an ``(l1, l2)`` pair;
+    ``l2_factor`` replaces the factor of ``"l2"`` (spectraltools 1.x's
+    ``diag_regularizer_param``)."""
     if value is None:
         return None
+    if l2_factor is not None and isinstance(value, str) and value.lower() == "l2":
+        return 0.0, float(l2_factor)
     if isinstance(value, str) and value.lower() in _REGULARIZERS:
         return _REGULARIZERS[value.lower()]
     if (
@@ -139,7 +153,9 @@ class Spectral(nn.Module):
         base_initializer: default ``"glorot_uniform"`` on the ``in x out`` matrix (Keras).
         diag_start_initializer: default ``"zeros"`` (spectraltools 0.4.1 always used
             zeros, whatever was asked; here the argument is honoured).
-        diag_end_initializer: default ``"ones"``.
+        diag_end_initializer: default ``"ones"``, as spectraltools 1.x (0.4.1 used
+            ``"glorot_uniform"`` on the ``(1, out)`` eigenvalue matrix: pass it for
+            0.4.1's layer).
         bias_initializer: default ``"zeros"``.
 
     spectraltools' keywords are accepted too: ``units`` (``out_features``); its weight
@@ -148,6 +164,11 @@ class Spectral(nn.Module):
     :meth:`regularization_loss`, added to the loss by :func:`spectorch.prune.make_fit`,
     as Keras added it); its constraint and activity-regularizer keywords when ``None``
     (PyTorch layers have no per-layer constraints, see :func:`_keras_keywords`).
+    spectraltools 1.x's too: ``diag_regularizer_param`` (the factor of
+    ``diag_regularizer="l2"``; 1.x's default was 5e-4, Keras' and 0.4.1's 0.01, which
+    stays the default here), ``eigenvalue_mask`` / ``diag_end_mask`` (0/1 per output
+    node: a masked node's ``diag_end`` and bias act as zero), :meth:`mask_diag_end`,
+    :meth:`get_eigenvalues`.
 
     The trainable flags are properties: setting ``layer.is_base_trainable = False``
     freezes the bases at once, no rebuild needed (the Keras original must rebuild and
@@ -174,6 +195,9 @@ class Spectral(nn.Module):
         base_regularizer: Any = None,
         diag_regularizer: Any = None,
         bias_regularizer: Any = None,
+        diag_regularizer_param: float | None = None,
+        eigenvalue_mask: Any = None,
+        diag_end_mask: Any = None,
         **keras: Any,
     ) -> None:
         super().__init__()
@@ -192,7 +216,10 @@ class Spectral(nn.Module):
             key: reg
             for key, reg in (
                 ("base", _regularizer("base_regularizer", base_regularizer)),
-                ("diag", _regularizer("diag_regularizer", diag_regularizer)),
+                (
+                    "diag",
+                    _regularizer("diag_regularizer", diag_regularizer, diag_regularizer_param),
+                ),
                 ("bias", _regularizer("bias_regularizer", bias_regularizer)),
             )
             if reg is not None
@@ -206,11 +233,23 @@ class Spectral(nn.Module):
         self.diag_end = nn.Parameter(torch.empty(out_features, **kw))
         self.bias = nn.Parameter(torch.empty(out_features, **kw)) if use_bias else None
         _init(self.base, base_initializer, "base_initializer")
-        _init(self.diag_start, diag_start_initializer, "diag_start_initializer")
-        _init(self.diag_end, diag_end_initializer, "diag_end_initializer")
+        # spectraltools' eigenvalue weights were (in, 1) and (1, out) matrices
+        _init(
+            self.diag_start,
+            diag_start_initializer,
+            "diag_start_initializer",
+            (in_features, 1),
+        )
+        _init(self.diag_end, diag_end_initializer, "diag_end_initializer", (1, out_features))
         if self.bias is not None:
             _init(self.bias, bias_initializer, "bias_initializer")
         self.activation = self._activation(activation)
+        if eigenvalue_mask is not None and diag_end_mask is not None:
+            raise TypeError("give eigenvalue_mask or diag_end_mask (the same mask), not both")
+        mask = eigenvalue_mask if eigenvalue_mask is not None else diag_end_mask
+        self.register_buffer("diag_end_mask", None)
+        if mask is not None:
+            self._set_mask(mask)
         self.is_base_trainable = is_base_trainable
         self.is_diag_start_trainable = is_diag_start_trainable
         self.is_diag_end_trainable = is_diag_end_trainable
@@ -288,9 +327,65 @@ class Spectral(nn.Module):
     def is_diag_end_trainable(self, value: bool) -> None:
         self.diag_end.requires_grad_(bool(value))
 
+    # ---------------------------------------------------------- spectraltools 1.x mask
+    def _set_mask(self, mask: Any) -> None:
+        m = torch.as_tensor(np.asarray(mask, dtype=np.float64)).reshape(-1)
+        if m.numel() != self.out_features:
+            raise ValueError(
+                f"eigenvalue_mask: expected {self.out_features} entries (one per output "
+                f"node), got {m.numel()}"
+            )
+        self.diag_end_mask = m.to(device=self.diag_end.device, dtype=self.diag_end.dtype)
+
+    def mask_diag_end(self, cut_off: float) -> None:
+        """spectraltools 1.x: mask (switch off) the output nodes whose ``|diag_end|`` is
+        below ``cut_off``; a masked node's eigenvalue and bias act as zero. The weights
+        are kept: :meth:`clear_mask` (or :func:`spectorch.prune.original_model`) brings
+        the nodes back."""
+        checks.finite("cut_off", cut_off)
+        keep = (self.diag_end.detach().abs() >= cut_off).to(self.diag_end.dtype)
+        self.diag_end_mask = keep
+
+    def clear_mask(self) -> None:
+        """Remove the mask of :meth:`mask_diag_end`: every node is active again."""
+        self.diag_end_mask = None
+
+    def get_eigenvalues(self, masked: bool = False) -> dict[str, np.ndarray]:
+        """spectraltools 1.x: ``{"diag_end": (1, out), "diag_start": (in, 1)}`` arrays
+        (spectraltools' shapes); ``masked=True`` applies the mask to ``diag_end``."""
+        end = self.diag_end.detach()
+        if masked and self.diag_end_mask is not None:
+            end = end * self.diag_end_mask
+        return {
+            "diag_end": end.cpu().numpy().reshape(1, -1),
+            "diag_start": self.diag_start.detach().cpu().numpy().reshape(-1, 1),
+        }
+
+    def _effective(self) -> tuple[Tensor, Tensor | None]:
+        """``diag_end`` and the bias with the mask applied (as spectraltools 1.x)."""
+        if self.diag_end_mask is None:
+            return self.diag_end, self.bias
+        bias = self.bias * self.diag_end_mask if self.bias is not None else None
+        return self.diag_end * self.diag_end_mask, bias
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ) -> None:
+        # the mask exists only while nodes are masked: follow the saved state
+        key = prefix + "diag_end_mask"
+        if key in state_dict:
+            self.diag_end_mask = torch.empty_like(self.diag_end)
+        else:
+            self.diag_end_mask = None
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
+
     def kernel(self) -> Tensor:
-        """``K`` (``in x out``, the Keras layout): ``base * (diag_start[:, None] - diag_end)``."""
-        return self.base * (self.diag_start[:, None] - self.diag_end[None, :])
+        """``K`` (``in x out``, the Keras layout): ``base * (diag_start[:, None] -
+        diag_end)``, with masked nodes' ``diag_end`` as zero."""
+        diag_end, _ = self._effective()
+        return self.base * (self.diag_start[:, None] - diag_end[None, :])
 
     def direct_space(self) -> Tensor:
         """The classical weight matrix (``out x in``, ``nn.Linear``'s layout)."""
@@ -303,7 +398,7 @@ class Spectral(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # the same call as nn.Linear on the same contiguous weight, so that
         # to_linear() is equal bit for bit, not only up to rounding
-        y = nn.functional.linear(x, self.direct_space().contiguous(), self.bias)
+        y = nn.functional.linear(x, self.direct_space().contiguous(), self._effective()[1])
         return self.activation(y) if self.activation is not None else y
 
     def to_linear(self) -> nn.Module:
@@ -319,7 +414,7 @@ class Spectral(nn.Module):
         with torch.no_grad():
             linear.weight.copy_(self.direct_space())
             if self.bias is not None:
-                linear.bias.copy_(self.bias)
+                linear.bias.copy_(self._effective()[1])
         if self.activation is None:
             return linear
         import copy
@@ -327,10 +422,14 @@ class Spectral(nn.Module):
         return nn.Sequential(linear, copy.deepcopy(self.activation))
 
     def extra_repr(self) -> str:
+        masked = (
+            "" if self.diag_end_mask is None else f", masked={int((self.diag_end_mask == 0).sum())}"
+        )
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.use_bias}, trainable: base={self.is_base_trainable}, "
             f"diag_start={self.is_diag_start_trainable}, diag_end={self.is_diag_end_trainable}"
+            f"{masked}"
         )
 
 

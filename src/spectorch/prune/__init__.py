@@ -1,6 +1,9 @@
 """Pruning by eigenvalues and eigenvalue-only training (spectraltools' names):
-:func:`spectral_pruning`, :func:`spectral_pretrain`, :func:`spectral_distiller`."""
+:func:`spectral_pruning`, :func:`spectral_pretrain`, :func:`spectral_distiller`
+(0.4.1: a smaller network), and :func:`prune_percentile`, :func:`metric_based_pruning`,
+:func:`original_model` (1.x: nodes masked in place)."""
 
+from spectorch.prune._masking import metric_based_pruning, original_model, prune_percentile
 from spectorch.prune._pretrain import (
     eigenvalues_only,
     make_evaluate,
@@ -15,7 +18,10 @@ __all__ = [
     "eigenvalues_only",
     "make_evaluate",
     "make_fit",
+    "metric_based_pruning",
+    "original_model",
     "prunable_boundaries",
+    "prune_percentile",
     "spectral_distiller",
     "spectral_pretrain",
     "spectral_pruning",

@@ -98,7 +98,9 @@ def make_evaluate(
             inputs, targets = inputs.to(device), targets.to(device)
             out = model(inputs)
             total += float(loss(out, targets))
-            correct += float((out.argmax(-1) == targets).sum())
+            # one-hot (or probability) targets: the class is their largest entry
+            labels = targets.argmax(-1) if targets.ndim == out.ndim else targets
+            correct += float((out.argmax(-1) == labels).sum())
             n += int(targets.shape[0])
         return {"loss": total / n, "acc": correct / n}
 
@@ -121,12 +123,21 @@ def _metric(result: Any, compare_with: str) -> float:
 _DICT_KEYS = ("x", "y", "batch_size", "epochs", "verbose", "shuffle", "lr", "validation_split")
 
 
-def _from_dictionary(d: Mapping[str, Any], name: str, *, training: bool) -> Callable:
+def _from_dictionary(
+    d: Mapping[str, Any],
+    name: str,
+    *,
+    training: bool,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    targets: str = "labels",
+) -> Callable:
     """spectraltools' ``fit_dictionary`` / ``eval_dictionary`` (keyword arguments of
     Keras' ``model.fit`` / ``model.evaluate``) as a spectorch callable: batches of
     ``batch_size`` (Keras' default 32) of ``x``, ``y``; ``epochs`` (default 1) of Adam
     at ``lr`` (default 1e-3, Keras' Adam) on the cross-entropy; ``validation_split``
-    holds out the last fraction, as Keras (its scores were only reported)."""
+    holds out the last fraction, as Keras (its scores were only reported).
+    ``loss_fn`` (summed over a batch) and ``targets`` (``"labels"``, ``"onehot"`` or
+    ``"values"``) come from a Keras ``compile_dictionary`` when one is given."""
     from spectorch.data import Batches
 
     unknown = sorted(set(d) - set(_DICT_KEYS))
@@ -137,7 +148,8 @@ def _from_dictionary(d: Mapping[str, Any], name: str, *, training: bool) -> Call
     if "x" not in d or "y" not in d:
         raise ValueError(f"{name}: needs 'x' and 'y'")
     x = torch.as_tensor(np.asarray(d["x"]), dtype=torch.float32)
-    y = torch.as_tensor(np.asarray(d["y"])).long().reshape(-1)
+    y = torch.as_tensor(np.asarray(d["y"]))
+    y = y.long().reshape(-1) if targets == "labels" else y.to(torch.float32).reshape(len(y), -1)
     split = float(d.get("validation_split", 0.0))
     if training and split:  # Keras holds out the last fraction (and only reports on it)
         checks.interval("validation_split", split, 0.0, 1.0, closed=(True, False))
@@ -151,7 +163,7 @@ def _from_dictionary(d: Mapping[str, Any], name: str, *, training: bool) -> Call
     )
     if training:
         return make_fit(data, epochs=int(d.get("epochs", 1)), lr=float(d.get("lr", 1e-3)))
-    return make_evaluate(data)
+    return make_evaluate(data, loss_fn=loss_fn)
 
 
 def _callable_or_dictionary(obj: Any, name: str, *, training: bool) -> Any:

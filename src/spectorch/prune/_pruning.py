@@ -246,6 +246,16 @@ def _conditions(producer: nn.Module, consumer: nn.Module, cutoff: float) -> np.n
     return keep
 
 
+def _bake_mask(m: Spectral) -> None:
+    """Write a layer's mask into its weights (masked ``diag_end`` and bias entries set
+    to zero) and drop it: the same function, with no mask left to shrink."""
+    with torch.no_grad():
+        m.diag_end.mul_(m.diag_end_mask)
+        if m.bias is not None:
+            m.bias.mul_(m.diag_end_mask)
+    m.clear_mask()
+
+
 def _shrink_outputs(m: nn.Module, keep: Tensor) -> None:
     with torch.no_grad():
         if isinstance(m, Spectral):
@@ -305,6 +315,9 @@ def spectral_pruning(
         percentile = min(max(float(percentile), 0.0), 100.0)
     boundaries, skipped = prunable_boundaries(model)
     new = copy.deepcopy(model)
+    for m in new.modules():  # nodes masked by prune_percentile (1.x) count as zero
+        if isinstance(m, Spectral) and m.diag_end_mask is not None:
+            _bake_mask(m)
     modules = {name: new.get_submodule(name) for pair in boundaries for name in pair}
     # spectraltools' pool (eigenvalue_cutoff with return_diag): each Spectral layer
     # with a trainable diag_end that feeds another layer gives |diag_end| and, when
