@@ -84,12 +84,34 @@ def test_network_prepends_a_constant_and_scales_uint8():
     assert torch.equal(u[:, 0], torch.ones(3))
     torch.testing.assert_close(u, net(x.float() / 255))
     assert atari.AtariNetwork(5)(torch.zeros(2, 4, 84, 84)).shape == (2, 5)
-    with pytest.raises(ValueError, match="at least 36 pixels"):
-        atari.AtariNetwork(3, size=32)
+    with pytest.raises(ValueError, match="at least 6 pixels"):
+        atari.AtariNetwork(3, size=5)
     with pytest.raises(ValueError, match="neig"):
         atari.AtariNetwork(1)
     with pytest.raises(ValueError, match="x: expected stacks of shape"):
         net(torch.zeros(2, 3, 36, 36))
+
+
+def test_network_is_the_originals_make_conv_network():
+    """The original's network is make_conv_network with paddings VALID, SAME, SAME and
+    fc_size [6400, 128, neig]: the same function on NHWC frames with TF's layouts."""
+    from spectorch.spin.util import make_conv_network
+
+    torch.manual_seed(0)
+    net = atari.AtariNetwork(3, channels=8, hidden=16).double()
+    assert net.features[-3].in_features == 8 * 10 * 10  # 84 -> 40 -> 20 -> 10
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    fcs = [m for m in net.features if isinstance(m, torch.nn.Linear)]
+    ws = [c.weight.permute(2, 3, 1, 0) for c in convs]  # OIHW -> HWIO
+    # nn.Flatten reads NCHW, the original flattened NHWC: permute the first fc's inputs
+    first = fcs[0].weight.reshape(16, 8, 10, 10).permute(2, 3, 1, 0).reshape(-1, 16)
+    ws += [first, fcs[1].weight.T]
+    bs = [c.bias for c in convs] + [f.bias for f in fcs]
+    x = torch.rand(2, 4, 84, 84, dtype=torch.float64)
+    expected = make_conv_network(
+        x.permute(0, 2, 3, 1), [2, 2, 2], ["VALID", "SAME", "SAME"], ws, bs
+    )
+    torch.testing.assert_close(net(x), expected)
 
 
 def test_ball_video_has_the_slowness_it_claims():

@@ -339,7 +339,7 @@ def test_default_stats_hooks_are_the_originals():
     spin.util.update_default_stats(1, 2.0, np.array([2.0, 4.0]), **stats)
     np.testing.assert_allclose(stats["eigenvalues_ma"][1], [1.01, 2.02], rtol=1e-6)
     grid = spin.util.grid_reader(2, 1.0, 3)
-    assert grid.shape == (9, 2) and grid[1].tolist() == [0.0, -1.0]
+    assert grid.shape == (9, 2) and grid[1].tolist() == [-1.0, 0.0]  # x first, as the original
 
 
 # -- hydrogen ----------------------------------------------------------------------------------

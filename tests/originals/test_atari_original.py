@@ -6,7 +6,11 @@ game. The original read episodes shipped in its repository
 (``atari_episodes/montezuma_revenge.npz``, ``shards`` of them); here they are played
 with ale-py (whose package ships the ROM) and written in the same .npz format. Its
 second test only switches ``use_pfor``/``per_example`` (how TensorFlow built a
-Jacobian; accepted and unused here, see test_spin_original.py).
+Jacobian; accepted and unused here, see test_spin_original.py). Two arguments mean
+something else here, and are translated: the original's ``neig`` counted the learned
+features and added the constant one (``fc_size = [6400, 128, neig]``, then the
+constant), spectorch's ``neig`` counts the constant; the original's ``rmsprop_decay``
+was a factor of ``decay`` (RMSProp's decay ``1 - decay * rmsprop_decay``).
 """
 
 from __future__ import annotations
@@ -46,18 +50,21 @@ def _train(
     del shards, use_pfor, per_example  # one file of frames; TF's Jacobian choices
     assert data.stem == game
     cfg = atari.AtariConfig(
-        neig=neig,
+        # the original's neig learned features plus its constant one; spectorch's
+        # neig counts the constant (docs/migrating.md)
+        neig=neig + 1,
         niter=iterations,
         batch_size=batch_size,
         lr=lr,
         decay=decay,
-        rmsprop_decay=rmsprop_decay,
+        # the original's RMSProp decay was 1 - decay * rmsprop_decay
+        rmsprop_decay=1.0 - decay * rmsprop_decay,
         evaluation_stacks=64,
         log_image_every=10,
         save_params_every=10,
     )
     result = atari.run(out, data, cfg, progress=False)
-    assert result.steps == iterations and len(result.evaluation) == neig
+    assert result.steps == iterations and len(result.evaluation) == neig + 1
     assert np.isfinite(result.evaluation).all()
     return result
 

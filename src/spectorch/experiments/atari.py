@@ -63,14 +63,19 @@ __all__ = [
 
 class AtariNetwork(nn.Module):
     """The original's network for 4-frame stacks: three 6x6 convolutions of stride 2
-    with ``channels`` channels, a hidden layer of ``hidden`` units (ReLU throughout)
-    and a linear read-out of ``neig - 1`` features, with a constant feature prepended.
-    The constant is the trivial eigenfunction of the slowness operator (eigenvalue 0),
-    so SpIN's ordered, Cholesky-whitened outputs hold it first and the learned
-    features are centred and decorrelated from it by construction.
+    with ``channels`` channels and the original's paddings (``VALID``, ``SAME``,
+    ``SAME``, TensorFlow's: 84x84 frames give 40, 20, 10 pixels and 6,400 features at
+    64 channels), a hidden layer of ``hidden`` units (ReLU throughout) and a linear
+    read-out of ``neig - 1`` features, with a constant feature prepended. The constant
+    is the trivial eigenfunction of the slowness operator (eigenvalue 0), so SpIN's
+    ordered, Cholesky-whitened outputs hold it first and the learned features are
+    centred and decorrelated from it by construction.
 
     uint8 inputs are scaled to ``[0, 1]``; float inputs are taken as they are.
     """
+
+    #: the original's paddings of the three convolutions (examples/atari.py)
+    PADDINGS = ("VALID", "SAME", "SAME")
 
     def __init__(
         self,
@@ -86,16 +91,21 @@ class AtariNetwork(nn.Module):
         self.stack = checks.int_at_least("stack", stack, 1)
         self.size = checks.int_at_least("size", size, 1)
         side = self.size
-        for _ in range(3):
-            side = (side - 6) // 2 + 1
+        layers: list[nn.Module] = []
+        c = self.stack
+        for padding in self.PADDINGS:
+            if padding == "SAME":  # TensorFlow's split: the odd pixel after
+                out = -(-side // 2)
+                total = max((out - 1) * 2 + 6 - side, 0)
+                layers.append(nn.ZeroPad2d((total // 2, total - total // 2) * 2))
+                side = out
+            else:
+                side = (side - 6) // 2 + 1
             if side < 1:
                 raise ValueError(
                     f"size: three 6x6 convolutions of stride 2 need frames of at least "
-                    f"36 pixels, got {size}"
+                    f"6 pixels, got {size}"
                 )
-        layers: list[nn.Module] = []
-        c = self.stack
-        for _ in range(3):
             layers += [nn.Conv2d(c, channels, 6, stride=2), nn.ReLU()]
             c = channels
         self.features = nn.Sequential(

@@ -490,7 +490,8 @@ def _plotting_hooks(
         ma = stats.get("eigenvalues_ma", stats.get("eigenvalues"))
         current = ma[t] if ma is not None else np.full(outputs.shape[1], np.nan)
         per_grid = outputs.reshape(len(zooms), points, points, -1)
-        images = np.stack([per_grid[g, :, :, i] for i, g in enumerate(which)], axis=-1)
+        # grid_reader's rows run over x first (the original's order): .T puts y down
+        images = np.stack([per_grid[g, :, :, i].T for i, g in enumerate(which)], axis=-1)
         title = f"{cfg.objective}, step {t + 1}"
         ylim = (0.5 * float(np.abs(exact).min()), 2.0 * float(np.abs(exact).max()))
         ylabel = "eigenvalue (moving average)"
