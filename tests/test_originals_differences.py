@@ -196,6 +196,8 @@ def test_torch_rims_names_are_accepted(tmp_path):
         checkpoints_directory=tmp_path,
     )
     assert rim.steps == 3 and rim.score_preprocessing == "identity"
+    x, y = torch.randn(2, 1, 4, 4, dtype=torch.float64), data.tensors[0][:2]
+    torch.testing.assert_close(rim.model_score_fn(x, y), rim.score(x, y), rtol=0, atol=0)
     with pytest.warns(UserWarning, match="models_to_keep/checkpoints are not needed"):
         rim.fit(data, epochs=1, batch_size=8, models_to_keep=3, checkpoints=10, progress=False)
     assert (tmp_path / "last.pt").exists()  # torch-rim's constructor directory is fit's default
@@ -262,3 +264,70 @@ def test_rim_runs_written_before_loss_reduction_still_resume(tmp_path):
     summed.fit(data, epochs=1, batch_size=8, checkpoints_directory=tmp_path / "s", progress=False)
     rebuilt = RIM.from_checkpoint(tmp_path / "s", score_fn=problem.score)
     assert rebuilt.loss_reduction == "sum"
+
+
+def test_spin_grid_reader_has_the_originals_row_order():
+    def original(dim, lim, points):  # spin/util.py's grid_reader, NumPy part as written
+        hyperplane = [0 for _ in range(dim - 2)]
+        xx = np.linspace(-lim, lim, points, dtype=np.float32)
+        yy = np.linspace(-lim, lim, points, dtype=np.float32)
+        if dim == 2:
+            grid = np.meshgrid(xx, yy)
+        else:
+            zz = [np.linspace(z_i, z_i, 1, dtype=np.float32) for z_i in hyperplane]
+            grid = np.meshgrid(xx, yy, *zz)
+        return np.array(grid).T.reshape(-1, dim)
+
+    for dim, lim, points in ((2, 1.0, 3), (2, 50.0, 16), (3, 7.5, 5)):
+        np.testing.assert_array_equal(
+            spin.util.grid_reader(dim, lim, points).numpy(), original(dim, lim, points)
+        )
+
+
+def test_spin_util_make_network_is_the_originals():
+    from spectorch.experiments.hydrogen import HydrogenNetwork
+
+    torch.manual_seed(0)
+    net = HydrogenNetwork(4, (8, 8), ndim=2, lim=5.0).double()
+    hid = (8, 8, 4)
+    ws = [layer.weight.T for layer in net.layers]
+    bs = [layer.bias for layer in net.layers]
+    x = (torch.rand(16, 2, dtype=torch.float64) * 2 - 1) * 5
+    torch.testing.assert_close(spin.util.make_network(x, hid, ws, bs, True, 5.0), net(x))
+    # NumPy, as the original's TF: softplus layers, then the box mask
+    h = x.numpy()
+    for w, b in zip(ws[:-1], bs[:-1], strict=True):
+        h = np.logaddexp(0, h @ w.detach().numpy() + b.detach().numpy())
+    y = h @ ws[-1].detach().numpy() + bs[-1].detach().numpy()
+    mask = np.prod(np.maximum((np.sqrt(2 * 25.0 - x.numpy() ** 2) - 5.0) / 5.0, 0), axis=1)
+    np.testing.assert_allclose(
+        spin.util.make_network(x, hid, ws, bs, True, 5.0, custom_softplus=True).detach().numpy(),
+        mask[:, None] * y,
+        rtol=1e-12,
+    )
+    with pytest.raises(ValueError, match="one weight and one bias per entry of hid"):
+        spin.util.make_network(x, (8, 4), ws, bs, False, 5.0)
+
+
+def test_spin_util_make_conv_network_pads_as_tensorflow():
+    """TF's SAME: out = ceil(n / s), the odd padding pixel after (here 7 -> 4 with a
+    4x4 kernel of stride 2: 1 pixel before, 2 after); checked against a direct loop."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 7, 3, dtype=torch.float64)  # NHWC
+    w = torch.randn(4, 4, 3, 5, dtype=torch.float64)  # HWIO
+    b = torch.randn(5, dtype=torch.float64)
+    fc = torch.randn(4 * 4 * 5, 2, dtype=torch.float64)
+    fb = torch.randn(2, dtype=torch.float64)
+    out = spin.util.make_conv_network(x, [2], ["SAME"], [w, fc], [b, fb])
+    padded = np.zeros((2, 10, 10, 3))
+    padded[:, 1:8, 1:8] = x.numpy()
+    conv = np.zeros((2, 4, 4, 5))
+    for i in range(4):
+        for j in range(4):
+            patch = padded[:, 2 * i : 2 * i + 4, 2 * j : 2 * j + 4, :]
+            conv[:, i, j] = np.einsum("nhwc,hwco->no", patch, w.numpy())
+    hidden = np.maximum(conv + b.numpy(), 0).reshape(2, -1)  # NHWC order, as TF
+    expected = np.concatenate([np.ones((2, 1)), hidden @ fc.numpy() + fb.numpy()], axis=1)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="paddings"):
+        spin.util.make_conv_network(x, [2], ["FULL"], [w, fc], [b, fb])

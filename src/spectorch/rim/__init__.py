@@ -3,7 +3,7 @@ inverse problems ``y = F(x) + noise``.
 
 * :class:`RIM`: the machine, with ``fit``, ``predict`` and ``from_checkpoint``.
 * Backbones: :class:`Hourglass`, :class:`Unet`, :class:`ConvRNN` (Putzky's cell) and
-  their :class:`ConvGRU`.
+  their :class:`ConvGRU` (:class:`GRU`: the same with torch-rim's names).
 * :mod:`spectorch.rim.problems`: linear-Gaussian problems on real images (digits,
   scikit-image patches), their datasets and the classical baselines.
 
@@ -11,7 +11,15 @@ The experiments built on them (``spectorch rim train``) are in
 :mod:`spectorch.experiments.rim`.
 """
 
-from spectorch.rim._backbones import BACKBONES, ConvGRU, ConvRNN, Hourglass, Unet, build_backbone
+from spectorch.rim._backbones import (
+    BACKBONES,
+    GRU,
+    ConvGRU,
+    ConvRNN,
+    Hourglass,
+    Unet,
+    build_backbone,
+)
 from spectorch.rim._rim import LINKS, PREPROCESSING, RIM
 from spectorch.rim.problems import FeedForward, InverseProblemDataset, LinearGaussian
 
@@ -23,6 +31,7 @@ __all__ = [
     "ConvGRU",
     "ConvRNN",
     "FeedForward",
+    "GRU",
     "Hourglass",
     "InverseProblemDataset",
     "LinearGaussian",

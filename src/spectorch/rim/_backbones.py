@@ -113,6 +113,17 @@ class ConvGRU(nn.Module):
         return h, h
 
 
+class GRU(ConvGRU):
+    """torch-rim's ``GRU`` (``rim.layers.GRU``): the same gated unit as
+    :class:`ConvGRU`, with torch-rim's argument names and defaults (dense,
+    ``dimensions=0``; 32 hidden units; kernel 5)."""
+
+    def __init__(
+        self, in_ch: int, hidden_units: int = 32, kernel_size: int = 5, dimensions: int = 0
+    ):
+        super().__init__(in_ch, hidden_units, kernel_size, dimensions)
+
+
 class _Backbone(nn.Module):
     """Shared plumbing: the saved configuration, padding to a multiple of 2^levels, and
     an output convolution that starts at zero.
@@ -142,6 +153,37 @@ class _Backbone(nn.Module):
     def _crop(self, t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         return t[(..., *(slice(0, n) for n in sizes))]
 
+    def forward(self, x: torch.Tensor, *args: Any):
+        """``model(x, score, h=None) -> (update, h)``; torch-rim's form ``model(x, y,
+        score, h)`` is accepted too (``y`` unused: the backbones here, like torch-rim's
+        defaults, do not condition on the observation)."""
+        if len(args) == 3:  # torch-rim: (x, y, score, h)
+            _, score, h = args
+        elif len(args) in (1, 2):
+            score, h = args[0], args[1] if len(args) == 2 else None
+        else:
+            raise TypeError(
+                f"{type(self).__name__} takes (x, score, h=None) or torch-rim's (x, y, "
+                f"score, h), got {1 + len(args)} arguments"
+            )
+        return self._forward(x, score, h)
+
+    def _state_sizes(self, dimensions: Sequence[int]) -> list[int]:
+        """Spatial sizes after the zero-padding to a multiple of ``2**levels``."""
+        m = self._multiple
+        return [-(-int(d) // m) * m for d in dimensions]
+
+    def initialize_hidden_states(self, dimensions: Sequence[int], batch_size: int) -> Any:
+        """The zero state of a batch of ``batch_size`` inputs of spatial shape
+        ``dimensions``: what the first call with ``h=None`` uses (the same result)."""
+        p = next(self.parameters())
+        return self._zero_state([int(d) for d in dimensions], int(batch_size), p)
+
+    #: torch-rim's (misspelt) name
+    def initalize_hidden_states(self, dimensions: Sequence[int], batch_size: int) -> Any:
+        """torch-rim's name of :meth:`initialize_hidden_states`."""
+        return self.initialize_hidden_states(dimensions, batch_size)
+
     def _check_input(self, x: torch.Tensor, score: torch.Tensor) -> None:
         if x.shape != score.shape:
             raise ValueError(
@@ -155,27 +197,69 @@ class _Backbone(nn.Module):
             )
 
 
+#: torch-rim 0.2.9's Hourglass defaults, which its keywords bring along
+_TORCH_RIM_HOURGLASS = {
+    "dimensions": 1,
+    "nf": 32,
+    "ch_mult": (2, 2),
+    "hidden_units": 32,
+    "num_layers": 2,
+}
+
+
 def _hourglass_names(
-    extra: dict[str, Any], features: int, levels: int, hidden: int | None, multiplier: int
-) -> tuple[int, int, int | None, int]:
-    """torch-rim 0.2.9's Hourglass names mapped onto spectorch's."""
-    known = ("nf", "ch_mult", "hidden_units")
+    extra: dict[str, Any],
+    dimensions: int | None,
+    features: int | None,
+    levels: int | None,
+    hidden: int | None,
+    layers: int | None,
+    multiplier: int | None,
+) -> tuple[int, int, int, int | None, int, int]:
+    """torch-rim 0.2.9's Hourglass names mapped onto spectorch's. With any of them,
+    torch-rim's defaults fill what is not given (:data:`_TORCH_RIM_HOURGLASS`);
+    otherwise spectorch's."""
+    known = ("nf", "ch_mult", "hidden_units", "num_layers")
     unknown = sorted(set(extra) - set(known))
     if unknown:
         raise TypeError(
             f"Hourglass got unexpected keyword argument(s) {unknown}; torch-rim's names "
             f"accepted here are {list(known)}"
         )
-    features = extra.get("nf", features)
-    hidden = extra.get("hidden_units", hidden)
-    if "ch_mult" in extra:
-        mult = [int(m) for m in extra["ch_mult"]]
+    ours = dict(dimensions=2, features=32, levels=2, hidden=None, layers=1, multiplier=2)
+    if extra:
+        given = {**_TORCH_RIM_HOURGLASS, **extra}
+        mult = [int(m) for m in given["ch_mult"]]
         if not mult or len(set(mult)) != 1:
             raise ValueError(
                 f"ch_mult must repeat one multiplier (levels = len(ch_mult)), got {mult}"
             )
-        levels, multiplier = len(mult), mult[0]
-    return features, levels, hidden, multiplier
+        ours = dict(
+            dimensions=given["dimensions"],
+            features=given["nf"],
+            levels=len(mult),
+            hidden=given["hidden_units"],
+            layers=given["num_layers"],
+            multiplier=mult[0],
+        )
+    passed = dict(
+        dimensions=dimensions,
+        features=features,
+        levels=levels,
+        hidden=hidden,
+        layers=layers,
+        multiplier=multiplier,
+    )
+    both = {k for k, v in passed.items() if v is not None} & {
+        {"nf": "features", "hidden_units": "hidden", "num_layers": "layers"}.get(k, k)
+        for k in extra
+    }
+    if "ch_mult" in extra and (levels is not None or multiplier is not None):
+        both.add("levels/multiplier")
+    if both:
+        raise TypeError(f"Hourglass: {sorted(both)} given under both names")
+    v = {k: (passed[k] if passed[k] is not None else ours[k]) for k in ours}
+    return v["dimensions"], v["features"], v["levels"], v["hidden"], v["layers"], v["multiplier"]
 
 
 class Hourglass(_Backbone):
@@ -199,28 +283,36 @@ class Hourglass(_Backbone):
         multiplier: channel growth per level.
         activation: name of the activation.
 
+    Defaults: ``dimensions=2``, ``features=32``, ``levels=2``, ``hidden`` the
+    bottleneck's channels, ``layers=1``, ``multiplier=2``.
+
     torch-rim's names are accepted too: ``nf`` (``features``), ``ch_mult`` (one
     multiplier per level, all equal here: ``levels = len(ch_mult)``,
-    ``multiplier = ch_mult[0]``) and ``hidden_units`` (``hidden``).
+    ``multiplier = ch_mult[0]``), ``hidden_units`` (``hidden``) and ``num_layers``
+    (``layers``). With any of them, torch-rim's defaults fill the rest
+    (``dimensions=1``, ``nf=32``, ``ch_mult=(2, 2)``, ``hidden_units=32``,
+    ``num_layers=2``), so that code written for torch-rim builds the same sizes. The
+    layers are spectorch's (its GRU, zero-initialised output), not torch-rim's
+    weights.
     """
 
     def __init__(
         self,
         channels: int,
-        dimensions: int = 2,
+        dimensions: int | None = None,
         *,
-        features: int = 32,
-        levels: int = 2,
+        features: int | None = None,
+        levels: int | None = None,
         hidden: int | None = None,
-        layers: int = 1,
+        layers: int | None = None,
         kernel_size: int = 3,
-        multiplier: int = 2,
+        multiplier: int | None = None,
         activation: str = "tanh",
         **torch_rim: Any,
     ):
         super().__init__()
-        features, levels, hidden, multiplier = _hourglass_names(
-            torch_rim, features, levels, hidden, multiplier
+        dimensions, features, levels, hidden, layers, multiplier = _hourglass_names(
+            torch_rim, dimensions, features, levels, hidden, layers, multiplier
         )
         d = _check_resampling(
             "Hourglass",
@@ -264,7 +356,11 @@ class Hourglass(_Backbone):
         self.output = _conv(d, c, channels, kernel_size)
         self._zero_output()
 
-    def forward(self, x: torch.Tensor, score: torch.Tensor, h: torch.Tensor | None = None):
+    def _zero_state(self, dims: list[int], batch: int, p: torch.Tensor) -> torch.Tensor:
+        sizes = [n // self._multiple for n in self._state_sizes(dims)]
+        return p.new_zeros((batch, self.config["hidden"], *sizes))
+
+    def _forward(self, x: torch.Tensor, score: torch.Tensor, h: torch.Tensor | None = None):
         self._check_input(x, score)
         z, sizes = self._pad(torch.cat([x, score], dim=1))
         z = self._act(self.input(z))
@@ -341,7 +437,14 @@ class Unet(_Backbone):
         self.output = _conv(d, features, channels, kernel_size)
         self._zero_output()
 
-    def forward(self, x: torch.Tensor, score: torch.Tensor, h: Sequence | None = None):
+    def _zero_state(self, dims: list[int], batch: int, p: torch.Tensor) -> tuple:
+        padded = self._state_sizes(dims)
+        return tuple(
+            p.new_zeros((batch, gru.hidden, *[n // 2**i for n in padded]))
+            for i, gru in enumerate(self.grus)
+        )
+
+    def _forward(self, x: torch.Tensor, score: torch.Tensor, h: Sequence | None = None):
         self._check_input(x, score)
         z, sizes = self._pad(torch.cat([x, score], dim=1))
         z = self._act(self.input(z))
@@ -420,7 +523,11 @@ class ConvRNN(_Backbone):
         self.output = _conv(d, hidden, channels, k2)
         self._zero_output()
 
-    def forward(self, x: torch.Tensor, score: torch.Tensor, h: Sequence | None = None):
+    def _zero_state(self, dims: list[int], batch: int, p: torch.Tensor) -> tuple:
+        shape = (batch, self.config["hidden"], *dims)
+        return p.new_zeros(shape), p.new_zeros(shape)
+
+    def _forward(self, x: torch.Tensor, score: torch.Tensor, h: Sequence | None = None):
         self._check_input(x, score)
         h1, h2 = h if h is not None else (None, None)
         z = self._act(self.input(torch.cat([x, score], dim=1)))

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from spectorch import checks
-from spectorch.rim._backbones import BACKBONES, build_backbone
+from spectorch.rim._backbones import BACKBONES, _Backbone, build_backbone
 from spectorch.train import FitResult, RunDirectory, fit, load_best, load_checkpoint
 
 __all__ = ["RIM", "LINKS", "PREPROCESSING"]
@@ -161,7 +161,11 @@ class RIM(nn.Module):
             ``()`` for a vector unknown of shape ``(B, channels)`` (with a 0-D
             backbone such as ``ConvRNN(n, 0)``).
         model: the backbone, ``model(x, score, h) -> (update, h)`` with ``h=None`` on
-            the first call (:class:`Hourglass`, :class:`Unet`, :class:`ConvRNN`).
+            the first call (:class:`Hourglass`, :class:`Unet`, :class:`ConvRNN`). A
+            torch-rim model (one with torch-rim's ``initalize_hidden_states``) is
+            called as torch-rim called it: ``h`` from
+            ``model.initalize_hidden_states(dimensions, batch_size)``, then
+            ``model(x, y, score, h)``.
         score_fn: the likelihood score (see above).
         energy_fn: the log-likelihood (see above); give exactly one of the two.
         steps: number of iterations T.
@@ -294,6 +298,11 @@ class RIM(nn.Module):
                     f"not all zero; got {list(time_weights)!r}"
                 )
         self.model = model
+        #: a torch-rim model (its ``Model`` base class: ``initalize_hidden_states`` and
+        #: ``forward(x, y, score, h)``) is called the torch-rim way
+        self._torch_rim_model = hasattr(model, "initalize_hidden_states") and not isinstance(
+            model, _Backbone
+        )
         self.dimensions, self.channels, self.steps = dimensions, int(channels), steps
         self.score_fn, self.energy_fn = score_fn, energy_fn
         self.approximate_inverse_fn = approximate_inverse_fn
@@ -359,6 +368,11 @@ class RIM(nn.Module):
             raise ValueError(f"the score must have the shape of x, {tuple(x.shape)}; got {got}")
         return s if graph else s.detach()
 
+    def model_score_fn(self, x: torch.Tensor, y: torch.Tensor, *args: Any) -> torch.Tensor:
+        """torch-rim's name of :meth:`score`: the score in the RIM's space (through the
+        link function)."""
+        return self.score(x, y, *args)
+
     def preprocess(self, score: torch.Tensor, state: Any, step: int) -> tuple[torch.Tensor, Any]:
         """Apply ``score_preprocessing`` at step ``step`` (0-based); ``state`` is the
         running moments (``None`` at step 0). Returns ``(processed, state)``."""
@@ -407,6 +421,10 @@ class RIM(nn.Module):
         shape = (y.shape[0], self.channels, *self.dimensions)
         out: list[torch.Tensor] = []
         h = None
+        if self._torch_rim_model:
+            h = self.model.initalize_hidden_states(list(self.dimensions), y.shape[0])
+            if isinstance(h, torch.Tensor):
+                h = h.to(device=p.device, dtype=p.dtype)
         if self.initialization == "approximate_inverse":
             x0 = self.approximate_inverse_fn(y, *args)
             if not isinstance(x0, torch.Tensor) or x0.shape != shape:
@@ -416,16 +434,21 @@ class RIM(nn.Module):
         else:
             x = torch.zeros(shape, dtype=p.dtype, device=p.device)
             if self.initialization == "model":
-                u, h = self.model(x, torch.zeros_like(x), None)
+                u, h = self._step(x, y, torch.zeros_like(x), h)
                 x = x + u
                 out.append(x)
         state = None
         for t in range(self.steps):
             s, state = self.preprocess(self.score(x, y, *args), state, t)
-            u, h = self.model(x, s, h)
+            u, h = self._step(x, y, s, h)
             x = x + u
             out.append(x)
         return out
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor, h: Any) -> Any:
+        if self._torch_rim_model:
+            return self.model(x, y, s, h)
+        return self.model(x, s, h)
 
     @torch.no_grad()
     def predict(self, y: torch.Tensor, *args: Any, allow_nonfinite: bool = False) -> torch.Tensor:
