@@ -247,3 +247,16 @@ def test_metric_based_pruning_says_when_outputs_look_like_probabilities(trained)
         metric_based_pruning(soft, ev, percentile_step=50, max_delta_percent=100, verbose=False)
     assert any("sum to one" in str(w.message) for w in seen)
     original_model(trained)
+
+
+def test_the_dictionaries_evaluate_a_float64_model(trained):
+    import copy
+
+    x, y = load_digits(split="test")
+    model = copy.deepcopy(trained).double()
+    ev = dict(x=x.numpy(), y=y.numpy(), batch_size=128)
+    with pytest.warns(UserWarning, match="stayed within"):
+        out = metric_based_pruning(
+            model, ev, percentile_step=50, max_delta_percent=100, verbose=False
+        )
+    assert out is model and model[0].diag_end_mask.dtype == torch.float64

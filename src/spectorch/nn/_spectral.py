@@ -375,7 +375,7 @@ class Spectral(nn.Module):
         key = prefix + "diag_end_mask"
         if key in state_dict:
             self.diag_end_mask = torch.empty_like(self.diag_end)
-        else:
+        elif prefix + "diag_end" in state_dict:  # this layer's state, saved unmasked
             self.diag_end_mask = None
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors

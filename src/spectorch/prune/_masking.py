@@ -116,8 +116,8 @@ def _warn_probabilities(evaluate: Callable[[nn.Module], Any], x: Any) -> Callabl
 
     def run(model: nn.Module) -> Any:
         with torch.no_grad():
-            device = next(model.parameters()).device
-            probe = torch.as_tensor(np.asarray(x[:64]), dtype=torch.float32).to(device)
+            first = next(model.parameters())
+            probe = torch.as_tensor(np.asarray(x[:64])).to(first.device, first.dtype)
             out = model(probe.reshape(len(probe), -1))
         if out.ndim == 2 and out.shape[1] > 1 and bool((out >= 0).all()):
             if torch.allclose(out.sum(-1), torch.ones_like(out[:, 0]), atol=1e-4):

@@ -91,11 +91,16 @@ def make_evaluate(
     @torch.no_grad()
     def run(model: nn.Module) -> dict[str, float]:
         model.eval()
-        device = next(model.parameters()).device
+        first = next(model.parameters())
         total = correct = 0.0
         n = 0
         for inputs, targets in data:
-            inputs, targets = inputs.to(device), targets.to(device)
+            targets = targets.to(first.device)
+            if targets.is_floating_point():
+                targets = targets.to(first.dtype)
+            inputs = inputs.to(first.device)
+            if inputs.is_floating_point():  # the dictionaries' float32 into any model
+                inputs = inputs.to(first.dtype)
             out = model(inputs)
             total += float(loss(out, targets))
             # one-hot (or probability) targets: the class is their largest entry
