@@ -6,24 +6,21 @@ defaults: ``hidden_units=32``), called torch-rim's way, ``model(x, y, score, h)`
 :class:`~spectorch.rim.GRU` (spectorch's ConvGRU with torch-rim's names and
 defaults).
 
-Two tests differ, each saying why:
+One test differs, saying why, and one checks a bug fixed:
 
 - ``test_hourglass_odd_input_size`` is skipped in torch-rim ("I would need to know in
   advance the correct padding"); spectorch's Hourglass pads to a multiple of
   ``2**levels`` and crops back, so it runs here, and the state has the padded size
   (``ceil(15 / 4) = 4``, where torch-rim's test expected ``15 // 4``).
-- ``test_gru_block``: ``GRUBlock`` is torch-rim's internal two-GRU block of its
-  Hourglass, with no counterpart here (spectorch's Hourglass has one ConvGRU, and its
-  two-GRU cell is :class:`~spectorch.rim.ConvRNN`, with a pair state). Not ported.
-  (torch-rim's block also never updates its first GRU's state: it concatenates the
-  old ``h_1``.)
+- ``test_gru_block`` as written; torch-rim's block never updated its first GRU's
+  state (it concatenated the old ``h_1``): here both update, and a test checks it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from spectorch.rim import GRU, RIM, Hourglass
+from spectorch.rim import GRU, RIM, GRUBlock, Hourglass
 
 # --- test_architectures.py -----------------------------------------------------------
 
@@ -113,6 +110,31 @@ def test_conv_gru_1d():
 
 def test_conv_gru_3d():
     _conv_gru(3)
+
+
+def test_gru_block():
+    B = 10
+    C = 10  # channels
+    H = 32  # hidden units
+    K = 5  # kernel size
+    for dim in [0, 1, 2, 3]:
+        D = [16] * dim
+        x = torch.randn(B, C, *D)
+        h = torch.randn(B, H, *D)
+        layer = GRUBlock(C, H, K, dim)
+        h, _ = layer(x, h)
+        assert layer.dimensions == dim
+        assert h.shape == torch.Size([B, C, *D])
+
+
+def test_gru_block_updates_both_states():
+    torch.manual_seed(0)
+    layer = GRUBlock(3, 8, 3, 1, conv_kernel_size=3)
+    x, h = torch.randn(2, 3, 5), torch.randn(2, 8, 5)
+    _, new = layer(x, h)
+    expected_first, _ = layer.gru1(x, h[:, :4])
+    torch.testing.assert_close(new[:, :4], expected_first)  # torch-rim kept h[:, :4]
+    assert not torch.allclose(new[:, :4], h[:, :4])
 
 
 # --- beyond the shapes: the two calling forms are one function -----------------------

@@ -124,6 +124,43 @@ class GRU(ConvGRU):
         super().__init__(in_ch, hidden_units, kernel_size, dimensions)
 
 
+class GRUBlock(nn.Module):
+    """torch-rim's ``GRUBlock`` (Morningstar et al. 2019): two :class:`GRU` of
+    ``hidden_units // 2`` channels with a ``conv_kernel_size`` convolution and tanh
+    between them, and a convolution back to ``in_ch`` channels. The state ``h`` holds
+    both GRUs' states along the channels; returns ``(output, h)``.
+
+    torch-rim's block put its first GRU's *old* state back into ``h``, so that GRU
+    never remembered anything; here both states update.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        hidden_units: int = 32,
+        kernel_size: int = 5,
+        dimensions: int = 0,
+        conv_kernel_size: int = 11,
+    ):
+        super().__init__()
+        self.dimensions = _check_dimensions(dimensions)
+        if _positive("hidden_units", hidden_units) % 2:
+            raise ValueError(f"hidden_units must be even (two GRUs), got {hidden_units}")
+        if conv_kernel_size % 2 != 1:
+            raise ValueError(f"conv_kernel_size must be odd, got {conv_kernel_size!r}")
+        half = hidden_units // 2
+        self.gru1 = GRU(in_ch, half, kernel_size, dimensions)
+        self.gru2 = GRU(half, half, kernel_size, dimensions)
+        self.hidden_layer = _conv(self.dimensions, half, half, conv_kernel_size, bias=False)
+        self.reshape_layer = _conv(self.dimensions, half, in_ch, conv_kernel_size, bias=False)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h_1, h_2 = torch.tensor_split(h, 2, dim=1)
+        h_1, _ = self.gru1(x, h_1)
+        z, h_2 = self.gru2(torch.tanh(self.hidden_layer(h_1)), h_2)
+        return self.reshape_layer(z), torch.cat([h_1, h_2], dim=1)
+
+
 class _Backbone(nn.Module):
     """Shared plumbing: the saved configuration, padding to a multiple of 2^levels, and
     an output convolution that starts at zero.
