@@ -4,6 +4,7 @@ Each operator follows the contract of :mod:`spectorch.linalg`: ``shape``, ``dtyp
 ``matvec`` on a flat parameter vector and ``matmat`` for several vectors in one pass.
 """
 
+from spectorch.curvature._objectives import BatchLoss, CausalLM, Objective, Supervised, logits_of
 from spectorch.curvature._operators import (
     OPERATORS,
     CurvatureOperator,
@@ -15,6 +16,11 @@ from spectorch.curvature._operators import (
 
 __all__ = [
     "OPERATORS",
+    "BatchLoss",
+    "CausalLM",
+    "Objective",
+    "Supervised",
+    "logits_of",
     "CurvatureOperator",
     "EmpiricalFisherOperator",
     "GGNOperator",

@@ -1,8 +1,10 @@
 """Matrix-free curvature operators of (model, loss, data): Hessian, GGN, empirical Fisher.
 
-Every product is an exact average over the whole dataset: each batch's contribution
-is weighted by its size and accumulated in float64, so the result does not depend on
-how the data is cut into batches (never a mean of per-batch means).
+Every product is an exact average over the whole dataset's loss terms (rows, or
+predicted tokens; see :mod:`spectorch.curvature._objectives`): each batch contributes
+the product of its *summed* loss, accumulated in float64, and the total is divided by
+the number of terms, so the result does not depend on how the data is cut into
+batches or padded (never a mean of per-batch means).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
+from spectorch.curvature._objectives import Objective, Supervised
+
 __all__ = [
     "OPERATORS",
     "CurvatureOperator",
@@ -29,7 +33,7 @@ __all__ = [
 _TRAIN_MODES = ("refuse", "allow")
 _REDUCTIONS = ("mean", "sum")
 _HVP_MODES = ("forward", "reverse")
-Batch = tuple[Any, Any]
+Batch = Any
 
 
 class CurvatureOperator:
@@ -41,11 +45,16 @@ class CurvatureOperator:
     order; ``P`` is its length.
 
     Args:
-        model: the network, an ``nn.Module`` called as ``model(inputs)``.
+        model: the network, an ``nn.Module``.
         loss_fn: ``loss_fn(outputs, targets)`` returning a scalar, e.g.
-            ``nn.CrossEntropyLoss()``.
-        data: a re-iterable collection of ``(inputs, targets)`` batches (a list, a
-            ``DataLoader``); it is read once per product.
+            ``nn.CrossEntropyLoss()``, for ``(inputs, targets)`` batches (the model is
+            called as ``model(inputs)``); or an :class:`~spectorch.curvature.Objective`
+            for any batch and any model output (:class:`~spectorch.curvature.CausalLM`
+            for language-model batches, :class:`~spectorch.curvature.BatchLoss` for a
+            function ``loss(forward, batch) -> (loss_sum, count)``), averaged over
+            its loss terms.
+        data: a re-iterable collection of batches (a list, a ``DataLoader``); it is
+            read once per product.
         params: names of the parameters to differentiate; default all parameters
             with ``requires_grad``.
         reduction: ``"mean"`` or ``"sum"``; default the loss's own ``reduction``
@@ -80,8 +89,10 @@ class CurvatureOperator:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        if not isinstance(loss_fn, Objective) and not callable(loss_fn):
+            raise TypeError(
+                f"loss_fn must be callable or an Objective, got {type(loss_fn).__name__}"
+            )
         if train_mode not in _TRAIN_MODES:
             raise ValueError(f"train_mode must be one of {list(_TRAIN_MODES)}, got {train_mode!r}")
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
@@ -93,6 +104,16 @@ class CurvatureOperator:
         self.train_mode = train_mode
         self._dtype = dtype
         self.reduction = _resolve_reduction(loss_fn, reduction)
+        #: how each batch becomes loss terms (a plain loss_fn is :class:`Supervised`)
+        self.objective = (
+            loss_fn if isinstance(loss_fn, Objective) else Supervised(loss_fn, self.reduction)
+        )
+        if not self.objective.splits and self.name != "hessian":
+            raise ValueError(
+                f"the {self.name} operator needs the outputs and the loss apart; "
+                f"{type(self.objective).__name__} gives only the loss: use an Objective "
+                "(Supervised, CausalLM or a subclass) or the Hessian"
+            )
 
         named = dict(model.named_parameters())
         if params is None:
@@ -190,7 +211,7 @@ class CurvatureOperator:
             "operator": self.name,
             "model": type(self.model).__name__,
             "parameters": self._dim,
-            "loss": getattr(type(self.loss_fn), "__name__", repr(self.loss_fn)),
+            "loss": self.objective.describe(),
             "reduction": self.reduction,
             "network_dtype": str(self._net_dtype).replace("torch.", ""),
             "accumulation_dtype": str(self._dtype).replace("torch.", ""),
@@ -205,9 +226,9 @@ class CurvatureOperator:
 
     # ------------------------------------------------------------------ internals
     def _batch_products(
-        self, params: dict[str, torch.Tensor], inputs: Any, targets: Any, tangents: Any
-    ) -> tuple[tuple[torch.Tensor, ...], float]:
-        """Per-batch products for stacked tangents; returns (products, weight)."""
+        self, params: dict[str, torch.Tensor], batch: Any, tangents: Any
+    ) -> tuple[torch.Tensor, ...]:
+        """Per-batch products of the batch's summed loss, for stacked tangents."""
         raise NotImplementedError
 
     def _product(self, V: torch.Tensor, *, batched: bool) -> torch.Tensor:
@@ -233,13 +254,14 @@ class CurvatureOperator:
         params = self._params()
         out = torch.zeros(k, self._dim, dtype=self._dtype, device=self._device)
         count = 0
-        for index, inputs, targets, size in self._batches():
+        for index, batch, size in self._batches():
+            # a BatchLoss tells its count only when evaluated: the product sets _size
             self._index, self._size = index, size
             if batched:
-                prods, weight = self._batch_products(params, inputs, targets, tangents)
+                prods = self._batch_products(params, batch, tangents)
             else:
                 single = tuple(t[0] for t in tangents)
-                prods, weight = self._batch_products_single(params, inputs, targets, single)
+                prods = self._batch_products_single(params, batch, single)
                 prods = tuple(p.unsqueeze(0) for p in prods)
             flat = torch.cat([p.reshape(k, -1) for p in prods], dim=1).to(self._dtype)
             if not torch.isfinite(flat).all():
@@ -247,25 +269,29 @@ class CurvatureOperator:
                     f"the {self.name} product of batch {index} has NaN or inf entries; check "
                     "the model, loss and that batch for non-finite values"
                 )
-            out.add_(flat, alpha=weight)
-            count += size
+            out.add_(flat)
+            count += self._size
         return out, count
 
     def _batch_products_single(
-        self, params: dict[str, torch.Tensor], inputs: Any, targets: Any, tangent: tuple
-    ) -> tuple[tuple[torch.Tensor, ...], float]:
+        self, params: dict[str, torch.Tensor], batch: Any, tangent: tuple
+    ) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
-    def _batches(self) -> Iterator[tuple[int, Any, Any, int]]:
-        """``(index, inputs, targets, batch size)`` of every batch, on the device."""
+    def _batches(self) -> Iterator[tuple[int, Any, int | None]]:
+        """``(index, batch on the device, its number of loss terms)`` of every batch
+        (``None`` terms for a :class:`BatchLoss`, known once it is evaluated)."""
         for index, batch in enumerate(self.data):
-            inputs, targets = _split_batch(batch, index)
-            inputs, targets = _to_device(inputs, self._device), _to_device(targets, self._device)
-            yield index, inputs, targets, _batch_size(inputs, targets)
+            batch = _to_device(batch, self._device)
+            yield index, batch, self._count(batch, index)
 
-    def _weight(self) -> float:
-        """A batch-mean product times the batch size sums to the dataset total."""
-        return float(self._size) if self.reduction == "mean" else 1.0
+    def _count(self, batch: Any, index: int) -> int | None:
+        if not self.objective.splits:
+            return None
+        try:
+            return int(self.objective.count(batch))
+        except ValueError as exc:
+            raise ValueError(f"batch {index}: {exc}") from exc
 
     def _params(self) -> dict[str, torch.Tensor]:
         named = dict(self.model.named_parameters())
@@ -280,8 +306,21 @@ class CurvatureOperator:
     def _as_dict(self, values: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         return dict(zip(self.param_names, values, strict=True))
 
-    def _forward(self, params: dict[str, torch.Tensor], inputs: Any) -> torch.Tensor:
-        return functional_call(self.model, params, (inputs,))
+    def _bound(self, params: dict[str, torch.Tensor]) -> Callable[..., Any]:
+        """``forward(*args, **kwargs)``: the model called with ``params``."""
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            return functional_call(self.model, params, args, kwargs)
+
+        forward.module = self.model  # type: ignore[attr-defined]  # for its signature
+        return forward
+
+    def _loss_sum(self, params: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
+        """The batch's summed loss at ``params``; sets ``_size`` for a BatchLoss."""
+        loss, count = self.objective.evaluate(self._bound(params), batch)
+        if self._size is None:
+            self._size = int(count)
+        return loss
 
     def _check_train_mode(self) -> None:
         if self.train_mode == "allow" or not self._stochastic:
@@ -302,11 +341,17 @@ class CurvatureOperator:
             batch = next(iter(self.data))
         except StopIteration:
             raise ValueError("data yielded no batches") from None
-        inputs, targets = _split_batch(batch, 0)
-        inputs, targets = _to_device(inputs, self._device), _to_device(targets, self._device)
+        batch = _to_device(batch, self._device)
+        if isinstance(self.objective, Supervised):
+            Supervised._pair(batch)  # the shape of the batch first, its own message
         try:
             with torch.no_grad():
-                loss = self.loss_fn(self.model(inputs), targets)
+                if self.objective.splits:
+                    out = self.objective.outputs(self.model, batch)
+                    loss = self.objective.loss_sum(out, batch)
+                    self.objective.count(batch)
+                else:
+                    loss, _ = self.objective.evaluate(self.model, batch)
         except Exception as exc:  # the user's model and loss may raise anything
             raise ValueError(
                 f"the model and loss could not be evaluated on the first batch "
@@ -381,23 +426,23 @@ class _SecondOrderOperator(CurvatureOperator):
         self._reverse = hvp == "reverse"
         super().__init__(*args, **kwargs)
 
-    def _hvp(self, params, inputs, targets) -> Callable:
+    def _hvp(self, params, batch) -> Callable:
         raise NotImplementedError
 
-    def _batch_products_single(self, params, inputs, targets, tangent):
-        return self._retry(lambda: self._hvp(params, inputs, targets)(*tangent))
+    def _batch_products_single(self, params, batch, tangent):
+        return self._retry(lambda: self._hvp(params, batch)(*tangent))
 
-    def _batch_products(self, params, inputs, targets, tangents):
-        return self._retry(lambda: vmap(self._hvp(params, inputs, targets))(*tangents))
+    def _batch_products(self, params, batch, tangents):
+        return self._retry(lambda: vmap(self._hvp(params, batch))(*tangents))
 
     def _retry(self, compute: Callable):
         try:
-            return compute(), self._weight()
+            return compute()
         except RuntimeError as exc:
             if self._reverse or not _needs_reverse(exc):
                 raise
             self._reverse = True
-            return compute(), self._weight()
+            return compute()
 
 
 class HessianOperator(_SecondOrderOperator):
@@ -472,18 +517,25 @@ class HessianOperator(_SecondOrderOperator):
         self._cache_complete = False
         self._cache_bytes = 0
 
-    def _batches(self) -> Iterator[tuple[int, Any, Any, int]]:
+    def _batches(self) -> Iterator[tuple[int, Any, int | None]]:
         if self.caching and self._cache_complete:
             # every batch's graph is kept: the data need not be read at all
             for index, (*_, size) in self._graphs.items():
-                yield index, None, None, size
+                yield index, None, size
             return
         yield from super()._batches()
         self._cache_complete = self.caching
 
-    def _hvp(self, params, inputs, targets) -> Callable:
+    def _count(self, batch: Any, index: int) -> int | None:
+        count = super()._count(batch, index)
+        if count is None and not self._reverse:  # forward mode: a BatchLoss's count now
+            with torch.no_grad():
+                count = int(self.objective.evaluate(self.model, batch)[1])
+        return count
+
+    def _hvp(self, params, batch) -> Callable:
         def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
-            return self.loss_fn(self._forward(p, inputs), targets)
+            return self._loss_sum(p, batch)
 
         hvp = _second_order(loss, params, reverse=self._reverse)
 
@@ -493,18 +545,18 @@ class HessianOperator(_SecondOrderOperator):
 
         return product
 
-    def _batch_products_single(self, params, inputs, targets, tangent):
+    def _batch_products_single(self, params, batch, tangent):
         if not self._reverse:
-            return super()._batch_products_single(params, inputs, targets, tangent)
-        prods = self._double_backward(params, inputs, targets, tuple(t[None] for t in tangent))
-        return tuple(p[0] for p in prods), self._weight()
+            return super()._batch_products_single(params, batch, tangent)
+        prods = self._double_backward(params, batch, tuple(t[None] for t in tangent))
+        return tuple(p[0] for p in prods)
 
-    def _batch_products(self, params, inputs, targets, tangents):
+    def _batch_products(self, params, batch, tangents):
         if not self._reverse:
-            return super()._batch_products(params, inputs, targets, tangents)
-        return self._double_backward(params, inputs, targets, tangents), self._weight()
+            return super()._batch_products(params, batch, tangents)
+        return self._double_backward(params, batch, tangents)
 
-    def _double_backward(self, params, inputs, targets, tangents):
+    def _double_backward(self, params, batch, tangents):
         """Reverse-over-reverse with plain autograd: the graph of ``∇L`` is built once
         per batch and differentiated again for each tangent (``retain_graph``), which
         beats vmapping the second backward pass."""
@@ -521,7 +573,7 @@ class HessianOperator(_SecondOrderOperator):
                 return t
 
             with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
-                loss = self.loss_fn(self._forward(self._as_dict(tuple(leaves)), inputs), targets)
+                loss = self._loss_sum(self._as_dict(tuple(leaves)), batch)
                 grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
             # a gradient that is constant in θ (or absent) has a zero Hessian block
             live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
@@ -562,13 +614,15 @@ class GGNOperator(_SecondOrderOperator):
 
     name = "ggn"
 
-    def _hvp(self, params, inputs, targets) -> Callable:
+    def _hvp(self, params, batch) -> Callable:
+        objective = self.objective
+
         def f(p: dict[str, torch.Tensor]) -> torch.Tensor:
-            return self._forward(p, inputs)
+            return objective.outputs(self._bound(p), batch)
 
         out, pullback = vjp(f, params)
         loss_hvp = _second_order(
-            lambda o: self.loss_fn(o, targets), out.detach(), reverse=self._reverse
+            lambda o: objective.loss_sum(o, batch), out.detach(), reverse=self._reverse
         )
 
         def product(*t: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -580,22 +634,23 @@ class GGNOperator(_SecondOrderOperator):
 
 
 class EmpiricalFisherOperator(CurvatureOperator):
-    r"""The empirical Fisher ``F = (1/N) Σᵢ gᵢ gᵢᵀ`` with ``gᵢ = ∇_θ ℓ(f(xᵢ), yᵢ)``.
+    r"""The empirical Fisher ``F = (1/N) Σᵢ gᵢ gᵢᵀ`` with ``gᵢ = ∇_θ ℓᵢ`` over the
+    ``N`` loss terms (rows; predicted tokens with :class:`CausalLM`).
 
-    No per-sample gradient is ever stored: ``F v = (1/N) Jℓᵀ (Jℓ v)`` where ``Jℓ`` is
-    the Jacobian of the vector of per-sample losses, one ``jvp`` and one ``vjp`` per
-    batch. Per-sample losses are ``loss_fn`` applied to each sample as a batch of one.
-    With ``reduction="sum"`` the ``1/N`` is dropped.
+    No per-term gradient is ever stored: ``F v = (1/N) Jℓᵀ (Jℓ v)`` where ``Jℓ`` is
+    the Jacobian of the vector of per-term losses (the objective's ``terms``), one
+    ``jvp`` and one ``vjp`` per batch. With a plain ``loss_fn`` the terms are
+    ``loss_fn`` applied to each sample as a batch of one. With ``reduction="sum"`` the
+    ``1/N`` is dropped.
     """
 
     name = "fisher"
 
-    def _parts(self, params, inputs, targets):
-        def per_sample(o: torch.Tensor, t: Any) -> torch.Tensor:
-            return self.loss_fn(o.unsqueeze(0), _unsqueeze(t)).reshape(())
+    def _parts(self, params, batch):
+        objective = self.objective
 
         def losses(p: dict[str, torch.Tensor]) -> torch.Tensor:
-            return vmap(per_sample)(self._forward(p, inputs), targets)
+            return objective.terms(objective.outputs(self._bound(p), batch), batch).reshape(-1)
 
         _, pullback = vjp(losses, params)
 
@@ -606,13 +661,13 @@ class EmpiricalFisherOperator(CurvatureOperator):
 
         return fisher
 
-    def _batch_products_single(self, params, inputs, targets, tangent):
-        fisher = self._parts(params, inputs, targets)
-        return fisher(self._as_dict(tangent)), 1.0
+    def _batch_products_single(self, params, batch, tangent):
+        fisher = self._parts(params, batch)
+        return fisher(self._as_dict(tangent))
 
-    def _batch_products(self, params, inputs, targets, tangents):
-        fisher = self._parts(params, inputs, targets)
-        return vmap(lambda *t: fisher(self._as_dict(t)))(*tangents), 1.0
+    def _batch_products(self, params, batch, tangents):
+        fisher = self._parts(params, batch)
+        return vmap(lambda *t: fisher(self._as_dict(t)))(*tangents)
 
 
 #: the registry of curvature operators by name, shared by the library and the CLI
@@ -642,8 +697,8 @@ def make_operator(
 def _check_reiterable(data: Any) -> None:
     if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
         raise TypeError(
-            "data must be a re-iterable collection of (inputs, targets) batches, such as a "
-            f"list or a DataLoader; got {type(data).__name__}"
+            "data must be a re-iterable collection of batches, such as a list or a "
+            f"DataLoader; got {type(data).__name__}"
         )
     if iter(data) is data:
         raise TypeError(
@@ -652,39 +707,26 @@ def _check_reiterable(data: Any) -> None:
         )
 
 
-def _split_batch(batch: Any, index: int) -> Batch:
-    if isinstance(batch, Mapping) or not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise ValueError(
-            f"each batch must be an (inputs, targets) pair; batch {index} is a "
-            f"{type(batch).__name__}"
-            + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-        )
-    return batch[0], batch[1]
-
-
 def _to_device(x: Any, device: torch.device) -> Any:
     if isinstance(x, torch.Tensor):
         return x.to(device, non_blocking=True)
     if isinstance(x, (tuple, list)):
         return type(x)(_to_device(e, device) for e in x)
+    if isinstance(x, Mapping):
+        try:
+            return type(x)({k: _to_device(v, device) for k, v in x.items()})
+        except TypeError:  # a mapping type that cannot be rebuilt from a dict
+            return {k: _to_device(v, device) for k, v in x.items()}
     return x
 
 
-def _batch_size(inputs: Any, targets: Any) -> int:
-    for x in (targets, inputs):
-        if isinstance(x, torch.Tensor) and x.ndim > 0:
-            return int(x.shape[0])
-        if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
-            return int(x[0].shape[0])
-    raise ValueError("cannot tell the batch size: inputs and targets have no leading dimension")
-
-
-def _unsqueeze(t: Any) -> Any:
-    return t.unsqueeze(0) if isinstance(t, torch.Tensor) else t
-
-
 def _resolve_reduction(loss_fn: Any, reduction: str | None) -> str:
-    own = getattr(loss_fn, "reduction", None)
+    if isinstance(loss_fn, Supervised):
+        own = loss_fn.reduction
+    elif isinstance(loss_fn, Objective):
+        own = None  # the operator says whether its terms are averaged or summed
+    else:
+        own = getattr(loss_fn, "reduction", None)
     if reduction is None:
         reduction = own if own is not None else "mean"
     elif own is not None and own != reduction:
