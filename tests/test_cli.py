@@ -107,6 +107,26 @@ def test_density_writes_the_originals_files_and_resumes(tmp_path, entry):
     assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("tridiag_*.npy")}
 
 
+def test_density_blocks_from_the_command_line(tmp_path, entry):
+    out = tmp_path / "blocks"
+    base = ("density", f"{entry}:problem", "--steps", "8", "--draws", "2", "--quiet")
+    r = run(*base, "--out", str(out), "--blocks", "first=0.*", "last=2.weight,2.bias")
+    assert r.returncode == 0, r.stderr
+    assert (out / "blocks.png").stat().st_size > 10_000 and (out / "density.png").exists()
+    summary = json.loads((out / "blocks.json").read_text())
+    assert summary["blocks"]["first"]["parameters"] == 30
+    assert summary["blocks"]["last"]["parameters"] == 21
+    assert 0 <= summary["js_distance_mean"] <= 1
+    manifest = json.loads((out / "blocks" / "last" / "manifest.json").read_text())
+    assert manifest["params"] == ["2.weight", "2.bias"] and manifest["dim"] == 21
+    r = run(*base, "--out", str(tmp_path / "bad"), "--blocks", "attn=h.*.attn.*")
+    assert r.returncode == 2 and "--blocks: block 'attn'" in r.stderr
+    assert "selects no trainable parameter" in r.stderr and not (tmp_path / "bad").exists()
+    r = run(*base, "--out", str(tmp_path / "preset"), "--blocks", "modules")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "preset" / "blocks").iterdir()) == ["0", "2"]
+
+
 @pytest.mark.parametrize(
     ("entry_spec", "extra", "message"),
     [

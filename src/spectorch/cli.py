@@ -137,14 +137,24 @@ def _cmd_density(args: argparse.Namespace) -> int:
         raise CLIError("give either --draws N or --draw-index K, not both")
     draws = [args.draw_index] if args.draw_index is not None else (args.draws or 10)
 
+    blocks = _parse_blocks(args.blocks)
     if not distributed.launched():
         device = _device(args.device)
         model, loss, data, _ = _problem(args.entry)
         model.to(device)
         op = make_operator(args.operator, model, loss, data)
         _check_steps(args, op)
-        return _density_run(args, op, out, draws, world_size=1)
+        if blocks is not None:
+            from spectorch.curvature import parameter_blocks
 
+            try:
+                parameter_blocks(op.model, blocks)  # a bad selection fails before any work
+            except (ValueError, TypeError) as exc:
+                raise CLIError(f"--blocks: {exc}") from exc
+        return _density_run(args, op, out, draws, world_size=1, blocks=blocks)
+
+    if blocks is not None:
+        raise CLIError("--blocks runs in one process for now; run it without torchrun")
     ctx = distributed.setup(args.backend, timeout=args.timeout, device=args.device)
     try:
         model, loss, data, sharded = _problem(args.entry, ctx.rank, ctx.world_size)
@@ -161,20 +171,50 @@ def _cmd_density(args: argparse.Namespace) -> int:
         distributed.teardown()
 
 
+def _parse_blocks(values: list[str] | None) -> Any:
+    """``--blocks``: one preset name, or ``NAME=GLOB[,GLOB...]`` pairs (a bare GLOB is
+    its own name)."""
+    if values is None:
+        return None
+    from spectorch.curvature import PRESETS
+
+    if len(values) == 1 and values[0] in PRESETS:
+        return values[0]
+    blocks: dict[str, list[str]] = {}
+    for value in values:
+        name, sep, globs = value.partition("=")
+        if not sep:
+            name, globs = value, value
+        if not name or not globs:
+            raise CLIError(f"--blocks: expected a preset or NAME=GLOB[,GLOB...], got {value!r}")
+        if value in PRESETS:
+            raise CLIError(f"--blocks: the preset {value!r} goes alone")
+        if name in blocks:
+            raise CLIError(f"--blocks: the block name {name!r} is given twice")
+        blocks[name] = [g for g in globs.split(",") if g]
+    return blocks
+
+
 def _check_steps(args: argparse.Namespace, op: Any) -> None:
     if args.steps > op.shape[0]:
         raise CLIError(f"--steps {args.steps} exceeds the number of parameters {op.shape[0]}")
 
 
 def _density_run(
-    args: argparse.Namespace, op: Any, out: Path, draws: Any, *, world_size: int
+    args: argparse.Namespace,
+    op: Any,
+    out: Path,
+    draws: Any,
+    *,
+    world_size: int,
+    blocks: Any = None,
 ) -> int:
     from spectorch.density import spectral_density
 
     what = f"draw {draws[0]}" if isinstance(draws, list) else f"{draws} draws"
     ranks = f" on {world_size} processes" if world_size > 1 else ""
     print(f"spectorch density: {op!r}, {what} x {args.steps} steps{ranks} -> {out}/")
-    dens = spectral_density(
+    result = spectral_density(
         op,
         steps=args.steps,
         draws=draws,
@@ -186,9 +226,44 @@ def _density_run(
         save_vectors=not args.no_vectors,
         progress=not args.quiet,
         metadata={"entry": args.entry, "world_size": world_size},
+        blocks=blocks,
     )
-    _report(dens, out, f"{args.operator} spectral density", args.width)
+    if blocks is None:
+        _report(result, out, f"{args.operator} spectral density", args.width)
+        return 0
+    _report_blocks(result, out, args.operator, args.width)
     return 0
+
+
+def _report_blocks(result: dict, out: Path, operator: str, width: str) -> None:
+    """The full density's report, the block figure, and ``blocks.json``: each block's
+    size, top eigenvalue, trace per parameter and the Jensen-Shannon distances."""
+    import json
+
+    from spectorch.density import js_distances
+    from spectorch.plotting import plot_block_densities
+    from spectorch.train import RunDirectory
+
+    _report(result["full"], out, f"{operator} spectral density", width)
+    blocks = {k: v for k, v in result.items() if k != "full"}
+    plot_block_densities(result, out / "blocks.png", title=f"{operator}: blocks", width=width)
+    distances = js_distances(blocks) if len(blocks) > 1 else None
+    summary = {
+        "blocks": {
+            name: {
+                "parameters": d.dim,
+                "top_eigenvalue": float(d.top_eigenvalues(1)[0]),
+                "bottom_eigenvalue": float(d.bottom_eigenvalues(1)[0]),
+                "mean_eigenvalue": float(d.moments(1)),
+            }
+            for name, d in blocks.items()
+        },
+        "js_distance_mean": None if distances is None else distances["mean"],
+        "js_distance": None if distances is None else distances["pairs"],
+    }
+    RunDirectory(out, kind="density", settings_file=None).write_json("blocks.json", summary)
+    print(json.dumps({k: summary[k] for k in ("blocks", "js_distance_mean")}, indent=1))
+    print(f"wrote {out}/blocks.png, blocks.json and blocks/<name>/ for {len(blocks)} blocks")
 
 
 def _report(dens: Any, out: Path, title: str, width: str) -> None:
@@ -875,6 +950,15 @@ def _add_density(sub: Any) -> None:
     )
     _add_width(dens)
     dens.add_argument("--no-vectors", action="store_true", help="do not save lanczos_vec_<k>.npy")
+    dens.add_argument(
+        "--blocks",
+        nargs="+",
+        default=None,
+        metavar="BLOCK",
+        help="also one density per block of parameters (the principal sub-matrix): a preset "
+        "(parameters, modules, layers) or NAME=GLOB[,GLOB...] pairs, e.g. "
+        "attn='h.*.attn.*' mlp='h.*.mlp.*'; figure blocks.png, each block in --out/blocks/NAME",
+    )
     dens.add_argument("--out", default="spectorch-out/density", help="output directory")
     dens.add_argument("--quiet", action="store_true", help="no progress bars")
     dens.set_defaults(func=_cmd_density)

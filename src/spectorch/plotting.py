@@ -188,6 +188,50 @@ def plot_densities(
     return save_figure(fig, path)
 
 
+def plot_block_densities(
+    densities: Mapping[str, SpectralDensity],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    width: str = "spacing",
+    columns: int = 4,
+) -> Path:
+    """Block spectra side by side (Zhang et al. 2024's figure): one small panel per
+    block, the full spectrum first, each on its own eigenvalue range and log-density
+    axis (blocks differ by orders of magnitude), each titled with its name and size.
+    """
+    if not densities:
+        raise ValueError("densities is empty: nothing to plot")
+    from matplotlib.ticker import MaxNLocator
+
+    n = len(densities)
+    cols = max(1, min(columns, n))
+    rows = -(-n // cols)
+    fig = new_figure(cols, width=3.4, height=2.7 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).reshape(-1)
+    for i, (ax, (label, dens)) in enumerate(zip(axes, densities.items(), strict=False)):
+        lo, hi, sigma = _shared_sigma([dens], width)
+        grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, 2048)
+        _, phi = dens.evaluate(grid, sigma=sigma)
+        ax.plot(grid, phi, color="C3" if i == 0 else "C0", lw=1.2)
+        ax.set_yscale("log")
+        ax.set_ylim(float(phi.max()) * _LOG_RANGE, float(phi.max()) * 3)
+        ax.set_xlim(grid[0], grid[-1])
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
+        ax.tick_params(labelsize=7)
+        ax.set_title(f"{label} (P = {dens.dim:,})", fontsize=8)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    for ax in axes[::cols]:
+        ax.set_ylabel("φ(λ) (log)", fontsize=8)
+    for ax in axes[max(0, n - cols) : n]:
+        ax.set_xlabel("eigenvalue λ", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
 def plot_trajectories(
     panels: Mapping[str, Mapping[str, SpectralDensity]],
     path: str | os.PathLike,

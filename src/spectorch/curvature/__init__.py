@@ -4,6 +4,7 @@ Each operator follows the contract of :mod:`spectorch.linalg`: ``shape``, ``dtyp
 ``matvec`` on a flat parameter vector and ``matmat`` for several vectors in one pass.
 """
 
+from spectorch.curvature._blocks import PRESETS, parameter_blocks, select_parameters
 from spectorch.curvature._objectives import BatchLoss, CausalLM, Objective, Supervised, logits_of
 from spectorch.curvature._operators import (
     OPERATORS,
@@ -16,6 +17,7 @@ from spectorch.curvature._operators import (
 
 __all__ = [
     "OPERATORS",
+    "PRESETS",
     "BatchLoss",
     "CausalLM",
     "Objective",
@@ -26,4 +28,6 @@ __all__ = [
     "GGNOperator",
     "HessianOperator",
     "make_operator",
+    "parameter_blocks",
+    "select_parameters",
 ]

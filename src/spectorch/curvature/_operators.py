@@ -19,6 +19,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
+from spectorch.curvature._blocks import select_parameters
 from spectorch.curvature._objectives import Objective, Supervised
 
 __all__ = [
@@ -55,8 +56,11 @@ class CurvatureOperator:
             its loss terms.
         data: a re-iterable collection of batches (a list, a ``DataLoader``); it is
             read once per product.
-        params: names of the parameters to differentiate; default all parameters
-            with ``requires_grad``.
+        params: the parameters to differentiate: a list of names (in that order), or
+            any selection of :func:`~spectorch.curvature.select_parameters` (globs
+            such as ``"h.*.attn.*"``, module types, predicates; model order); default
+            all parameters with ``requires_grad``. The operator is then the principal
+            sub-matrix on those parameters (see :meth:`restrict`).
         reduction: ``"mean"`` or ``"sum"``; default the loss's own ``reduction``
             attribute, else ``"mean"``.
         train_mode: a model in train mode with BatchNorm or dropout is refused
@@ -118,7 +122,9 @@ class CurvatureOperator:
         named = dict(model.named_parameters())
         if params is None:
             names = [k for k, p in named.items() if p.requires_grad]
-        else:
+        elif isinstance(params, (list, tuple)) and all(
+            isinstance(k, str) and not any(c in k for c in "*?[") for k in params
+        ):
             names = list(params)
             unknown = [k for k in names if k not in named]
             if unknown:
@@ -126,9 +132,17 @@ class CurvatureOperator:
                     f"params names {unknown} are not parameters of the model; valid names "
                     f"start with {list(named)[:5]}"
                 )
+        else:
+            names = select_parameters(model, params, what="params")
         if not names:
             raise ValueError("the model has no parameters to differentiate (params is empty)")
         self.param_names = names
+        #: the settings :meth:`restrict` builds a block's operator with
+        self._settings: dict[str, Any] = {
+            "reduction": reduction,
+            "train_mode": train_mode,
+            "dtype": dtype,
+        }
         self._shapes = [tuple(named[k].shape) for k in names]
         self._numels = [named[k].numel() for k in names]
         self._dim = sum(self._numels)
@@ -181,6 +195,26 @@ class CurvatureOperator:
 
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
         return self.matvec(x) if x.ndim == 1 else self.matmat(x)
+
+    def restrict(self, params: Any) -> CurvatureOperator:
+        """The same operator on some of its parameters, the others held fixed: the
+        principal sub-matrix of this matrix on their coordinates (a block of Zhang et
+        al. 2024). ``params`` is a selection (names, globs, module types, a predicate;
+        :func:`~spectorch.curvature.select_parameters`) of this operator's
+        parameters; the new operator shares the model, objective, data and settings.
+
+        Raises:
+            ValueError: if the selection is empty or holds parameters this operator
+                does not differentiate.
+        """
+        names = select_parameters(self.model, params, what="params")
+        outside = [n for n in names if n not in self.param_names]
+        if outside:
+            raise ValueError(
+                f"params {outside[:5]} are not among this operator's parameters; a "
+                "block is a subset of them"
+            )
+        return type(self)(self.model, self.loss_fn, self.data, params=names, **self._settings)
 
     def to_dense(self, chunk: int = 64) -> torch.Tensor:
         """The full ``P × P`` matrix from ``P`` products, ``chunk`` columns per pass.
@@ -425,6 +459,7 @@ class _SecondOrderOperator(CurvatureOperator):
             raise ValueError(f"hvp must be one of {list(_HVP_MODES)}, got {hvp!r}")
         self._reverse = hvp == "reverse"
         super().__init__(*args, **kwargs)
+        self._settings["hvp"] = hvp
 
     def _hvp(self, params, batch) -> Callable:
         raise NotImplementedError
@@ -489,6 +524,7 @@ class HessianOperator(_SecondOrderOperator):
         self._cache_complete = False
         self._cache_bytes = 0
         super().__init__(*args, **kwargs)
+        self._settings["cache_graphs"] = cache_graphs
         if cache_graphs is True and not self._reverse:
             raise ValueError("cache_graphs=True needs hvp='reverse', got hvp='forward'")
         if not self._reverse:

@@ -4,7 +4,14 @@ Also the public names of google/spectral-density (``lanczos_alg``,
 ``tridiag_to_eigv``, ``tridiag_to_density``, ``eigv_to_density``).
 """
 
-from spectorch.density._density import WIDTHS, SpectralDensity, eigv_to_density, gaussian_mixture
+from spectorch.density._density import (
+    WIDTHS,
+    SpectralDensity,
+    eigv_to_density,
+    gaussian_mixture,
+    js_distance,
+    js_distances,
+)
 from spectorch.density._original import lanczos_alg, tridiag_to_density, tridiag_to_eigv
 from spectorch.density._run import (
     MANIFEST,
@@ -20,6 +27,8 @@ __all__ = [
     "SpectralDensity",
     "combine_densities",
     "draw_generator",
+    "js_distance",
+    "js_distances",
     "load_density",
     "spectral_density",
     # smoothing

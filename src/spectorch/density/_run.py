@@ -67,7 +67,8 @@ def spectral_density(
     check_symmetry: bool = True,
     progress: bool = True,
     metadata: dict[str, Any] | None = None,
-) -> SpectralDensity:
+    blocks: Any = None,
+) -> Any:
     r"""Estimate the eigenvalue density of a symmetric operator by stochastic Lanczos
     quadrature (Ghorbani, Krishnan & Xiao 2019; Lin, Saad & Yang 2016).
 
@@ -98,9 +99,17 @@ def spectral_density(
         check_symmetry: probe the operator for symmetry first (two products).
         progress: show progress bars over draws and steps.
         metadata: extra JSON-friendly entries for the manifest.
+        blocks: also one density per block of parameters, the principal sub-matrix of
+            a curvature operator on them (Zhang et al. 2024): a preset
+            (``"parameters"``, ``"modules"``, ``"layers"``), ``{name: selection}`` or a
+            list of selections (see :func:`spectorch.curvature.parameter_blocks`).
+            The full density is written to ``out``, each block's to
+            ``out/blocks/<name>/``; a block smaller than ``steps`` runs as many steps
+            as it has dimensions (said in its manifest and the log).
 
     Returns:
-        The :class:`SpectralDensity` of all ``draws`` draws.
+        The :class:`SpectralDensity` of all ``draws`` draws; with ``blocks``, a dict
+        ``{"full": density, <block>: density, ...}``.
 
     Raises:
         ValueError: on bad arguments, a non-symmetric operator, or an ``out`` holding a
@@ -114,6 +123,23 @@ def spectral_density(
         >>> round(float(dens.moments(1)), 6)
         0.5
     """
+    if blocks is not None:
+        return _block_densities(
+            op,
+            blocks,
+            out=out,
+            metadata=metadata,
+            steps=steps,
+            draws=draws,
+            seed=seed,
+            start=start,
+            dtype=dtype,
+            probes_per_pass=probes_per_pass,
+            basis=basis,
+            save_vectors=save_vectors,
+            check_symmetry=check_symmetry,
+            progress=progress,
+        )
     op = as_operator(op)
     n = op.shape[0]
     dtype = _resolve_dtype(dtype)
@@ -534,3 +560,64 @@ def _versions() -> dict[str, str]:
         "scipy": scipy.__version__,
         "python": platform.python_version(),
     }
+
+
+def _block_name(name: str) -> str:
+    """A directory name for a block: its name with anything but letters, digits,
+    ``.``, ``_`` and ``-`` replaced by ``_``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
+
+
+def _block_densities(
+    op: Any,
+    blocks: Any,
+    *,
+    out: str | os.PathLike | None,
+    metadata: dict[str, Any] | None,
+    steps: int,
+    **kwargs: Any,
+) -> dict[str, SpectralDensity]:
+    """The full density and one per block (see :func:`spectral_density`)."""
+    from spectorch.curvature import parameter_blocks
+
+    if not hasattr(op, "restrict") or not hasattr(op, "model"):
+        raise ValueError(
+            f"blocks need a curvature operator (with a model and restrict()), got "
+            f"{type(op).__name__}"
+        )
+    checks.positive_int("steps", steps)
+    named = parameter_blocks(op.model, blocks)
+    dirs: dict[str, str] = {}
+    for name, names in named.items():
+        outside = [k for k in names if k not in op.param_names]
+        if outside:
+            raise ValueError(
+                f"block {name!r} holds {outside[:3]}, which the operator does not differentiate"
+            )
+        d = _block_name(name)
+        if d in dirs.values():
+            raise ValueError(f"blocks {name!r} and another share the directory name {d!r}")
+        dirs[name] = d
+    if steps > op.shape[0]:
+        raise ValueError(
+            f"steps must be at most the operator's dimension {op.shape[0]}, got {steps}"
+        )
+    root = Path(out) if out is not None else None
+    result = {"full": spectral_density(op, steps=steps, out=root, metadata=metadata, **kwargs)}
+    for name, names in named.items():
+        block = op.restrict(names)
+        n = block.shape[0]
+        extra = {**(metadata or {}), "block": name, "params": names}
+        if n < steps:
+            log.info(
+                "block %r has %d dimensions: %d Lanczos steps instead of %d", name, n, n, steps
+            )
+            extra["steps_requested"] = steps
+        sub = root / "blocks" / dirs[name] if root is not None else None
+        result[name] = spectral_density(
+            block, steps=min(steps, n), out=sub, metadata=extra, **kwargs
+        )
+        del block  # its kept graphs go with it before the next block's
+    return result
