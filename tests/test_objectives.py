@@ -178,3 +178,37 @@ def test_a_model_without_attention_mask_gets_right_padding_only():
     left = {"input_ids": torch.tensor([[0, 3, 4]]), "attention_mask": torch.tensor([[0, 1, 1]])}
     with pytest.raises(ValueError, match="left padding"):
         HessianOperator(bigram, CausalLM(), [left])
+
+
+@pytest.mark.parametrize("operator", [HessianOperator, GGNOperator])
+def test_closed_form_cross_entropy_equals_autograd(operator):
+    """The closed-form output Hessian (diag(p) - p p^T per position, in chunks) gives
+    the autograd product: a language model with padding and ignored labels, and a
+    classifier whose CrossEntropyLoss ignores some rows."""
+    from spectorch.curvature import _objectives
+
+    model, seqs = _model(), _sequences()
+    data = [_padded(seqs[:2]), _padded(seqs[2:])]
+    data[1]["labels"][0, 3] = -100  # an ignored label inside a sequence
+    auto = operator(model, CausalLM(), data, closed_form=False)
+    closed = operator(model, CausalLM(), data, closed_form=True)
+    v = torch.randn(auto.shape[0], 2, dtype=F64, generator=torch.Generator().manual_seed(3))
+    chunk = _objectives.CHUNK_ELEMENTS
+    try:
+        _objectives.CHUNK_ELEMENTS = 3 * VOCAB  # chunks of 3 positions
+        torch.testing.assert_close(closed.matmat(v), auto.matmat(v), rtol=1e-12, atol=1e-13)
+    finally:
+        _objectives.CHUNK_ELEMENTS = chunk
+    torch.testing.assert_close(closed.matvec(v[:, 0]), auto.matvec(v[:, 0]), rtol=1e-12, atol=1e-13)
+
+    torch.manual_seed(0)
+    clf = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4)).to(F64)
+    x, y = torch.randn(12, 3, dtype=F64), torch.randint(0, 4, (12,))
+    y[2] = -100
+    rows = [(x[:5], y[:5]), (x[5:], y[5:])]
+    for loss in (nn.CrossEntropyLoss(), nn.CrossEntropyLoss(reduction="sum")):
+        a = operator(clf, loss, rows, closed_form=False).to_dense()
+        c = operator(clf, loss, rows, closed_form=True).to_dense()
+        torch.testing.assert_close(c, a, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="no closed-form derivatives"):
+        operator(clf, nn.MSELoss(), [(x, torch.randn(12, 4, dtype=F64))], closed_form=True)

@@ -32,7 +32,15 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-__all__ = ["BatchLoss", "CausalLM", "Objective", "Supervised", "logits_of"]
+__all__ = [
+    "BatchLoss",
+    "CausalLM",
+    "Objective",
+    "Supervised",
+    "cross_entropy_derivatives",
+    "cross_entropy_sum",
+    "logits_of",
+]
 
 Forward = Callable[..., Any]
 
@@ -51,6 +59,11 @@ class Objective:
     def loss_sum(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
         raise NotImplementedError
 
+    def closed_form_loss_sum(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor | None:
+        """:meth:`loss_sum` built so that reverse-mode autograd differentiates it twice
+        in closed form (:func:`cross_entropy_sum`), or ``None`` when there is none."""
+        return None
+
     def terms(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
         raise NotImplementedError(
             f"{type(self).__name__} gives no per-term losses, which the empirical Fisher needs"
@@ -62,6 +75,14 @@ class Objective:
     def evaluate(self, forward: Forward, batch: Any) -> tuple[torch.Tensor, int]:
         """``(loss_sum, count)`` of one batch."""
         return self.loss_sum(self.outputs(forward, batch), batch), self.count(batch)
+
+    def output_derivatives(self, outputs: torch.Tensor, batch: Any) -> Any:
+        """A closed form of the loss's derivatives in the outputs, when there is one:
+        ``(gradient, hessian_product)`` with ``gradient`` the tensor ``∂ loss_sum /
+        ∂ outputs`` and ``hessian_product(u)`` giving ``∇²_outputs loss_sum · u``
+        without differentiating the loss twice; ``None`` (the default) when there is
+        none, and autograd differentiates the loss."""
+        return None
 
     #: whether the outputs and the loss are apart (the Gauss-Newton needs it)
     splits = True
@@ -89,6 +110,95 @@ def logits_of(out: Any) -> torch.Tensor:
         f"cannot find the logits in the model's output of type {type(out).__name__}: "
         "expected a tensor, an object with .logits, a dict with 'logits' or a tuple"
     )
+
+
+#: elements per chunk of the closed-form cross-entropy (rows = this // vocabulary):
+#: each chunk holds a few temporaries of this size (16 MB in float32)
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _spans(n: int, width: int) -> list[tuple[int, int]]:
+    rows = max(1, CHUNK_ELEMENTS // max(width, 1))
+    return [(a, min(a + rows, n)) for a in range(0, n, rows)]
+
+
+def _ce_gradient(logits: torch.Tensor, labels: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    parts = []
+    for a, b in _spans(logits.shape[0], logits.shape[1]):
+        p = torch.softmax(logits[a:b], dim=-1)
+        p[torch.arange(b - a, device=p.device), labels[a:b].clamp(min=0)] -= 1.0
+        parts.append(p.mul_(w[a:b]))
+    return torch.cat(parts) if parts else torch.zeros_like(logits)
+
+
+def _ce_hessian_product(logits: torch.Tensor, w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    parts = []
+    for a, b in _spans(logits.shape[0], logits.shape[1]):
+        p = torch.softmax(logits[a:b], dim=-1)
+        ua = u[a:b]
+        parts.append(w[a:b] * p * (ua - (p * ua).sum(-1, keepdim=True)))
+    return torch.cat(parts) if parts else torch.zeros_like(u)
+
+
+def cross_entropy_derivatives(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, Any]:
+    """Closed-form derivatives of ``Σ_i weight_i · CE(logits_i, labels_i)`` over rows
+    ``i`` of ``(N, V)`` logits: the gradient ``weight_i (p_i − e_{label_i})`` and the
+    Hessian product ``u ↦ weight_i (p_i ⊙ u_i − p_i (p_iᵀ u_i))`` with ``p_i`` the
+    softmax of row ``i``: ``diag(p) − p pᵀ`` applied row by row, in chunks of
+    :data:`CHUNK_ELEMENTS`, never through a double-backward graph of the softmax."""
+    logits = logits.detach()
+    w = weight.to(logits.dtype).reshape(-1, 1)
+    return _ce_gradient(logits, labels, w), lambda u: _ce_hessian_product(logits, w, u)
+
+
+class _CrossEntropyGrad(torch.autograd.Function):
+    """``weight_i (softmax(logits_i) − e_{label_i})``, differentiated in closed form."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, labels: torch.Tensor, w: torch.Tensor):
+        ctx.save_for_backward(logits, w)
+        return _ce_gradient(logits.detach(), labels, w)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, u: torch.Tensor):
+        logits, w = ctx.saved_tensors
+        return _ce_hessian_product(logits, w, u), None, None
+
+
+class _CrossEntropySum(torch.autograd.Function):
+    """``Σ_i weight_i CE(logits_i, labels_i)`` whose gradient is :class:`_CrossEntropyGrad`:
+    differentiated twice, the softmax's second derivative is the closed form, and no
+    graph of the softmax over the vocabulary is built."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, labels: torch.Tensor, w: torch.Tensor):
+        ctx.save_for_backward(logits, labels, w)
+        total = logits.new_zeros(())
+        idx = labels.clamp(min=0)
+        for a, b in _spans(logits.shape[0], logits.shape[1]):
+            chunk = logits[a:b]
+            lse = torch.logsumexp(chunk, dim=-1)
+            picked = chunk.gather(1, idx[a:b, None])[:, 0]
+            total = total + ((lse - picked) * w[a:b, 0]).sum()
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):
+        logits, labels, w = ctx.saved_tensors
+        return grad_out * _CrossEntropyGrad.apply(logits, labels, w), None, None
+
+
+def cross_entropy_sum(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """``Σ_i weight_i · CE(logits_i, labels_i)`` for ``(N, V)`` logits with plain
+    autograd's first derivative and a closed-form second one (reverse mode; not for
+    :mod:`torch.func` transforms)."""
+    w = weight.to(logits.dtype).reshape(-1, 1)
+    return _CrossEntropySum.apply(logits, labels, w)
 
 
 def _accepts(forward: Forward, key: str) -> bool:
@@ -179,6 +289,32 @@ class Supervised(Objective):
             if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
                 return int(x[0].shape[0])
         raise ValueError("cannot tell the batch size: inputs and targets have no leading dimension")
+
+    def _ce_weights(self, outputs: torch.Tensor, batch: Any) -> Any:
+        """``(targets, row weights)`` when the loss is a plain ``nn.CrossEntropyLoss``
+        on ``(N, C)`` logits and class indices (no class weights, no smoothing)."""
+        fn = self.loss_fn
+        if type(fn) is not nn.CrossEntropyLoss or fn.weight is not None or fn.label_smoothing:
+            return None
+        _, targets = self._pair(batch)
+        if outputs.ndim != 2 or not isinstance(targets, torch.Tensor) or targets.ndim != 1:
+            return None
+        if targets.is_floating_point():
+            return None
+        keep = (targets != fn.ignore_index).to(outputs.dtype)
+        if self.reduction == "mean":  # loss_sum = rows x the mean over the kept rows
+            keep = keep * (self.count(batch) / keep.sum().clamp(min=1))
+        return targets, keep
+
+    def output_derivatives(self, outputs: torch.Tensor, batch: Any) -> Any:
+        """The closed form for ``nn.CrossEntropyLoss`` on ``(N, C)`` logits and class
+        indices (no class weights, no label smoothing); ``None`` otherwise."""
+        found = self._ce_weights(outputs, batch)
+        return None if found is None else cross_entropy_derivatives(outputs, *found)
+
+    def closed_form_loss_sum(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor | None:
+        found = self._ce_weights(outputs, batch)
+        return None if found is None else cross_entropy_sum(outputs, *found)
 
     def describe(self) -> str:
         return getattr(type(self.loss_fn), "__name__", repr(self.loss_fn))
@@ -294,6 +430,22 @@ class CausalLM(Objective):
     def count(self, batch: Any) -> int:
         _, labels = self._parts(batch)
         return int((labels != self.ignore_index).sum())
+
+    def closed_form_loss_sum(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
+        _, labels = self._parts(batch)
+        flat, lab = outputs.reshape(-1, outputs.shape[-1]), labels.reshape(-1)
+        return cross_entropy_sum(flat, lab, (lab != self.ignore_index).to(outputs.dtype))
+
+    def output_derivatives(self, outputs: torch.Tensor, batch: Any) -> Any:
+        _, labels = self._parts(batch)
+        flat, lab = outputs.reshape(-1, outputs.shape[-1]), labels.reshape(-1)
+        keep = (lab != self.ignore_index).to(outputs.dtype)
+        gradient, product = cross_entropy_derivatives(flat, lab, keep)
+
+        def hessian_product(u: torch.Tensor) -> torch.Tensor:
+            return product(u.reshape(flat.shape)).reshape(u.shape)
+
+        return gradient.reshape(outputs.shape), hessian_product
 
     def describe(self) -> str:
         return f"causal-lm(ignore_index={self.ignore_index})"

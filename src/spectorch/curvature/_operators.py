@@ -349,9 +349,20 @@ class CurvatureOperator:
         forward.module = self.model  # type: ignore[attr-defined]  # for its signature
         return forward
 
-    def _loss_sum(self, params: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
-        """The batch's summed loss at ``params``; sets ``_size`` for a BatchLoss."""
-        loss, count = self.objective.evaluate(self._bound(params), batch)
+    def _loss_sum(
+        self, params: dict[str, torch.Tensor], batch: Any, *, closed: bool = False
+    ) -> torch.Tensor:
+        """The batch's summed loss at ``params``; sets ``_size`` for a BatchLoss.
+        ``closed``: built so that reverse-mode autograd differentiates it twice in
+        closed form, when the objective can and ``closed_form`` allows."""
+        objective = self.objective
+        if closed and getattr(self, "closed_form", False) is not False and objective.splits:
+            out = objective.outputs(self._bound(params), batch)
+            loss = objective.closed_form_loss_sum(out, batch)
+            if loss is None:
+                loss = objective.loss_sum(out, batch)
+            return loss
+        loss, count = objective.evaluate(self._bound(params), batch)
         if self._size is None:
             self._size = int(count)
         return loss
@@ -443,6 +454,13 @@ class _SecondOrderOperator(CurvatureOperator):
     """Shared plumbing of operators whose products differentiate the loss twice.
 
     Args:
+        closed_form: use the objective's closed-form second derivative in the
+            outputs (softmax cross-entropy: ``diag(p) − p pᵀ`` per position, in chunks)
+            instead of differentiating the loss twice through the softmax: the same
+            product without a double-backward graph over the vocabulary. ``"auto"``
+            (the default) uses it when the objective has one (:class:`CausalLM`,
+            ``nn.CrossEntropyLoss``) and the product can (the GGN always; the Hessian
+            with ``hvp="reverse"``), ``True`` requires it, ``False`` never.
         hvp: how the loss is differentiated twice. ``"reverse"`` (the default):
             reverse-over-reverse, the graph of the first backward pass built once per
             batch and differentiated again per probe; ``"forward"``:
@@ -454,12 +472,37 @@ class _SecondOrderOperator(CurvatureOperator):
         **kwargs: as :class:`CurvatureOperator`.
     """
 
-    def __init__(self, *args: Any, hvp: str = "reverse", **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, hvp: str = "reverse", closed_form: bool | str = "auto", **kwargs: Any
+    ) -> None:
         if hvp not in _HVP_MODES:
             raise ValueError(f"hvp must be one of {list(_HVP_MODES)}, got {hvp!r}")
+        if closed_form not in (True, False, "auto"):
+            raise ValueError(f"closed_form must be True, False or 'auto', got {closed_form!r}")
         self._reverse = hvp == "reverse"
+        self.closed_form = closed_form
         super().__init__(*args, **kwargs)
         self._settings["hvp"] = hvp
+        self._settings["closed_form"] = closed_form
+        if closed_form is True:
+            if not self._reverse and self.name == "hessian":
+                raise ValueError("closed_form=True needs hvp='reverse' for the Hessian")
+            self._check_closed_form()
+
+    def _check_closed_form(self) -> None:
+        batch = _to_device(next(iter(self.data)), self._device)
+        with torch.no_grad():
+            out = self.objective.outputs(self.model, batch) if self.objective.splits else None
+        if out is None or self.objective.output_derivatives(out, batch) is None:
+            raise ValueError(
+                f"closed_form=True: {self.objective.describe()} has no closed-form "
+                "derivatives (CausalLM and nn.CrossEntropyLoss have); use closed_form='auto'"
+            )
+
+    def _derivatives(self, out: torch.Tensor, batch: Any) -> Any:
+        if self.closed_form is False or not self.objective.splits:
+            return None
+        return self.objective.output_derivatives(out.detach(), batch)
 
     def _hvp(self, params, batch) -> Callable:
         raise NotImplementedError
@@ -609,7 +652,7 @@ class HessianOperator(_SecondOrderOperator):
                 return t
 
             with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
-                loss = self._loss_sum(self._as_dict(tuple(leaves)), batch)
+                loss = self._loss_sum(self._as_dict(tuple(leaves)), batch, closed=True)
                 grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
             # a gradient that is constant in θ (or absent) has a zero Hessian block
             live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
@@ -657,9 +700,13 @@ class GGNOperator(_SecondOrderOperator):
             return objective.outputs(self._bound(p), batch)
 
         out, pullback = vjp(f, params)
-        loss_hvp = _second_order(
-            lambda o: objective.loss_sum(o, batch), out.detach(), reverse=self._reverse
-        )
+        derivs = self._derivatives(out, batch)
+        if derivs is not None:
+            loss_hvp = derivs[1]
+        else:
+            loss_hvp = _second_order(
+                lambda o: objective.loss_sum(o, batch), out.detach(), reverse=self._reverse
+            )
 
         def product(*t: torch.Tensor) -> tuple[torch.Tensor, ...]:
             _, jv = jvp(f, (params,), (self._as_dict(t),))
