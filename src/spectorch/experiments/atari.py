@@ -136,9 +136,9 @@ class AtariConfig:
     counts the constant feature) except ``decay``: the original averaged ``Sigma`` and
     its Jacobian over steps with weight 0.01, but at lr 1e-3 the features then shrink
     faster than the average follows and collapse (on :func:`ball_video`, 3 seeds of 3:
-    ``|r| <= 0.25`` with the known slow signals, against ``>= 0.93`` with ``decay=0``;
+    ``|r| <= 0.32`` with the known slow signals, against ``>= 0.94`` with ``decay=0``;
     ``benchmarks/bench_slowness.py``), and the averaged Jacobian costs ``neig^2``
-    backward passes a step (28x slower at neig 5 on 84x84 frames, CPU). ``decay=0``
+    backward passes a step (13x slower at neig 5 on 84x84 frames, CPU). ``decay=0``
     uses each window's own ``Sigma``; ``--decay 0.01`` restores the original.
 
     The objective is SpIN's: the constant feature relies on its scale-free,
@@ -152,7 +152,7 @@ class AtariConfig:
     decay: float = option(
         0.0,
         "moving-average weight of the new batch; the original's 0.01 is unstable at "
-        "lr 1e-3 and 28x slower",
+        "lr 1e-3 and 13x slower",
     )
     rmsprop_decay: float = option(0.999, "RMSProp's decay", cli=False)
     channels: int = option(64, "channels of the convolutions", cli=False)
