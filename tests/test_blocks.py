@@ -91,16 +91,23 @@ def test_a_block_is_the_dense_principal_submatrix(operator):
 
 
 def test_attention_blocks_of_a_language_model():
+    """A block's product is the full product of the block's vector padded with zeros,
+    read on the block's coordinates: (H [v; 0])_block = H_block v."""
     from test_objectives import TinyLM, _padded, _sequences
 
     torch.manual_seed(0)
     lm = TinyLM().to(F64)
-    H = HessianOperator(lm, CausalLM(), [_padded(_sequences())])
-    dense = H.to_dense()
-    for spec in ("qkv.*", ("embed.weight", "pos")):
-        block = H.restrict(list(spec) if isinstance(spec, tuple) else spec)
-        idx = _coordinates(lm, block.param_names)
-        torch.testing.assert_close(block.to_dense(), dense[idx][:, idx], rtol=1e-12, atol=1e-14)
+    for operator in (HessianOperator, GGNOperator):
+        full = operator(lm, CausalLM(), [_padded(_sequences())])
+        for spec in ("qkv.*", ["embed.weight", "pos"]):
+            block = full.restrict(spec)
+            idx = _coordinates(lm, block.param_names)
+            v = torch.randn(len(idx), 3, dtype=F64, generator=torch.Generator().manual_seed(4))
+            padded = torch.zeros(full.shape[0], 3, dtype=F64)
+            padded[idx] = v
+            torch.testing.assert_close(
+                block.matmat(v), full.matmat(padded)[idx], rtol=1e-12, atol=1e-14
+            )
 
 
 def test_block_densities_are_written_resumed_and_drawn(tmp_path):

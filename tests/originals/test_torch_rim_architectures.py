@@ -12,12 +12,14 @@ One test differs, saying why, and one checks a bug fixed:
   advance the correct padding"); spectorch's Hourglass pads to a multiple of
   ``2**levels`` and crops back, so it runs here, and the state has the padded size
   (``ceil(15 / 4) = 4``, where torch-rim's test expected ``15 // 4``).
-- ``test_gru_block`` as written; torch-rim's block never updated its first GRU's
-  state (it concatenated the old ``h_1``): here both update, and a test checks it.
+- ``test_gru_block`` as written (in the slow tier: 4 s); torch-rim's block never
+  updated its first GRU's state (it concatenated the old ``h_1``): here both update,
+  and a test checks it.
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from spectorch.rim import GRU, RIM, GRUBlock, Hourglass
@@ -112,6 +114,7 @@ def test_conv_gru_3d():
     _conv_gru(3)
 
 
+@pytest.mark.slow  # its 3-D case: 11x11x11 kernels on 16^3 volumes, 4 s
 def test_gru_block():
     B = 10
     C = 10  # channels
