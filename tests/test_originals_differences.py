@@ -65,8 +65,9 @@ def test_spin_resume_is_asked_for_and_never_takes_another_operators_run(tmp_path
     assert done.resumed_from == 4
     assert done.eigenvalues is not None and np.isfinite(done.eigenvalues).all()
     other, _, opt_other = _net(operator=spin.KernelOperator(lambda x, y: _rbf(x, y) ** 2))
-    with pytest.raises(ValueError, match=r"other settings \(operator: \"KernelOperator\(_rbf"):
+    with pytest.raises(ValueError, match=r"other settings \(operator: \"KernelOperator\(_rbf") as e:
         other.train(opt_other, 6, _logging(tmp_path), progress=False, resume=True)
+    assert f"{tmp_path / 'run.pt'} holds a run with other settings" in str(e.value)
 
 
 def test_spin_decay_defaults_to_the_originals_zero():

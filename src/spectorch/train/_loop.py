@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from spectorch import checks
-from spectorch.train._rundir import RunDirectory, plain
+from spectorch.train._rundir import RunDirectory, SettingsMismatch, plain
 
 __all__ = [
     "BatchStream",
@@ -403,7 +403,13 @@ class Loop:
                     f"checkpoint {self.checkpoint} has no state for {name!r}: it was written "
                     "by a run with other settings"
                 )
-            obj.load_state_dict(states[name])
+            try:
+                obj.load_state_dict(states[name])
+            except SettingsMismatch as exc:  # name the file, so that it can be moved away
+                raise SettingsMismatch(
+                    f"{self.checkpoint} holds a run with other settings: {exc}; move it "
+                    "away, or choose another output directory, to start afresh"
+                ) from exc
         set_rng_state(saved["rng"])
         self.history = {k: [float(x) for x in v] for k, v in saved["history"].items()}
         self.step = int(saved["step"])
