@@ -212,3 +212,18 @@ def test_closed_form_cross_entropy_equals_autograd(operator):
         torch.testing.assert_close(c, a, rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="no closed-form derivatives"):
         operator(clf, nn.MSELoss(), [(x, torch.randn(12, 4, dtype=F64))], closed_form=True)
+
+
+def test_finite_difference_hessian_is_close_to_the_exact_one():
+    model, seqs = _model(), _sequences()
+    data = [_padded(seqs[:2]), _padded(seqs[2:])]
+    exact = HessianOperator(model, CausalLM(), data)
+    fd = HessianOperator(model, CausalLM(), data, hvp="finite-difference")
+    v = torch.randn(exact.shape[0], 4, dtype=F64, generator=torch.Generator().manual_seed(5))
+    a, b = exact.matmat(v), fd.matmat(v)
+    assert float((a - b).norm() / a.norm()) < 1e-8  # eps^(2/3) ~ 4e-11 in float64
+    torch.testing.assert_close(fd.matvec(v[:, 0]), b[:, 0], rtol=1e-12, atol=1e-14)
+    assert fd.describe()["hvp"] == "finite-difference" and not fd.caching
+    assert fd.restrict("qkv.*")._settings["hvp"] == "finite-difference"
+    with pytest.raises(ValueError, match="cache_graphs=True goes with hvp='reverse'"):
+        HessianOperator(model, CausalLM(), data, hvp="finite-difference", cache_graphs=True)
