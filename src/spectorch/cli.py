@@ -894,7 +894,9 @@ def _add_density(sub: Any) -> None:
         help=_HELP["density"],
         description=(
             "ENTRY is MODULE:FUNCTION (or path/file.py:FUNCTION), a function that returns "
-            "(model, loss, data): data is a re-iterable of (inputs, targets) batches. "
+            "(model, loss, data): data is a re-iterable of batches, loss a PyTorch loss for "
+            "(inputs, targets) batches or a spectorch.curvature objective (CausalLM for "
+            "language-model batches). "
             "Example: spectorch density spectorch.experiments.digits:digits_problem. Under "
             "torchrun (torchrun --nproc_per_node=N spectorch density ...) each rank takes a "
             "disjoint shard of the batches (an ENTRY that accepts rank= and world_size= shards its "
