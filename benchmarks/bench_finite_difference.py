@@ -7,7 +7,8 @@ ordinary gradients per probe. This measures its relative error ``‖H V − H_fd
 ‖H V‖`` over 8 random probes against the exact reverse-over-reverse product, in
 float64 and float32 networks, on the digits MLP (1,960 parameters, cross-entropy, the
 bundled digits) and on a one-layer causal language model (vocabulary 64, width 32, 8
-sequences of 32 random tokens), and the CPU time of one product of each (one thread, after a warm-up product).
+sequences of 32 random tokens), and the CPU time of one product of each (one thread,
+after a warm-up product).
 """
 
 from __future__ import annotations
