@@ -227,3 +227,49 @@ def test_finite_difference_hessian_is_close_to_the_exact_one():
     assert fd.restrict("qkv.*")._settings["hvp"] == "finite-difference"
     with pytest.raises(ValueError, match="cache_graphs=True goes with hvp='reverse'"):
         HessianOperator(model, CausalLM(), data, hvp="finite-difference", cache_graphs=True)
+
+
+class SdpaLM(TinyLM):
+    """TinyLM with torch's scaled_dot_product_attention, whose default CPU kernel (flash)
+    has no double backward."""
+
+    def forward(self, input_ids, attention_mask=None):
+        del attention_mask
+        n = input_ids.shape[1]
+        h = self.embed(input_ids) + self.pos[:n]
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        q, k, v = (t.unsqueeze(1) for t in (q, k, v))  # one head: (batch, 1, n, width)
+        a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(h + torch.tanh(a.squeeze(1)))
+
+
+@pytest.mark.parametrize(
+    ("operator", "kw"),
+    [
+        (HessianOperator, {}),
+        (HessianOperator, {"hvp": "forward"}),
+        (HessianOperator, {"cache_graphs": False}),
+        (GGNOperator, {}),
+        (EmpiricalFisherOperator, {}),
+    ],
+)
+def test_sdpa_attention_falls_back_to_its_math_kernel(operator, kw, caplog):
+    """torch's default CPU attention kernel has no second derivative; the operator
+    switches to the math kernel, says so, and gives the written-out attention's
+    products."""
+    import logging
+
+    torch.manual_seed(0)
+    sdpa = SdpaLM().to(F64)
+    plain = TinyLM().to(F64)
+    plain.load_state_dict(sdpa.state_dict())
+    data = [_padded(_sequences())]
+    v = torch.randn(sum(p.numel() for p in plain.parameters()), 2, dtype=F64)
+    expected = operator(plain, CausalLM(), data, **kw).matmat(v)
+    with caplog.at_level(logging.INFO, logger="spectorch.curvature"):
+        op = operator(sdpa, CausalLM(), data, **kw)
+        got = op.matmat(v)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(op.matmat(v), expected, rtol=1e-10, atol=1e-12)  # cached
+    assert op.describe()["attention"] == "math"
+    assert any("math kernel" in r.getMessage() for r in caplog.records)

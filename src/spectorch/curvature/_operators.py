@@ -9,6 +9,8 @@ batches or padded (never a mean of per-batch means).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -31,6 +33,8 @@ __all__ = [
     "HessianOperator",
     "make_operator",
 ]
+
+log = logging.getLogger("spectorch.curvature")
 
 _TRAIN_MODES = ("refuse", "allow")
 _REDUCTIONS = ("mean", "sum")
@@ -240,6 +244,8 @@ class CurvatureOperator:
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly description for manifests."""
         extra = {"hvp": self._settings["hvp"]} if "hvp" in self._settings else {}
+        if self._math_attention:
+            extra["attention"] = "math"
         return extra | {
             "operator": self.name,
             "model": type(self.model).__name__,
@@ -290,12 +296,15 @@ class CurvatureOperator:
         for index, batch, size in self._batches():
             # a BatchLoss tells its count only when evaluated: the product sets _size
             self._index, self._size = index, size
-            if batched:
-                prods = self._batch_products(params, batch, tangents)
-            else:
+
+            def compute(batch: Any = batch) -> tuple[torch.Tensor, ...]:
+                if batched:
+                    return self._batch_products(params, batch, tangents)
                 single = tuple(t[0] for t in tangents)
                 prods = self._batch_products_single(params, batch, single)
-                prods = tuple(p.unsqueeze(0) for p in prods)
+                return tuple(p.unsqueeze(0) for p in prods)
+
+            prods = self._with_attention_fallback(compute)
             flat = torch.cat([p.reshape(k, -1) for p in prods], dim=1).to(self._dtype)
             if not torch.isfinite(flat).all():
                 raise FloatingPointError(
@@ -310,6 +319,44 @@ class CurvatureOperator:
         self, params: dict[str, torch.Tensor], batch: Any, tangent: tuple
     ) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
+
+    #: whether scaled_dot_product_attention runs on its math kernel (set when the
+    #: default kernel turned out to have no second derivative)
+    _math_attention = False
+
+    def _attention_kernels(self) -> Any:
+        if not self._math_attention:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+
+    def _with_attention_fallback(self, compute: Callable[[], Any]) -> Any:
+        """Run ``compute``; if the model's ``scaled_dot_product_attention`` kernel
+        (the flash or memory-efficient ones) has no derivative for this product, switch
+        to its math kernel, which has every derivative, for good (said in the log and
+        in :meth:`describe`), and run it again."""
+        try:
+            with self._attention_kernels():
+                return compute()
+        except (RuntimeError, NotImplementedError) as exc:
+            text = str(exc)
+            if self._math_attention or "scaled_dot_product" not in text:
+                raise
+            if "not implemented" not in text and "does not support" not in text:
+                raise
+            log.info(
+                "%s: the model's attention kernel has no derivative for this product "
+                "(%s); using scaled_dot_product_attention's math kernel",
+                self.name,
+                text.splitlines()[0],
+            )
+            self._math_attention = True
+            drop = getattr(self, "_drop_cache", None)
+            if drop is not None:  # graphs built with the other kernel
+                drop()
+            with self._attention_kernels():
+                return compute()
 
     def _batches(self) -> Iterator[tuple[int, Any, int | None]]:
         """``(index, batch on the device, its number of loss terms)`` of every batch
