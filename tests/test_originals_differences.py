@@ -209,6 +209,8 @@ def test_torch_rims_names_are_accepted(tmp_path):
     assert hourglass.config["hidden"] == 16 and hourglass.config["multiplier"] == 2
     with pytest.raises(ValueError, match="ch_mult must repeat one multiplier"):
         Hourglass(1, 2, ch_mult=(1, 2))
+    with pytest.raises(TypeError, match=r"\['nf/features', 'ch_mult/levels'\] given under both"):
+        Hourglass(1, 2, features=8, nf=8, ch_mult=(2,), levels=1)
 
 
 def test_an_energy_that_ignores_x_has_a_zero_score_as_in_torch_rim():
@@ -332,3 +334,7 @@ def test_spin_util_make_conv_network_pads_as_tensorflow():
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-12)
     with pytest.raises(ValueError, match="paddings"):
         spin.util.make_conv_network(x, [2], ["FULL"], [w, fc], [b, fb])
+    with pytest.raises(ValueError, match="1 convolutions need as many conv_stride"):
+        spin.util.make_conv_network(x, [], [], [w, fc], [b, fb])
+    with pytest.raises(ValueError, match="2 weights but 1 biases"):
+        spin.util.make_conv_network(x, [2], ["SAME"], [w, fc], [b])

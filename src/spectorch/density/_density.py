@@ -352,6 +352,9 @@ def js_distance(a: SpectralDensity, b: SpectralDensity, *, points: int = 4096) -
     """
     from scipy.spatial.distance import jensenshannon
 
+    for name, d in (("a", a), ("b", b)):
+        if not isinstance(d, SpectralDensity):
+            raise TypeError(f"{name} must be a SpectralDensity, got {type(d).__name__}")
     checks.int_at_least("points", points, 16)
     lo = min(a.bounds()[0], b.bounds()[0])
     hi = max(a.bounds()[1], b.bounds()[1])

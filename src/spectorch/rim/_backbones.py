@@ -287,14 +287,16 @@ def _hourglass_names(
         layers=layers,
         multiplier=multiplier,
     )
-    both = {k for k, v in passed.items() if v is not None} & {
-        {"nf": "features", "hidden_units": "hidden", "num_layers": "layers"}.get(k, k)
-        for k in extra
+    # torch-rim's name -> the spectorch names it sets
+    sets = {
+        "nf": ("features",),
+        "hidden_units": ("hidden",),
+        "num_layers": ("layers",),
+        "ch_mult": ("levels", "multiplier"),
     }
-    if "ch_mult" in extra and (levels is not None or multiplier is not None):
-        both.add("levels/multiplier")
+    both = [f"{k}/{o}" for k in extra for o in sets[k] if passed[o] is not None]
     if both:
-        raise TypeError(f"Hourglass: {sorted(both)} given under both names")
+        raise TypeError(f"Hourglass: {both} given under both names")
     v = {k: (passed[k] if passed[k] is not None else ours[k]) for k in ours}
     return v["dimensions"], v["features"], v["levels"], v["hidden"], v["layers"], v["multiplier"]
 

@@ -135,6 +135,14 @@ def make_conv_network(
     padding), a fully-connected layer where it has two (the last convolution's output
     flattened in NHWC order, as the original); a linear read-out; and a constant
     feature prepended to the outputs."""
+    if len(bs) != len(ws):
+        raise ValueError(f"make_conv_network: {len(ws)} weights but {len(bs)} biases")
+    convs = sum(1 for w in ws[:-1] if w.ndim == 4)
+    if len(conv_stride) < convs or len(paddings) < convs:
+        raise ValueError(
+            f"make_conv_network: {convs} convolutions need as many conv_stride and paddings "
+            f"entries, got {len(conv_stride)} and {len(paddings)}"
+        )
     inp = x
     for i in range(len(ws) - 1):
         weight = ws[i]
