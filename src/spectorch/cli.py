@@ -92,11 +92,26 @@ def load_entry(spec: str) -> Any:
     return func
 
 
-def _problem(entry: str, rank: int = 0, world_size: int = 1) -> tuple[Any, Any, Any, bool]:
-    """Call ENTRY; returns (model, loss, data, sharded): an ENTRY that takes ``rank`` and
-    ``world_size`` shards its data itself."""
-    import inspect
+def _problem(
+    entry: str, rank: int = 0, world_size: int = 1, sequences: int | None = None
+) -> tuple[Any, Any, Any, bool, Any]:
+    """Call ENTRY; returns (model, loss, data, sharded, problem): an ENTRY that takes
+    ``rank`` and ``world_size`` shards its data itself; ``problem`` names the study
+    for resumes (ENTRY itself, or the ``"problem"`` of the dict it returns). An ENTRY
+    that is a checkpoint (or run directory) of ``spectorch lm train`` gives its
+    :func:`~spectorch.experiments.lm.density_problem` on ``sequences`` windows."""
+    if Path(entry).exists():
+        from spectorch.experiments import lm
 
+        if not lm.is_lm_checkpoint(entry):
+            raise CLIError(
+                f"ENTRY {entry} is a path, but not a checkpoint or run directory of "
+                "`spectorch lm train`; give MODULE:FUNCTION or such a checkpoint"
+            )
+        found = lm.density_problem(entry, sequences=sequences or 16)
+        return found["model"], found["loss"], found["data"], False, found["problem"]
+    if sequences is not None:
+        raise CLIError("--sequences applies to a language-model checkpoint ENTRY only")
     func = load_entry(entry)
     try:
         params = inspect.signature(func).parameters
@@ -108,10 +123,11 @@ def _problem(entry: str, rank: int = 0, world_size: int = 1) -> tuple[Any, Any, 
         missing = [k for k in ("model", "loss", "data") if k not in result]
         if missing:
             raise CLIError(f"{entry} returned a dict without {missing}")
-        return result["model"], result["loss"], result["data"], sharded
+        problem = result.get("problem", {"entry": entry})
+        return result["model"], result["loss"], result["data"], sharded, problem
     if not isinstance(result, (tuple, list)) or len(result) != 3:
         raise CLIError(f"{entry} must return (model, loss, data), got {type(result).__name__}")
-    return (*result, sharded)
+    return (*result, sharded, {"entry": entry})
 
 
 def _device(name: str) -> Any:
@@ -140,7 +156,7 @@ def _cmd_density(args: argparse.Namespace) -> int:
     blocks = _parse_blocks(args.blocks)
     if not distributed.launched():
         device = _device(args.device)
-        model, loss, data, _ = _problem(args.entry)
+        model, loss, data, _, problem = _problem(args.entry, sequences=args.sequences)
         model.to(device)
         op = make_operator(args.operator, model, loss, data)
         _check_steps(args, op)
@@ -151,13 +167,15 @@ def _cmd_density(args: argparse.Namespace) -> int:
                 parameter_blocks(op.model, blocks)  # a bad selection fails before any work
             except (ValueError, TypeError) as exc:
                 raise CLIError(f"--blocks: {exc}") from exc
-        return _density_run(args, op, out, draws, world_size=1, blocks=blocks)
+        return _density_run(args, op, out, draws, world_size=1, blocks=blocks, problem=problem)
 
     if blocks is not None:
         raise CLIError("--blocks runs in one process for now; run it without torchrun")
     ctx = distributed.setup(args.backend, timeout=args.timeout, device=args.device)
     try:
-        model, loss, data, sharded = _problem(args.entry, ctx.rank, ctx.world_size)
+        model, loss, data, sharded, problem = _problem(
+            args.entry, ctx.rank, ctx.world_size, sequences=args.sequences
+        )
         if not sharded:
             data = distributed.shard(data, ctx.rank, ctx.world_size)
         model.to(ctx.device)
@@ -166,7 +184,7 @@ def _cmd_density(args: argparse.Namespace) -> int:
                 op.serve()
                 return 0
             _check_steps(args, op)
-            return _density_run(args, op, out, draws, world_size=ctx.world_size)
+            return _density_run(args, op, out, draws, world_size=ctx.world_size, problem=problem)
     finally:
         distributed.teardown()
 
@@ -208,6 +226,7 @@ def _density_run(
     *,
     world_size: int,
     blocks: Any = None,
+    problem: Any = None,
 ) -> int:
     from spectorch.density import spectral_density
 
@@ -225,7 +244,7 @@ def _density_run(
         out=out,
         save_vectors=not args.no_vectors,
         progress=not args.quiet,
-        metadata={"entry": args.entry, "world_size": world_size},
+        metadata={"entry": args.entry, "world_size": world_size, "problem": problem},
         blocks=blocks,
     )
     if blocks is None:
@@ -850,12 +869,63 @@ def _add_rim(sub: Any) -> None:
     pred.set_defaults(func=_cmd_rim_predict)
 
 
+# ----------------------------------------------------------------------------- lm
+def _cmd_lm_train(args: argparse.Namespace) -> int:
+    from spectorch.experiments import lm
+
+    config = _config(lm.LMConfig, args)
+    out = Path(args.out)
+    print(
+        f"spectorch lm train: {config.arch} GPT, {config.layers} layers of width "
+        f"{config.width}, {config.steps} steps on the standard library's source -> {out}/"
+    )
+    result = lm.run(
+        out,
+        config,
+        checkpoint_every=args.checkpoint_every,
+        device=_device(args.device),
+        progress=not args.quiet,
+    )
+    last = result.losses[-1] if result.losses else float("nan")
+    print(
+        f"final training loss {last:.4f} nats/byte; held-out {result.held_out_loss:.4f} "
+        f"nats/byte ({result.held_out_loss / 0.6931471805599453:.3f} bits/byte); "
+        f"{len(result.checkpoints)} checkpoints in {out}/"
+    )
+    if result.checkpoints:
+        print(f"next: spectorch density {result.checkpoints[-1]} --blocks modules")
+    return 0
+
+
+def _add_lm(sub: Any) -> None:
+    from spectorch.experiments import lm
+
+    parser = sub.add_parser(
+        "lm",
+        help=_HELP["lm"],
+        description="A GPT-2-style language model built from a config (no download), "
+        "trained on the Python standard library's own source at byte level, with "
+        "checkpoints every N steps; `spectorch density CHECKPOINT` gives the curvature "
+        "of a checkpoint (with --blocks, one density per block).",
+    )
+    lsub = parser.add_subparsers(dest="lm_command", metavar="STEP", required=True)
+    train = lsub.add_parser("train", help="AdamW with warm-up and cosine decay, resumable")
+    train.add_argument("--out", required=True, help="run directory (checkpoints step_<n>.pt)")
+    every = _default(lm.run, "checkpoint_every")
+    train.add_argument("--checkpoint-every", type=_positive_int, default=every, help=f"({every})")
+    _add_config(train, lm.LMConfig)
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_lm_train)
+
+
 # ----------------------------------------------------------------------------- parsers
 #: the sub-commands in the order of ``spectorch --help``, with their one-line help
 _HELP = {
     "tour": "a short run of every capability, with figures",
     "density": "eigenvalue density of a network's curvature by stochastic Lanczos quadrature",
     "cifar": "the CIFAR-10 workflow: train with checkpoints, eval, densities, figures",
+    "lm": "a GPT-2-style language model trained on Python's own source, for curvature",
     "spin": "spectral inference networks: eigenfunctions of kernels and differential operators",
     "rim": "recurrent inference machines: learned solvers for inverse problems",
 }
@@ -877,7 +947,7 @@ def build_parser(only: str | None = None, *, full: bool = True) -> argparse.Argu
     parser.add_argument("--version", action="version", version=f"spectorch {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     adders = {"tour": _add_tour, "density": _add_density, "cifar": _add_cifar,
-              "spin": _add_spin, "rim": _add_rim}  # fmt: skip
+              "lm": _add_lm, "spin": _add_spin, "rim": _add_rim}  # fmt: skip
     for name, add in adders.items():
         if full and only in (None, name):
             add(sub)
@@ -896,7 +966,9 @@ def _add_density(sub: Any) -> None:
             "ENTRY is MODULE:FUNCTION (or path/file.py:FUNCTION), a function that returns "
             "(model, loss, data): data is a re-iterable of batches, loss a PyTorch loss for "
             "(inputs, targets) batches or a spectorch.curvature objective (CausalLM for "
-            "language-model batches). "
+            "language-model batches). ENTRY may also be a checkpoint (or run directory) of "
+            "`spectorch lm train`: the loss is then the mean next-byte loss of its first "
+            "--sequences training windows. "
             "Example: spectorch density spectorch.experiments.digits:digits_problem. Under "
             "torchrun (torchrun --nproc_per_node=N spectorch density ...) each rank takes a "
             "disjoint shard of the batches (an ENTRY that accepts rank= and world_size= shards its "
@@ -905,7 +977,16 @@ def _add_density(sub: Any) -> None:
         ),
     )
     dens.add_argument(
-        "entry", metavar="ENTRY", help="MODULE:FUNCTION returning (model, loss, data)"
+        "entry",
+        metavar="ENTRY",
+        help="MODULE:FUNCTION returning (model, loss, data), or a `spectorch lm train` "
+        "checkpoint or run directory",
+    )
+    dens.add_argument(
+        "--sequences",
+        type=_positive_int,
+        default=None,
+        help="with a language-model checkpoint: training windows in the loss (16)",
     )
     dens.add_argument("--operator", choices=sorted(OPERATORS), default="hessian")
     dens.add_argument("--steps", type=_positive_int, default=90, help="Lanczos steps per draw (90)")

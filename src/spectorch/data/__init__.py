@@ -1,6 +1,7 @@
 """Real data readers and batching: the bundled 8x8 digits, CIFAR-10 binary batches,
-MNIST / Fashion-MNIST IDX files, Atari play collected with ale-py (the SpIN paper's
-.npz format) and synthetic video, and in-memory batches."""
+MNIST / Fashion-MNIST IDX files, the standard library's source as byte-level text,
+Atari play collected with ale-py (the SpIN paper's .npz format) and synthetic video,
+and in-memory batches."""
 
 from spectorch.data._atari import (
     FRAME_SIZE,
@@ -26,6 +27,7 @@ from spectorch.data._cifar import (
 )
 from spectorch.data._digits import load_digits
 from spectorch.data._idx import load_mnist, read_idx, write_idx
+from spectorch.data._text import byte_tokens, python_source, text_windows
 
 __all__ = [
     # Atari play and video
@@ -52,4 +54,8 @@ __all__ = [
     "synthetic_cifar10",
     "write_cifar10",
     "write_idx",
+    # text
+    "byte_tokens",
+    "python_source",
+    "text_windows",
 ]

@@ -30,6 +30,7 @@ from spectorch.linalg import (
     random_start,
 )
 from spectorch.train import RunDirectory
+from spectorch.train._rundir import plain
 
 __all__ = ["MANIFEST", "combine_densities", "draw_generator", "load_density", "spectral_density"]
 
@@ -38,8 +39,10 @@ log = logging.getLogger("spectorch.density")
 MANIFEST = "manifest.json"
 _FORMAT = "spectorch.density/1"
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
-# A resumed run must have been started with the same settings as these.
+# A resumed run must have been started with the same settings as these, and on the
+# same problem (``metadata["problem"]``, when the caller names it).
 _RESUME_KEYS = ("dim", "steps", "seed", "start", "dtype", "operator")
+_PROBLEM = "problem"
 
 
 def draw_generator(seed: int, draw: int) -> torch.Generator:
@@ -98,7 +101,10 @@ def spectral_density(
         save_vectors: also write the Lanczos vectors (``steps × n`` floats per draw).
         check_symmetry: probe the operator for symmetry first (two products).
         progress: show progress bars over draws and steps.
-        metadata: extra JSON-friendly entries for the manifest.
+        metadata: extra JSON-friendly entries for the manifest. Its entry
+            ``"problem"``, when given, names the data and weights (a checkpoint and
+            its data, say): a run in ``out`` made on another problem is refused
+            rather than resumed, as for other settings.
         blocks: also one density per block of parameters, the principal sub-matrix of
             a curvature operator on them (Zhang et al. 2024): a preset
             (``"parameters"``, ``"modules"``, ``"layers"``), ``{name: selection}`` or a
@@ -166,6 +172,8 @@ def spectral_density(
         "operator": describe() if callable(describe) else {"operator": type(op).__name__},
         "basis": basis,
     }
+    if metadata and _PROBLEM in metadata:
+        settings[_PROBLEM] = plain(metadata[_PROBLEM])
     done: dict[int, tuple[np.ndarray, float | None]] = {}
     run = _RunDir(Path(out), settings, metadata) if out is not None else None
     if run is not None:
@@ -336,11 +344,12 @@ def combine_densities(
     """Merge runs of the same study made by separate jobs (``draws=[k]`` each, or any
     disjoint sets of draws) into one density.
 
-    The runs must agree on dimension, steps, seed, start vectors, dtype and operator
-    (its device aside) and hold different draws. With ``out``, the merged run is
-    written there as a run directory of its own (``tridiag_<k>.npy`` and a manifest
-    naming where each draw came from; Lanczos vectors stay where they are), so
-    :func:`load_density` and ``spectorch density combine`` read it like any other.
+    The runs must agree on dimension, steps, seed, start vectors, dtype, operator
+    (its device aside) and problem (``metadata["problem"]``) and hold different
+    draws. With ``out``, the merged run is written there as a run directory of its
+    own (``tridiag_<k>.npy`` and a manifest naming where each draw came from;
+    Lanczos vectors stay where they are), so :func:`load_density` and ``spectorch
+    density combine`` read it like any other.
 
     Raises:
         ValueError: with no directory, a directory that is not a run, runs with other
@@ -360,7 +369,9 @@ def combine_densities(
     first = manifests[0]
     for d, manifest in zip(dirs[1:], manifests[1:], strict=True):
         diffs = [
-            key for key in _RESUME_KEYS if _comparable(manifest, key) != _comparable(first, key)
+            key
+            for key in (*_RESUME_KEYS, _PROBLEM)
+            if _comparable(manifest, key) != _comparable(first, key)
         ]
         if diffs:
             detail = "; ".join(
@@ -378,7 +389,7 @@ def combine_densities(
     indices = sorted(source)
     tridiags = [np.load(source[k][0] / f"tridiag_{k}.npy") for k in indices]
     samples = [source[k][1]["trace_sample"] for k in indices]
-    meta = {key: first[key] for key in (*_RESUME_KEYS, "basis") if key in first}
+    meta = {key: first[key] for key in (*_RESUME_KEYS, _PROBLEM, "basis") if key in first}
     meta["combined_from"] = [str(d) for d in dirs]
     if out is not None:
         out = Path(out)
@@ -421,10 +432,10 @@ class _RunDir:
     def __init__(self, path: Path, settings: dict[str, Any], metadata: dict | None) -> None:
         self.dir = RunDirectory(
             path,
-            {key: settings[key] for key in _RESUME_KEYS},
+            {key: settings[key] for key in (*_RESUME_KEYS, _PROBLEM) if key in settings},
             kind="density",
             settings_file=MANIFEST,
-            only=_RESUME_KEYS,
+            only=(*_RESUME_KEYS, _PROBLEM),
         )
         self.path = path
         self.settings = settings

@@ -19,6 +19,7 @@ from spectorch.density import spectral_density
 from spectorch.experiments._options import option
 from spectorch.experiments.cifar import cifar_demo
 from spectorch.experiments.digits import train_digits_mlp
+from spectorch.experiments.lm import lm_demo
 from spectorch.plotting import plot_densities, plot_density
 from spectorch.train import RunDirectory
 
@@ -36,6 +37,8 @@ class TourConfig:
     cifar_images: int = option(1024, "generated CIFAR-format training images")
     cifar_lanczos_steps: int = option(20, "Lanczos steps of each checkpoint's density")
     cifar_density_images: int = option(128, "training images in each checkpoint's density")
+    lm_steps: int = option(150, "training steps of the small GPT on Python's source")
+    lm_lanczos_steps: int = option(20, "Lanczos steps of each GPT block density")
     kernel_steps: int = option(1000, "training steps of each kernel objective")
     hydrogen_steps: int = option(3000, "NeuralEF steps on 2-D hydrogen")
     atari_frames: int = option(2000, "Space Invaders frames to collect")
@@ -241,6 +244,12 @@ def run(
             density_images=config.cifar_density_images,
             progress=progress,
         ),
+        "language_model": lambda: lm_demo(
+            out / "lm",
+            steps=config.lm_steps,
+            lanczos_steps=config.lm_lanczos_steps,
+            progress=progress,
+        ),
         "spectral_inference": lambda: _spectral_inference(out / "spin", config, progress),
         "spectral_layers": lambda: pruning.run(
             out / "pruning", pruning.PruningConfig(epochs=config.pruning_epochs), progress=progress
@@ -297,12 +306,28 @@ def _summary_text(summary: dict[str, Any]) -> str:
                     f"top eig {r['top_eigenvalue']:.4g}  trace {r['trace']:.4g}"
                 )
         lines.append(f"   figures: {', '.join('cifar/' + f for f in cw['figures'])}")
+    lm = summary.get("language_model")
+    if lm:
+        lines += [
+            "",
+            "3. A GPT on Python's own source: train -> checkpoints -> Hessian per block",
+            f"   {lm['parameters']} parameters, {lm['steps']} steps: loss {lm['first_loss']:.3f} "
+            f"-> {lm['final_loss']:.3f} nats/byte (held out {lm['held_out_loss']:.3f}), in "
+            f"{summary['section_seconds']['language_model']:.1f}s",
+        ]
+        for name, r in lm["checkpoints"].items():
+            tops = ", ".join(f"{k} {v:.3g}" for k, v in r["block_top_eigenvalues"].items())
+            lines.append(
+                f"   {name}  top eig {r['top_eigenvalue']:.4g}; by block: {tops}; mean JS "
+                f"distance between blocks {r['js_distance_mean']:.3f}"
+            )
+        lines.append(f"   figures: {', '.join('lm/' + f for f in lm['figures'])}")
     si = summary.get("spectral_inference")
     if si:
         k = si["kernel"]
         lines += [
             "",
-            "3. Spectral inference networks",
+            "4. Spectral inference networks",
             f"   RBF kernel on 200 points, top {len(k['exact'])} eigenvalues (eigh): "
             + ", ".join(f"{v:.4f}" for v in k["exact"])
             + f"  ({k['seconds']:.1f}s)",
@@ -340,7 +365,7 @@ def _summary_text(summary: dict[str, Any]) -> str:
 
         lines += [
             "",
-            "4. Spectral layers: training in the spectral domain, pruning by |eigenvalue|",
+            "5. Spectral layers: training in the spectral domain, pruning by |eigenvalue|",
             f"   Spectral 64-{sl['hidden']}-10 on digits; reference, fully trained and "
             f"unpruned: test accuracy {sl['reference']['acc']:.3f}",
             f"   fully trained, by nodes removed (no fine-tuning): {curve(sl['full'])}",
@@ -356,7 +381,7 @@ def _summary_text(summary: dict[str, Any]) -> str:
         )
         lines += [
             "",
-            "5. Recurrent inference machine: 8x8 digits under a 5x5 blur, noise 0.05",
+            "6. Recurrent inference machine: 8x8 digits under a 5x5 blur, noise 0.05",
             f"   {rim['epochs']} epochs in {rim['seconds']:.1f}s; test PSNR (dB) against the "
             f"classical solvers: {scores}",
             "   figure: rim/rim.png",
