@@ -44,3 +44,38 @@ def test_sharded_hessian_refuses_a_model_that_is_not_sharded():
 
     with pytest.raises(ValueError, match=r"needs torch\.distributed"):
         ShardedHessian(torch.nn.Linear(2, 2).eval(), torch.nn.MSELoss(), [])
+
+
+def test_density_shard_from_the_command_line(tmp_path):
+    """`torchrun ... spectorch density CHECKPOINT --shard`: the tridiagonal of one
+    process's finite-difference Lanczos from the same start, and a rerun resumes."""
+    from spectorch.curvature import HessianOperator
+    from spectorch.density import draw_generator
+    from spectorch.experiments import lm
+    from spectorch.linalg import lanczos
+
+    config = lm.LMConfig(steps=1, layers=1, heads=2, width=16, context=16, batch_size=4,
+                         warmup=1, text_bytes=20_000)  # fmt: skip
+    lm.run(tmp_path / "run", config, checkpoint_every=1, device="cpu", progress=False)
+    out = tmp_path / "density"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node=2", "--module", "spectorch.cli", "density",
+           str(tmp_path / "run"), "--shard", "--steps", "6", "--draws", "2",
+           "--sequences", "16", "--out", str(out), "--quiet"]  # fmt: skip
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "sharded with FSDP2 over 2 processes" in r.stdout
+    found = lm.density_problem(tmp_path / "run", sequences=16)
+    model = found["model"]
+    op = HessianOperator(model, found["loss"], found["data"], hvp="finite-difference")
+    g = draw_generator(0, 0)
+    start = torch.cat([(torch.randint(0, 2, tuple(p.shape), generator=g) * 2 - 1).reshape(-1)
+                       for p in model.parameters()]).double()  # fmt: skip
+    reference = lanczos(op, 6, start=start).tridiagonal.numpy()
+    T = np.load(out / "tridiag_0.npy")
+    # float32 networks: the two reductions round differently, by ~1e-5 per product
+    np.testing.assert_allclose(T, reference, rtol=0, atol=1e-3 * np.abs(reference).max())
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "2 of 2 draws already there" in r.stderr
+    np.testing.assert_array_equal(np.load(out / "tridiag_0.npy"), T)

@@ -154,6 +154,11 @@ def _cmd_density(args: argparse.Namespace) -> int:
     draws = [args.draw_index] if args.draw_index is not None else (args.draws or 10)
 
     blocks = _parse_blocks(args.blocks)
+    if args.shard and not distributed.launched():
+        raise CLIError(
+            "--shard shards the model over torchrun's processes; launch with "
+            "torchrun --nproc_per_node=N spectorch density ... --shard"
+        )
     if not distributed.launched():
         device = _device(args.device)
         model, loss, data, _, problem = _problem(args.entry, sequences=args.sequences)
@@ -171,7 +176,14 @@ def _cmd_density(args: argparse.Namespace) -> int:
 
     if blocks is not None:
         raise CLIError("--blocks runs in one process for now; run it without torchrun")
+    if args.shard:
+        _check_shard(args)
     ctx = distributed.setup(args.backend, timeout=args.timeout, device=args.device)
+    if args.shard:
+        try:
+            return _sharded_run(args, ctx, out)
+        finally:
+            distributed.teardown()
     try:
         model, loss, data, sharded, problem = _problem(
             args.entry, ctx.rank, ctx.world_size, sequences=args.sequences
@@ -187,6 +199,60 @@ def _cmd_density(args: argparse.Namespace) -> int:
             return _density_run(args, op, out, draws, world_size=ctx.world_size, problem=problem)
     finally:
         distributed.teardown()
+
+
+def _check_shard(args: argparse.Namespace) -> None:
+    """What ``--shard`` (FSDP2, finite-difference Hessian products) cannot do, refused
+    before any work."""
+    if args.operator != "hessian":
+        raise CLIError("--shard computes the Hessian only; drop --operator or use hessian")
+    wrong = [
+        flag
+        for flag, bad in (
+            ("--draw-index", args.draw_index is not None),
+            ("--dtype float32", args.dtype != "float64"),
+            ("--probes-per-pass", args.probes_per_pass != 1),
+            ("--basis", args.basis != "memory"),
+        )
+        if bad
+    ]
+    if wrong:
+        raise CLIError(f"--shard does not take {', '.join(wrong)}")
+
+
+def _sharded_run(args: argparse.Namespace, ctx: Any, out: Path) -> int:
+    """``--shard``: the model's parameters sharded with FSDP2 over the ranks, each
+    with its shard of the data; the Lanczos recurrence on sharded vectors."""
+    from spectorch import distributed
+    from spectorch.sharded import ShardedHessian, shard_model, sharded_density
+
+    model, loss, data, sharded, problem = _problem(
+        args.entry, ctx.rank, ctx.world_size, sequences=args.sequences
+    )
+    if not sharded:
+        data = distributed.shard(data, ctx.rank, ctx.world_size)
+    model.to(ctx.device)
+    op = ShardedHessian(shard_model(model), loss, data)
+    _check_steps(args, op)
+    draws = args.draws or 10
+    if ctx.is_root:
+        print(
+            f"spectorch density: the Hessian of {op.dim:,} parameters sharded with FSDP2 "
+            f"over {ctx.world_size} processes (finite-difference products), {draws} draws x "
+            f"{args.steps} steps -> {out}/"
+        )
+    dens = sharded_density(
+        op,
+        steps=args.steps,
+        draws=draws,
+        seed=args.seed,
+        out=out,
+        metadata={"entry": args.entry, "world_size": ctx.world_size, "problem": problem},
+        progress=not args.quiet,
+    )
+    if ctx.is_root:
+        _report(dens, out, "hessian spectral density (FSDP2-sharded)", args.width)
+    return 0
 
 
 def _parse_blocks(values: list[str] | None) -> Any:
@@ -1041,6 +1107,13 @@ def _add_density(sub: Any) -> None:
         help="also one density per block of parameters (the principal sub-matrix): a preset "
         "(parameters, modules, layers) or NAME=GLOB[,GLOB...] pairs, e.g. "
         "attn='h.*.attn.*' mlp='h.*.mlp.*'; figure blocks.png, each block in --out/blocks/NAME",
+    )
+    dens.add_argument(
+        "--shard",
+        action="store_true",
+        help="under torchrun: shard the model's parameters with FSDP2 (every block of a "
+        "ModuleList, then the rest) and run Lanczos on sharded vectors; Hessian only, "
+        "finite-difference products",
     )
     dens.add_argument("--out", default="spectorch-out/density", help="output directory")
     dens.add_argument("--quiet", action="store_true", help="no progress bars")

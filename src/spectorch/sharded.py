@@ -33,8 +33,12 @@ Example (``torchrun --nproc_per_node=2 script.py``)::
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,8 +49,31 @@ from tqdm.auto import tqdm
 from spectorch import checks
 from spectorch.curvature import Objective, Supervised
 from spectorch.density import SpectralDensity, draw_generator
+from spectorch.density._run import _RunDir
+from spectorch.linalg import LanczosResult
+from spectorch.train._rundir import plain
 
-__all__ = ["ShardedHessian", "sharded_density", "sharded_lanczos"]
+log = logging.getLogger("spectorch.density")
+
+__all__ = ["ShardedHessian", "shard_model", "sharded_density", "sharded_lanczos"]
+
+
+def shard_model(model: nn.Module) -> nn.Module:
+    """Shard ``model``'s parameters over the job with FSDP2: ``fully_shard`` on every
+    module held in an ``nn.ModuleList`` (a transformer's blocks, each gathered in turn
+    during a forward) and then on the root (the rest). Returns ``model``, changed in
+    place."""
+    from torch.distributed.fsdp import fully_shard
+
+    if not dist.is_initialized():
+        raise ValueError("shard_model needs torch.distributed; call setup() first")
+    for module in list(model.modules()):
+        if isinstance(module, nn.ModuleList):
+            for block in module:
+                if any(True for _ in block.parameters()):
+                    fully_shard(block)
+    fully_shard(model)
+    return model
 
 
 def _dtensor_type() -> type:
@@ -117,6 +144,18 @@ class ShardedHessian:
     @property
     def shape(self) -> tuple[int, int]:
         return (self.dim, self.dim)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly description for manifests."""
+        return {
+            "operator": "hessian",
+            "hvp": "finite-difference",
+            "sharded": "fsdp2",
+            "model": type(self.model).__name__,
+            "parameters": self.dim,
+            "loss": self.objective.describe(),
+            "network_dtype": str(self.dtype).replace("torch.", ""),
+        }
 
     # ----------------------------------------------------------------- vectors
     def dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -278,22 +317,71 @@ def sharded_density(
     steps: int = 90,
     draws: int = 10,
     seed: int = 0,
+    out: str | os.PathLike | None = None,
+    metadata: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> SpectralDensity:
     """The spectral density of a :class:`ShardedHessian` by stochastic Lanczos
     quadrature, every rank calling it together and getting the same density. Draw
     ``k`` starts from the Rademacher vector of :func:`~spectorch.density.draw_generator`
     ``(seed, k)``, drawn parameter by parameter, so the density does not depend on the
-    number of ranks."""
+    number of ranks.
+
+    With ``out``, rank 0 writes each finished draw's ``tridiag_<k>.npy`` and the
+    manifest there, as :func:`~spectorch.density.spectral_density` does (no Lanczos
+    vectors: they are sharded), and a run found there with the same settings resumes
+    from its finished draws; :func:`~spectorch.density.load_density` reads it.
+    ``metadata`` goes into the manifest (its ``"problem"`` is compared on resume).
+    """
     checks.positive_int("draws", draws)
     checks.nonnegative_int("seed", seed)
-    tridiags = []
-    for k in tqdm(range(draws), desc="draws", disable=not progress or dist.get_rank() != 0):
+    checks.positive_int("steps", steps)
+    if steps > op.dim:
+        raise ValueError(f"steps must be at most the operator's dimension {op.dim}, got {steps}")
+    settings = {"dim": op.dim, "steps": int(steps), "seed": int(seed), "start": "rademacher",
+                "dtype": "float64", "operator": op.describe(), "basis": "sharded"}  # fmt: skip
+    if metadata and "problem" in metadata:
+        settings["problem"] = plain(metadata["problem"])
+    root = dist.get_rank(op.group) == 0
+    run, done = None, {}
+    if out is not None and root:
+        try:
+            run = _RunDir(Path(out), settings, metadata)
+            done = {k: T for k, (T, _) in run.load_finished().items()}
+            problem = None
+        except ValueError as exc:  # another run's directory: every rank stops
+            problem = str(exc)
+    else:
+        problem = None
+    shared = [problem, sorted(done)]
+    dist.broadcast_object_list(shared, src=dist.get_global_rank(op.group, 0) if op.group else 0,
+                               group=op.group)  # fmt: skip
+    if shared[0] is not None:
+        raise ValueError(shared[0])
+    finished = set(shared[1]) & set(range(draws))
+    if finished and root:
+        log.info("resuming %s: %d of %d draws already there, %d to compute", out,
+                 len(finished), draws, draws - len(finished))  # fmt: skip
+    tridiags = {}
+    bar = tqdm(range(draws), desc="draws", disable=not progress or not root)
+    for k in bar:
+        if k in finished:
+            tridiags[k] = done.get(k)
+            continue
+        t0 = time.perf_counter()
         start = op.random_start(draw_generator(seed, k))
         a, b = sharded_lanczos(op, steps, start, progress=progress)
-        T = torch.diag(a) + torch.diag(b, 1) + torch.diag(b, -1)
-        tridiags.append(T.numpy())
-    meta = {"operator": {"operator": "hessian", "hvp": "finite-difference", "sharded": "fsdp2",
-                         "parameters": op.dim, "world_size": op.world_size},
-            "steps": steps, "seed": seed, "draws": list(range(draws))}  # fmt: skip
-    return SpectralDensity.from_tridiagonals(tridiags, op.dim, steps=steps, metadata=meta)
+        res = LanczosResult(alphas=a, betas=b, basis=torch.empty(0, 0), breakdown=len(a) < steps)
+        T = res.tridiagonal.numpy()
+        tridiags[k] = T
+        if run is not None:
+            run.save_draw(k, res, T, False, time.perf_counter() - t0, None)
+    if finished:  # the finished draws' tridiagonals, read on rank 0, to every rank
+        known = [tridiags[k] if root else None for k in sorted(finished)]
+        dist.broadcast_object_list(known, src=dist.get_global_rank(op.group, 0) if op.group else 0,
+                                   group=op.group)  # fmt: skip
+        tridiags.update(zip(sorted(finished), known, strict=True))
+    meta = dict(settings, draws=list(range(draws)), **(metadata or {}))
+    return SpectralDensity.from_tridiagonals(
+        [tridiags[k] for k in range(draws)], op.dim, steps=steps, metadata=meta
+    )
