@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from bench_hessian import PeakMemory, _torch_eig_stand_in
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from spectorch.curvature import CausalLM, HessianOperator
 from spectorch.experiments import lm
@@ -79,8 +80,21 @@ def build(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, int]:
     return model, found["data"][0], sum(p.numel() for p in model.parameters())
 
 
-def libraries(model: nn.Module, ids: torch.Tensor, args: argparse.Namespace) -> dict:
-    """``{name: {"hvp", "lanczos", "top"}}``: callables on the same model and data."""
+def libraries(
+    model: nn.Module, ids: torch.Tensor, args: argparse.Namespace, catch: bool = False
+) -> dict:
+    """``{name: {"hvp", "lanczos", "top"}}``: callables on the same model and data
+    (with ``catch``, a library whose construction fails is the error's text)."""
+    if catch:
+        out: dict[str, Any] = {}
+        for name in args.peers.split(","):
+            try:
+                out.update(
+                    libraries(model, ids, argparse.Namespace(**{**vars(args), "peers": name}))
+                )
+            except RuntimeError as exc:
+                out[name] = f"fails: {str(exc).splitlines()[0][:100]}"
+        return out
     params = [p for p in model.parameters() if p.requires_grad]
     dim = sum(p.numel() for p in params)
     g = torch.Generator().manual_seed(0)
@@ -98,7 +112,7 @@ def libraries(model: nn.Module, ids: torch.Tensor, args: argparse.Namespace) -> 
             libs[name] = {
                 "hvp": lambda op=op: op.matvec(v64),
                 "lanczos": lambda op=op: lanczos(op, steps, seed=0),
-                "top": lambda op=op: _top(*_ab(lanczos(op, steps, seed=0))),
+                "top": lambda op=op: (_top(*_ab(lanczos(op, steps, seed=0))), steps),
             }
         elif name == "hessian-eigenthings":
             try:
@@ -114,9 +128,9 @@ def libraries(model: nn.Module, ids: torch.Tensor, args: argparse.Namespace) -> 
             op = he.HessianOperator(model, [ids], he_loss)
             v0 = torch.randn(dim, generator=torch.Generator().manual_seed(1))
 
-            def he_top(op=op) -> float:
+            def he_top(op=op) -> tuple[float, int]:
                 res = he.lanczos(op, k=1, max_iter=steps, seed=0, which="LA")
-                return float(res.eigenvalues[0])
+                return float(res.eigenvalues[0]), steps
 
             libs[name] = {
                 "hvp": lambda op=op: op.matvec(v32),
@@ -133,6 +147,9 @@ def libraries(model: nn.Module, ids: torch.Tensor, args: argparse.Namespace) -> 
                 print("PyHessian is not installed: skipped")
                 continue
             torch.eig = _torch_eig_stand_in  # torch.eig exists only to raise since 2.0
+            # PyHessian differentiates its gradient in .grad (loss.backward with
+            # create_graph): a .grad left there by an earlier graph would join it
+            model.zero_grad(set_to_none=True)
             comp = pyhessian_hessian(flat, ce, data=(ids, targets), cuda=False)
             vl = [x.reshape(p.shape) for x, p in zip(v32.split([p.numel() for p in params]),
                                                      params, strict=True)]  # fmt: skip
@@ -141,22 +158,29 @@ def libraries(model: nn.Module, ids: torch.Tensor, args: argparse.Namespace) -> 
                 "hvp": lambda c=comp, vl=vl: hessian_vector_product(c.gradsH, c.params, vl),
                 "lanczos": lambda c=comp: c.density(iter=steps, n_v=1),
                 # its power iteration, stopped at rel. change 1e-3 or maxIter products
-                "top": lambda c=comp: float(c.eigenvalues(maxIter=steps, top_n=1)[0][0]),
+                "top": lambda c=comp: _pyhessian_top(c, steps),
             }
         elif name == "curvlinops":
             try:
                 from curvlinops import HessianLinearOperator
                 from curvlinops.papyan2020traces.spectrum import lanczos_approximate_spectrum
-                from scipy.sparse.linalg import eigsh
+                from scipy.sparse.linalg import LinearOperator, eigsh
             except ImportError:
                 print("curvlinops is not installed: skipped")
                 continue
             H = HessianLinearOperator(flat, ce, params, [(ids, targets)], check_deterministic=False)
 
-            def cl_top(H=H) -> float:
-                vals = eigsh(H.to_scipy(), k=1, which="LA", ncv=steps, maxiter=1,
-                             return_eigenvectors=False, tol=0)  # fmt: skip
-                return float(vals[0])
+            def cl_top(H=H) -> tuple[float, int]:
+                A, count = H.to_scipy(), [0]
+
+                def mv(vec: Any, A: Any = A, count: list = count) -> Any:
+                    count[0] += 1
+                    return A.matvec(vec)
+
+                L = LinearOperator(A.shape, matvec=mv, dtype=A.dtype)
+                # ARPACK to scipy's defaults but a relative tolerance of 1e-5
+                vals = eigsh(L, k=1, which="LA", tol=1e-5, return_eigenvectors=False)
+                return float(vals[0]), count[0]
 
             libs[name] = {
                 "hvp": lambda H=H: H @ v32,
@@ -168,6 +192,25 @@ def libraries(model: nn.Module, ids: torch.Tensor, args: argparse.Namespace) -> 
         else:
             raise SystemExit(f"unknown library {name!r}")
     return libs
+
+
+def _pyhessian_top(comp: Any, steps: int) -> tuple[float, int]:
+    """PyHessian's power iteration (stopped at a relative change of 1e-3, or after
+    ``steps`` products), with its products counted."""
+    ph = sys.modules["pyhessian.hessian"]  # the module (the package exports the class)
+
+    count, product = [0], ph.hessian_vector_product
+
+    def counted(*a: Any) -> Any:
+        count[0] += 1
+        return product(*a)
+
+    ph.hessian_vector_product = counted
+    try:
+        value = float(comp.eigenvalues(maxIter=steps, top_n=1)[0][0])
+    finally:
+        ph.hessian_vector_product = product
+    return value, count[0]
 
 
 def _ab(res: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,6 +231,34 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, ids, dim = build(args)
+    # The CPU's default attention kernel (flash) has no second derivative: spectorch
+    # switches to the math kernel by itself; the peers fail (recorded here) and are
+    # then measured, like spectorch, inside sdpa_kernel(MATH).
+    status = {} if args.memory_pass else out_of_the_box(model, ids, args)
+    with sdpa_kernel(SDPBackend.MATH):
+        measure(model, ids, dim, args, status)
+
+
+def out_of_the_box(model: nn.Module, ids: torch.Tensor, args: argparse.Namespace) -> dict:
+    """Whether each library's product runs on the model as it is (default kernels)."""
+    status = {}
+    for name, lib in libraries(model, ids, args, catch=True).items():
+        if isinstance(lib, str):
+            status[name] = lib
+            continue
+        try:
+            lib["hvp"]()
+            status[name] = "runs"
+        except RuntimeError as exc:
+            status[name] = f"fails: {str(exc).splitlines()[0][:100]}"
+    for name, text in status.items():
+        print(f"out of the box, {name}: {text}")
+    return status
+
+
+def measure(
+    model: nn.Module, ids: torch.Tensor, dim: int, args: argparse.Namespace, status: dict
+) -> None:
     libs = libraries(model, ids, args)
     if args.memory_pass:
         memory = {}
@@ -227,7 +298,7 @@ def main() -> None:
         out = outputs[name]
         flat = torch.cat([t.reshape(-1) for t in out]) if isinstance(out, (list, tuple)) else out
         t0 = _cpu()
-        top = lib["top"]()
+        top, top_products = lib["top"]()
         results[name] = {
             "hvp_s": statistics.median(hvp[name]),
             "step_s": statistics.median(step[name]),
@@ -237,6 +308,7 @@ def main() -> None:
             "top": top,
             "top_rel_error": abs(top - top_ref) / abs(top_ref),
             "top_s": _cpu() - t0,
+            "top_products": top_products,
         }
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     cmd = [sys.executable, *sys.argv, "--memory-pass"]
@@ -248,20 +320,22 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     with open(Path(args.out) / "results.json", "w") as fh:
         json.dump({"args": vars(args), "dim": dim, "top_reference": top_ref,
-                   "results": results}, fh, indent=2)  # fmt: skip
+                   "out_of_the_box": status, "results": results}, fh, indent=2)  # fmt: skip
 
 
 def report(results: dict[str, dict[str, Any]], top_ref: float) -> None:
     print(f"\nfloat64 reference top eigenvalue {top_ref:.6f}")
     print(
         f"{'library':20s} {'HVP (s)':>8s} {'step (s)':>9s} {'step/HVP':>8s} {'HVP MB':>7s} "
-        f"{'step MB':>8s} {'top eig':>10s} {'rel err':>8s} {'top (s)':>8s} {'HVP vs ours':>11s}"
+        f"{'step MB':>8s} {'top eig':>10s} {'rel err':>8s} {'top (s)':>8s} {'products':>8s} "
+        f"{'HVP vs ours':>11s}"
     )
     for name, r in results.items():
         print(
             f"{name:20s} {r['hvp_s']:8.3f} {r['step_s']:9.3f} {r['step_s'] / r['hvp_s']:8.2f} "
             f"{r['hvp_mem'] / 2**20:7.0f} {r['step_mem'] / 2**20:8.0f} {r['top']:10.5f} "
-            f"{r['top_rel_error']:8.1e} {r['top_s']:8.2f} {r['hvp_rel_diff']:11.1e}"
+            f"{r['top_rel_error']:8.1e} {r['top_s']:8.2f} {r['top_products']:8d} "
+            f"{r['hvp_rel_diff']:11.1e}"
         )
     base = results.get("spectorch")
     if base:
