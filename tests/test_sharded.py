@@ -46,6 +46,7 @@ def test_sharded_hessian_refuses_a_model_that_is_not_sharded():
         ShardedHessian(torch.nn.Linear(2, 2).eval(), torch.nn.MSELoss(), [])
 
 
+@pytest.mark.slow
 def test_density_shard_from_the_command_line(tmp_path):
     """`torchrun ... spectorch density CHECKPOINT --shard`: the tridiagonal of one
     process's finite-difference Lanczos from the same start, and a rerun resumes."""

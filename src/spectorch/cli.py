@@ -100,7 +100,8 @@ def _problem(
     for resumes (ENTRY itself, or the ``"problem"`` of the dict it returns). An ENTRY
     that is a checkpoint (or run directory) of ``spectorch lm train`` gives its
     :func:`~spectorch.experiments.lm.density_problem` on ``sequences`` windows."""
-    if Path(entry).exists():
+    path = Path(entry)
+    if path.exists() and (path.is_dir() or path.suffix == ".pt"):
         from spectorch.experiments import lm
 
         if not lm.is_lm_checkpoint(entry):
