@@ -65,6 +65,8 @@ def shard_model(model: nn.Module) -> nn.Module:
     place."""
     from torch.distributed.fsdp import fully_shard
 
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not dist.is_initialized():
         raise ValueError("shard_model needs torch.distributed; call setup() first")
     for module in list(model.modules()):
@@ -274,6 +276,9 @@ def sharded_lanczos(
     checks.positive_int("steps", steps)
     if steps > op.dim:
         raise ValueError(f"steps must be at most the operator's dimension {op.dim}, got {steps}")
+    if not isinstance(start, torch.Tensor) or tuple(start.shape) != (op.local_dim,):
+        got = tuple(start.shape) if isinstance(start, torch.Tensor) else type(start).__name__
+        raise ValueError(f"start must be this rank's piece, shape ({op.local_dim},), got {got}")
     q = start.to(torch.float64)
     q = q / op.norm(q)
     basis = torch.zeros(steps, op.local_dim, dtype=torch.float64)
