@@ -185,6 +185,7 @@ def test_a_rank_that_hangs_or_dies_ends_the_job(tmp_path, entry, name, message):
         assert "spectorch: error: rank 0" in r.stderr
 
 
+@pytest.mark.slow  # four command-line runs, 40 s; the combine itself is tested in-process
 def test_one_draw_per_job_then_combine(tmp_path, entry):
     whole = tmp_path / "whole"
     r = run(*density_args(entry, "problem", whole, "--draws", "3"))

@@ -10,6 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# pages whose examples train for tens of seconds run in the slow tier
+SLOW = {"cifar.md", "spin.md"}
+DOCS = [pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW else p for p in DOCS]
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)

@@ -186,7 +186,15 @@ def test_moving_average_path_equals_the_plain_gradient_without_memory():
 # -- the three objectives on a kernel with an exact answer ---------------------------------
 
 
-@pytest.mark.parametrize("objective", ["spin", "neuralef", "neuralsvd"])
+@pytest.mark.parametrize(
+    "objective",
+    # 25 s each: NeuralEF and NeuralSVD in the slow tier, to keep the default one short
+    [
+        "spin",
+        pytest.param("neuralef", marks=pytest.mark.slow),
+        pytest.param("neuralsvd", marks=pytest.mark.slow),
+    ],
+)
 def test_each_objective_recovers_the_top_eigenpairs_of_a_kernel_matrix(objective):
     torch.manual_seed(0)
     pts = clustered_points()
