@@ -273,6 +273,99 @@ class _CountingData(list):
         return super().__iter__()
 
 
+def _sliced_problem(batches: int, size: int = 64, clone: bool = False):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 5)
+    ).double()
+    X = torch.randn(batches * size, 16, dtype=torch.float64)
+    y = torch.randint(0, 5, (batches * size,))
+    data = [(X[i : i + size], y[i : i + size]) for i in range(0, batches * size, size)]
+    if clone:
+        data = [(a.clone(), b.clone()) for a, b in data]
+    return model, data
+
+
+def test_cache_counts_a_slice_of_the_data_by_its_bytes():
+    # batches that are slices of one data tensor count as their slices: the same
+    # bytes as batches that own their memory, and linear in the number of batches
+    # (counting each slice as the whole tensor grew as batches² and stopped "auto"
+    # caching early)
+    counts = {}
+    for batches, clone in ((1, False), (8, False), (8, True)):
+        model, data = _sliced_problem(batches, clone=clone)
+        op = HessianOperator(model, torch.nn.CrossEntropyLoss(), data, cache_graphs=True)
+        op.matvec(torch.ones(op.shape[0], dtype=torch.float64))
+        counts[batches, clone] = op.cache_bytes
+    assert counts[8, False] == counts[8, True] == 8 * counts[1, False]
+    # the inputs and activations are in it, the parameters are not
+    assert counts[1, False] >= 64 * (16 + 32 + 32) * 8
+
+
+def test_cache_count_matches_the_saved_tensors():
+    # the graph walk finds what saved-tensor hooks see, less what the first backward
+    # pass freed (the loss node's own saved tensors)
+    model, data = _sliced_problem(1)
+    op = HessianOperator(model, torch.nn.CrossEntropyLoss(), data, cache_graphs=True)
+    op.matvec(torch.ones(op.shape[0], dtype=torch.float64))
+    params = list(model.parameters())
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    skip = {p.untyped_storage().data_ptr() for p in params}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = torch.nn.functional.cross_entropy(model(data[0][0]), data[0][1], reduction="sum")
+        torch.autograd.grad(loss, params, create_graph=True)
+    hooked = sum(v for k, v in seen.items() if k not in skip)
+    assert 0.9 * hooked <= op.cache_bytes <= hooked
+
+
+def test_one_cache_budget_for_all_live_operators():
+    import gc
+
+    model, data = _sliced_problem(4)
+    loss = torch.nn.CrossEntropyLoss()
+    v = torch.ones(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    first = HessianOperator(model, loss, data)
+    first.matvec(v)
+    assert first.caching and first.cache_bytes > 0
+    # a second operator whose budget holds its own graphs but not both
+    second = HessianOperator(model, loss, data)
+    second._budget = first.cache_bytes + first.cache_bytes // 2
+    second.matvec(v)
+    assert not second.caching and second.cache_bytes == 0 and first.caching
+    del first
+    gc.collect()
+    third = HessianOperator(model, loss, data)
+    third._budget = second._budget
+    torch.testing.assert_close(third.matvec(v), second.matvec(v), rtol=1e-12, atol=1e-14)
+    assert third.caching
+
+
+def test_cgroup_limit_caps_the_available_memory(tmp_path, monkeypatch):
+    from spectorch.curvature import _operators as ops
+
+    assert ops._cgroup_room(str(tmp_path)) is None  # no cgroup files
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.current").write_text("1000\n")
+    assert ops._cgroup_room(str(tmp_path)) is None  # v2 without a limit
+    (tmp_path / "memory.max").write_text("5000\n")
+    assert ops._cgroup_room(str(tmp_path)) == 4000
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(str(2**63 - 4096))
+    (v1 / "memory" / "memory.usage_in_bytes").write_text("100")
+    assert ops._cgroup_room(str(v1)) is None  # v1's "no limit"
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("300")
+    assert ops._cgroup_room(str(v1)) == 200
+    monkeypatch.setattr(ops, "_cgroup_room", lambda: 12345)
+    assert ops._available_memory(torch.device("cpu")) == 12345
+    assert ops._cache_budget(torch.device("cpu")) == (12345 + ops._held_by_caches()) // 4
+
+
 def test_auto_cache_reads_the_data_once_and_respects_its_budget():
     model, loss, X, y, data = _problem("mlp", "ce")
     expected = _dense_hessian(model, loss, X, y)
@@ -285,7 +378,7 @@ def test_auto_cache_reads_the_data_once_and_respects_its_budget():
     for _ in range(3):
         _assert_close(op.matvec(v), expected @ v)
     assert op.caching and _CountingData.reads == before + 1  # later products skip the data
-    assert op._cache_bytes > 0
+    assert op.cache_bytes > 0
 
     tight = HessianOperator(model, loss, data)
     tight._budget = 1  # no graph fits: "auto" gives up and computes afresh

@@ -206,3 +206,86 @@ def test_hutchinson_exact_on_diagonal_and_unbiased(spectrum):
     assert abs(est.value - float(spectrum.sum())) < 5 * est.stderr
     with pytest.raises(ValueError, match="distribution must be"):
         hutchinson_trace(A, distribution="cauchy")
+
+
+def _hessian_like(n: int = 3000) -> torch.Tensor:
+    """A diagonal spectrum shaped like a network Hessian's: a bulk near zero (some of
+    it negative) and a few large outliers, which Lanczos finds fast and so loses
+    orthogonality fast without reorthogonalisation."""
+    g = torch.Generator().manual_seed(0)
+    bulk = torch.randn(n - 6, generator=g, dtype=torch.float64) * 0.05 + 0.02
+    outliers = torch.tensor([3.0, 8.0, 15.0, 40.0, 90.0, 250.0], dtype=torch.float64)
+    return torch.cat([bulk, outliers])
+
+
+def test_full_reorthogonalisation_passes_once_unless_it_cancels():
+    d = _hessian_like()
+    res = lanczos(torch.diag(d), 120, seed=1)
+    # DGKS: one pass per step (119 steps reorthogonalise) plus the rare second one
+    assert 119 <= res.reorth_passes < 1.1 * 119
+    Q = res.basis
+    assert (Q @ Q.T - torch.eye(120, dtype=torch.float64)).abs().max() < 1e-13
+
+
+def test_partial_reorthogonalisation_gives_the_same_tridiagonal():
+    d = _hessian_like()
+    A = torch.diag(d)
+    full = lanczos(A, 120, seed=1)
+    part = lanczos(A, 120, seed=1, reorth="partial")
+    # far fewer passes over the basis, orthogonality kept at the √eps level
+    assert part.reorth_passes < 0.75 * full.reorth_passes
+    Q = part.basis
+    loss = (Q @ Q.T - torch.eye(120, dtype=torch.float64)).abs().max().item()
+    assert 1e-14 < loss < 10 * torch.finfo(torch.float64).eps ** 0.5
+    # the outliers are found once each (no ghost copies) and to working precision
+    ritz = torch.linalg.eigvalsh(part.tridiagonal)
+    top = ritz[-6:]
+    torch.testing.assert_close(top, d[-6:], rtol=1e-12, atol=0)
+    assert ritz[-7].item() < 1.0
+    # the quadrature (the density's input) agrees with full reorthogonalisation: the
+    # moments vᵀAᵐv for m < 2·steps are exact in both, so compare them with the truth
+    nodes, weights = part.quadrature()
+    v = random_start(d.numel(), generator=_generator(1))
+    for m in (1, 2, 3, 5, 8):
+        exact = float((v * v * d**m).sum())
+        assert np.sum(weights * nodes**m) == pytest.approx(exact, rel=1e-10)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_partial_block_matches_single_runs():
+    A = torch.diag(_hessian_like(800))
+    starts = random_start(800, num=3, generator=_generator(5))
+    block = lanczos_block(A, 60, starts, reorth="partial")
+    for i, res in enumerate(block):
+        single = lanczos(A, 60, start=starts[i], reorth="partial")
+        assert res.reorth_passes == single.reorth_passes
+        torch.testing.assert_close(res.alphas, single.alphas, rtol=0, atol=1e-12)
+        torch.testing.assert_close(res.betas, single.betas, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("basis", "rtol"), [("float32", 1e-7), ("disk", 1e-12)])
+def test_partial_reorthogonalisation_with_other_bases(basis, rtol, tmp_path):
+    # a float32 basis bounds the accuracy at about 1e-7 with either reorthogonalisation
+    d = _hessian_like(800)
+    res = lanczos(torch.diag(d), 60, seed=2, reorth="partial", basis=basis, basis_dir=tmp_path)
+    top = torch.linalg.eigvalsh(res.tridiagonal)[-6:]
+    torch.testing.assert_close(top, d[-6:], rtol=rtol, atol=0)
+
+
+def test_unknown_reorth_is_refused():
+    with pytest.raises(ValueError, match=r"reorth must be one of \['full', 'partial'\]"):
+        lanczos(torch.eye(4, dtype=torch.float64), 2, reorth="selective")
+
+
+def test_operator_returning_its_input_is_not_modified_in_place():
+    class Identity:
+        shape, dtype = (5, 5), torch.float64
+
+        def matvec(self, v):
+            return v
+
+    res = lanczos(Identity(), 3, seed=0)
+    assert res.breakdown and res.steps == 1 and res.alphas.item() == pytest.approx(1.0)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -36,6 +37,10 @@ __all__ = [
 
 log = logging.getLogger("spectorch.curvature")
 
+#: the fewest classes (vocabulary size) for which the Hessian's ``closed_form="auto"``
+#: differentiates cross-entropy in closed form: measured 3-7% slower than autograd's
+#: double backward at 10 and 256 classes, faster from 1,024 on (docs/benchmarks.md)
+CLOSED_FORM_MIN_CLASSES = 512
 _TRAIN_MODES = ("refuse", "allow")
 _REDUCTIONS = ("mean", "sum")
 _HVP_MODES = ("forward", "reverse")
@@ -155,7 +160,9 @@ class CurvatureOperator:
         self._device = first.device
         self._net_dtype = first.dtype
         self._stochastic = [
-            name for name, m in model.named_modules() if isinstance(m, (_BatchNorm, _DropoutNd))
+            (name, m)
+            for name, m in model.named_modules()
+            if isinstance(m, (_BatchNorm, _DropoutNd))
         ]
         self._check_train_mode()
         self._check_first_batch()
@@ -305,13 +312,17 @@ class CurvatureOperator:
                 return tuple(p.unsqueeze(0) for p in prods)
 
             prods = self._with_attention_fallback(compute)
-            flat = torch.cat([p.reshape(k, -1) for p in prods], dim=1).to(self._dtype)
-            if not torch.isfinite(flat).all():
+            # each block added into its slice of the float64 sum, no flat copy
+            start = 0
+            for p, numel in zip(prods, self._numels, strict=True):
+                out[:, start : start + numel].add_(p.reshape(k, numel))
+                start += numel
+            # NaN or inf in this batch's product makes the running sum non-finite
+            if not math.isfinite(float(out.sum())):
                 raise FloatingPointError(
                     f"the {self.name} product of batch {index} has NaN or inf entries; check "
                     "the model, loss and that batch for non-finite values"
                 )
-            out.add_(flat)
             count += self._size
         return out, count
 
@@ -402,9 +413,12 @@ class CurvatureOperator:
         ``closed``: built so that reverse-mode autograd differentiates it twice in
         closed form, when the objective can and ``closed_form`` allows."""
         objective = self.objective
-        if closed and getattr(self, "closed_form", False) is not False and objective.splits:
+        closed_form = getattr(self, "closed_form", False)
+        if closed and closed_form is not False and objective.splits:
             out = objective.outputs(self._bound(params), batch)
-            loss = objective.closed_form_loss_sum(out, batch)
+            loss = None
+            if closed_form is True or out.shape[-1] >= CLOSED_FORM_MIN_CLASSES:
+                loss = objective.closed_form_loss_sum(out, batch)
             if loss is None:
                 loss = objective.loss_sum(out, batch)
             return loss
@@ -416,10 +430,10 @@ class CurvatureOperator:
     def _check_train_mode(self) -> None:
         if self.train_mode == "allow" or not self._stochastic:
             return
-        modules = dict(self.model.named_modules())
-        active = [n for n in self._stochastic if modules[n].training]
+        active = [(n, m) for n, m in self._stochastic if m.training]
         if active:
-            kinds = sorted({type(modules[n]).__name__ for n in active})
+            kinds = sorted({type(m).__name__ for _, m in active})
+            active = [n for n, _ in active]
             raise ValueError(
                 f"the model is in train mode with {', '.join(kinds)} (modules "
                 f"{active[:3]}{'...' if len(active) > 3 else ''}): its curvature would change "
@@ -467,27 +481,108 @@ def _second_order(fn: Callable, primal: Any, *, reverse: bool) -> Callable:
     return lambda t: jvp(g, (primal,), (t,))[1]
 
 
-def _unpack(t: torch.Tensor) -> torch.Tensor:
-    return t
+#: the operators now keeping gradient graphs: ``cache_graphs="auto"`` shares one budget
+#: among them all
+_LIVE_CACHES: weakref.WeakSet = weakref.WeakSet()
 
 
-def _cache_budget(device: torch.device) -> int:
-    """A quarter of the memory available now on ``device``: what ``cache_graphs="auto"``
-    may hold in gradient graphs."""
+def _held_by_caches() -> int:
+    """Bytes of the gradient graphs every live operator keeps."""
+    return sum(op._cache_bytes for op in list(_LIVE_CACHES))
+
+
+def _available_memory(device: torch.device) -> int:
+    """The memory available now on ``device``: CUDA's free memory, or on the CPU the
+    kernel's ``MemAvailable`` capped by the process's cgroup limit (v2 ``memory.max``
+    or v1 ``memory.limit_in_bytes``, minus what the group uses)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return free // 4
+        return int(free)
+    available = None
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 // 4
+                    available = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // 4
-    except (ValueError, OSError, AttributeError):
-        return 1 << 30
+    if available is None:
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            available = 4 << 30
+    room = _cgroup_room()
+    return available if room is None else min(available, room)
+
+
+def _cgroup_room(root: str = "/sys/fs/cgroup") -> int | None:
+    """The cgroup's memory limit minus its usage, or ``None`` without a limit."""
+    for limit_file, usage_file in (
+        ("memory.max", "memory.current"),  # cgroup v2
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),  # v1
+    ):
+        try:
+            with open(os.path.join(root, limit_file)) as fh:
+                limit = fh.read().strip()
+            with open(os.path.join(root, usage_file)) as fh:
+                usage = int(fh.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or int(limit) >= 1 << 60:  # v1 writes "no limit" as ~2^63
+            return None
+        return max(0, int(limit) - usage)
+    return None
+
+
+def _cache_budget(device: torch.device) -> int:
+    """What ``cache_graphs="auto"`` lets all live operators together hold in gradient
+    graphs: a quarter of the memory available now plus what they already hold."""
+    return (_available_memory(device) + _held_by_caches()) // 4
+
+
+_SAVED_NAMES: dict[type, list[str]] = {}
+
+
+def _saved_tensors(roots: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Every tensor the autograd graph behind ``roots`` saves for its backward pass,
+    found by walking the graph's nodes (their ``_saved_*`` attributes, and the
+    ``saved_tensors`` of custom functions). Walking once after building the graph
+    costs nothing per product, where saved-tensor hooks would run Python on every
+    access of every later backward pass."""
+    stack = [g.grad_fn for g in roots if g.grad_fn is not None]
+    seen: set = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names = _SAVED_NAMES.get(type(node))
+        if names is None:
+            names = _SAVED_NAMES[type(node)] = [n for n in dir(node) if n.startswith("_saved_")]
+        values: list[Any] = []
+        for name in names:
+            with contextlib.suppress(RuntimeError):  # a value already freed
+                values.append(getattr(node, name))
+        if not names:
+            with contextlib.suppress(AttributeError, RuntimeError):
+                values.extend(node.saved_tensors)  # a custom autograd.Function
+        for v in values:
+            if isinstance(v, torch.Tensor):
+                yield v
+            elif isinstance(v, (tuple, list)):
+                yield from (x for x in v if isinstance(x, torch.Tensor))
+        stack.extend(fn for fn, _ in node.next_functions)
+
+
+def _extent(t: torch.Tensor) -> tuple[int, int]:
+    """The ``[start, stop)`` bytes of its storage a tensor spans."""
+    size = t.element_size()
+    start = t.storage_offset() * size
+    if t.numel() == 0:
+        return start, start
+    span = 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride(), strict=True))
+    return start, start + span * size
 
 
 def _needs_reverse(exc: RuntimeError) -> bool:
@@ -506,7 +601,10 @@ class _SecondOrderOperator(CurvatureOperator):
             product without a double-backward graph over the vocabulary. ``"auto"``
             (the default) uses it when the objective has one (:class:`CausalLM`,
             ``nn.CrossEntropyLoss``) and the product can (the GGN always; the Hessian
-            with ``hvp="reverse"``), ``True`` requires it, ``False`` never.
+            with ``hvp="reverse"`` when the outputs have at least
+            :data:`CLOSED_FORM_MIN_CLASSES` classes: below that autograd's own double
+            backward of the softmax was 3-7% faster, docs/benchmarks.md), ``True``
+            requires it, ``False`` never.
         hvp: how the loss is differentiated twice (the Hessian also takes
             ``"finite-difference"``, see :class:`HessianOperator`). ``"reverse"`` (the
             default):
@@ -586,12 +684,14 @@ class HessianOperator(_SecondOrderOperator):
     Args:
         cache_graphs: keep each batch's gradient graph between products
             (``hvp="reverse"`` only), so that every later product is a single second
-            backward pass (2x faster per Lanczos step on a CIFAR ResNet) and the data is not
-            read again. ``"auto"`` (the default) keeps them while they fit in a
-            quarter of the memory available at construction, measured from the
-            tensors the graphs save, and gives up for good otherwise; ``True`` keeps
-            them whatever the size; ``False`` never. The cached batches are those of
-            the first pass; an in-place change of a parameter or buffer drops the cache.
+            backward pass (docs/benchmarks.md has the measured gain) and the data is not
+            read again. ``"auto"`` (the default) keeps them while the graphs of all live
+            operators together fit in a quarter of the memory available at
+            construction (within the process's cgroup limit on the CPU), counted from
+            the tensors the graphs save (:attr:`cache_bytes`), and gives up for good
+            otherwise; ``True`` keeps them whatever the size; ``False`` never. The
+            cached batches are those of the first pass; an in-place change of a
+            parameter or buffer drops the cache.
         hvp: as :class:`GGNOperator`, or ``"finite-difference"``: central differences
             of two ordinary gradients per probe, ``(∇L(θ + h v) − ∇L(θ − h v)) / 2h``
             with ``h = ε^(1/3) max(1, ‖θ‖) / ‖v‖`` (``ε`` the network dtype's machine
@@ -628,6 +728,8 @@ class HessianOperator(_SecondOrderOperator):
         self._graph_key: tuple | None = None
         self._cache_complete = False
         self._cache_bytes = 0
+        #: per storage of the kept graphs, the [start, stop) bytes its saved views span
+        self._extents: dict[int, tuple[int, int]] = {}
         super().__init__(*args, hvp="reverse" if self._finite else hvp, **kwargs)
         self._settings["cache_graphs"] = self.cache_graphs
         self._settings["hvp"] = hvp
@@ -658,6 +760,31 @@ class HessianOperator(_SecondOrderOperator):
         self._graphs.clear()
         self._cache_complete = False
         self._cache_bytes = 0
+        self._extents.clear()
+        _LIVE_CACHES.discard(self)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes held by the kept gradient graphs: each storage their saved tensors
+        use counted once, by the bytes its saved views span (a batch that is a slice
+        of a bigger data tensor counts as the slice), the parameters themselves not
+        counted. ``cache_graphs="auto"`` stops keeping graphs once the graphs of all
+        live operators together pass a quarter of the memory available (the CPU's,
+        within the process's cgroup limit, or the GPU's)."""
+        return self._cache_bytes
+
+    def _count_graph(self, grads: list[torch.Tensor], skip: set[int]) -> None:
+        """Add the bytes of a newly kept graph's saved tensors to the cache's count."""
+        for t in _saved_tensors(grads):
+            storage = t.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr in skip or storage.nbytes() == 0:
+                continue
+            start, stop = _extent(t)
+            stop = min(stop, storage.nbytes())
+            lo, hi = self._extents.get(ptr, (start, stop))
+            self._extents[ptr] = (min(lo, start), max(hi, stop))
+        self._cache_bytes = sum(hi - lo for lo, hi in self._extents.values())
 
     def _batches(self) -> Iterator[tuple[int, Any, int | None]]:
         if self.caching and self._cache_complete:
@@ -744,23 +871,17 @@ class HessianOperator(_SecondOrderOperator):
         cached = self._graphs.get(self._index) if self.caching else None
         if cached is None:
             leaves = [params[k].detach().requires_grad_(True) for k in self.param_names]
-            sizes: dict[int, int] = {}
-            skip = {p.untyped_storage().data_ptr() for p in leaves}
-
-            def pack(t: torch.Tensor) -> torch.Tensor:
-                storage = t.untyped_storage()
-                if storage.data_ptr() not in skip:
-                    sizes[storage.data_ptr()] = storage.nbytes()
-                return t
-
-            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
+            with torch.enable_grad():
                 loss = self._loss_sum(self._as_dict(tuple(leaves)), batch, closed=True)
                 grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
             # a gradient that is constant in θ (or absent) has a zero Hessian block
             live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
             if self.caching:
-                self._cache_bytes += sum(sizes.values())
-                if self._budget is not None and self._cache_bytes > self._budget:
+                self._count_graph(
+                    [grads[i] for i in live], {p.untyped_storage().data_ptr() for p in leaves}
+                )
+                _LIVE_CACHES.add(self)
+                if self._budget is not None and _held_by_caches() > self._budget:
                     self._drop_cache()  # too big: "auto" gives up caching for good
                     self.cache_graphs = False
                 else:
@@ -768,7 +889,7 @@ class HessianOperator(_SecondOrderOperator):
         else:
             leaves, grads, live, _ = cached
         k = tangents[0].shape[0]
-        out = [torch.zeros_like(t) for t in tangents]
+        out: list[torch.Tensor | None] = [None] * len(tangents)
         for j in range(k):
             hv = torch.autograd.grad(
                 [grads[i] for i in live],
@@ -778,6 +899,11 @@ class HessianOperator(_SecondOrderOperator):
                 allow_unused=True,
             )
             for i, h in enumerate(hv):
+                if k == 1:  # one probe: its blocks as they come, no copy
+                    out[i] = torch.zeros_like(tangents[i]) if h is None else h.unsqueeze(0)
+                    continue
+                if out[i] is None:
+                    out[i] = torch.zeros_like(tangents[i])
                 if h is not None:
                     out[i][j] = h
         return tuple(out)

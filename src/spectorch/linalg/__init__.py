@@ -5,7 +5,13 @@ tridiagonalised, traced and turned into a spectral density.
 """
 
 from spectorch.linalg._basis import BASIS_MODES
-from spectorch.linalg._lanczos import LanczosResult, lanczos, lanczos_block, random_start
+from spectorch.linalg._lanczos import (
+    REORTH_MODES,
+    LanczosResult,
+    lanczos,
+    lanczos_block,
+    random_start,
+)
 from spectorch.linalg._operator import (
     MatrixOperator,
     SymmetricOperator,
@@ -27,6 +33,7 @@ __all__ = [
     "operator_matmat",
     # Lanczos
     "BASIS_MODES",
+    "REORTH_MODES",
     "LanczosResult",
     "lanczos",
     "lanczos_block",

@@ -21,6 +21,8 @@ __all__ = ["BASIS_MODES", "BlockBasis", "DiskRows"]
 BASIS_MODES = ("memory", "float32", "disk")
 # Temporary float64 working set of one reorthogonalisation chunk (float32 and disk modes).
 _CHUNK_BYTES = 64 << 20
+# DGKS: a second pass when a first one shrank the vector below this fraction.
+_DGKS = 0.5**0.5
 
 
 class DiskRows:
@@ -58,11 +60,11 @@ class DiskRows:
             done += got
         return out
 
-    def chunks(self, m: int, device: torch.device):
-        """``(start, rows)`` blocks of the first ``m`` rows, as float64 tensors on ``device``."""
-        for start in range(0, m, self.rows_per_chunk):
-            stop = min(m, start + self.rows_per_chunk)
-            yield start, torch.from_numpy(self.read(start, stop)).to(device)
+    def chunks(self, m: int, device: torch.device, start: int = 0):
+        """``(first, rows)`` blocks of rows ``start..m-1``, as float64 tensors on ``device``."""
+        for first in range(start, m, self.rows_per_chunk):
+            stop = min(m, first + self.rows_per_chunk)
+            yield first, torch.from_numpy(self.read(first, stop)).to(device)
 
     def project(self, x: torch.Tensor, m: int) -> torch.Tensor:
         """``Q[:m] x`` in float64."""
@@ -144,6 +146,9 @@ class BlockBasis:
         self.mode, self.b, self.steps, self.n = mode, b, steps, n
         self.dtype, self.device = dtype, device
         self.files: list[DiskRows] = []
+        #: Gram-Schmidt passes so far, and basis rows they read, per recurrence
+        self.passes = [0] * b
+        self.rows_read = [0] * b
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         if mode == "disk":
             if directory is None:
@@ -168,27 +173,57 @@ class BlockBasis:
             for d, f in enumerate(self.files):
                 f.write(j, rows[d])
 
-    def orthogonalize(self, w: torch.Tensor, m: int) -> torch.Tensor:
-        """``w`` (``(b, n)``) minus its projections on rows ``0..m-1``, twice."""
-        for _ in range(2):
-            if self.mode == "memory":
-                Q = self.Q[:, :m]
-                w = w - torch.einsum("bkn,bk->bn", Q, torch.einsum("bkn,bn->bk", Q, w))
-            elif self.mode == "float32":
-                w = self._orthogonalize_float32(w, m)
-            else:
-                w = w.clone()
-                for d, f in enumerate(self.files):
-                    for _, rows in f.chunks(m, w.device):
-                        w[d] -= rows.T @ (rows @ w[d])
-        return w
+    def orthogonalize(
+        self,
+        w: torch.Tensor,
+        m: int,
+        rows: list[int] | None = None,
+        spans: dict[int, list[tuple[int, int]]] | None = None,
+    ) -> None:
+        """Remove from ``w`` (``(b, n)``, in place) its projections on rows ``0..m-1``.
 
-    def _orthogonalize_float32(self, w: torch.Tensor, m: int) -> torch.Tensor:
-        # The rows are only float32-accurate, so float32 BLAS products lose nothing
-        # more: c = Q w from w rounded to float32, then w -= Qᵀc added in w's dtype.
-        Q = self.Q[:, :m]
-        c = torch.einsum("bkn,bn->bk", Q, w.to(torch.float32))
-        return w - torch.einsum("bkn,bk->bn", Q, c).to(w.dtype)
+        One classical Gram-Schmidt pass (two reads of the basis), and a second one only
+        for a row whose norm fell below ``1/√2`` of its norm before (Daniel, Gragg,
+        Kaufman & Stewart 1976): a pass that removed little left ``w`` orthogonal to
+        working precision, one that removed much may have lost digits to cancellation.
+
+        Args:
+            rows: the recurrences to orthogonalise; default all ``b``.
+            spans: per recurrence, the ``[start, stop)`` ranges of basis rows to
+                orthogonalise against (partial reorthogonalisation); default all ``m``.
+
+        Each pass is counted in :attr:`passes` and the basis rows it read in
+        :attr:`rows_read` (one entry per recurrence).
+        """
+        for d in range(self.b) if rows is None else rows:
+            ranges = [(0, m)] if spans is None else spans[d]
+            before = torch.linalg.vector_norm(w[d])
+            for _ in range(2):
+                for start, stop in ranges:
+                    self._pass(w, d, start, stop)
+                    self.rows_read[d] += stop - start
+                self.passes[d] += 1
+                after = torch.linalg.vector_norm(w[d])
+                if not bool(after < _DGKS * before):
+                    break
+                before = after
+
+    def _pass(self, w: torch.Tensor, d: int, start: int, stop: int) -> None:
+        """One classical Gram-Schmidt pass of row ``d`` of ``w`` against basis rows
+        ``start..stop-1``."""
+        x = w[d]
+        if self.mode == "memory":
+            Q = self.Q[d, start:stop]
+            x.addmv_(Q.T, torch.mv(Q, x), alpha=-1.0)
+        elif self.mode == "float32":
+            # The rows are only float32-accurate, so float32 BLAS products lose nothing
+            # more: c = Q x from x rounded to float32, then x -= Qᵀc added in x's dtype.
+            Q = self.Q[d, start:stop]
+            x.sub_(torch.mv(Q.T, torch.mv(Q, x.to(torch.float32))))
+        else:
+            # block modified Gram-Schmidt over the chunks read back from disk
+            for _, chunk in self.files[d].chunks(stop, x.device, start=start):
+                x.addmv_(chunk.T, torch.mv(chunk, x), alpha=-1.0)
 
     def result(self, d: int, m: int) -> tuple[torch.Tensor, DiskRows | None]:
         """Recurrence ``d``'s first ``m`` rows, and its disk file if any."""

@@ -15,9 +15,12 @@ from spectorch.linalg._basis import BASIS_MODES, BlockBasis, DiskRows
 from spectorch.linalg._operator import as_operator, operator_device, operator_matmat
 from spectorch.linalg._quadrature import gauss_quadrature, tridiagonal_matrix
 
-__all__ = ["LanczosResult", "lanczos", "lanczos_block", "random_start"]
+__all__ = ["REORTH_MODES", "LanczosResult", "lanczos", "lanczos_block", "random_start"]
 
 _STARTS = ("rademacher", "gaussian")
+#: how the Lanczos vectors are kept orthogonal: against the whole basis at every step,
+#: or only when Simon's estimate of the loss of orthogonality says so
+REORTH_MODES = ("full", "partial")
 
 
 @dataclass(frozen=True)
@@ -34,12 +37,20 @@ class LanczosResult:
         breakdown: ``True`` when the Krylov space became invariant before the
             requested number of steps (``β ≈ 0``); ``m`` is then the number of steps
             actually taken and the Ritz values are exact eigenvalues of ``A``.
+        reorth_passes: Gram-Schmidt passes this recurrence made: about ``m`` with
+            ``reorth="full"`` (a second pass only where the first cancelled), fewer
+            with ``reorth="partial"``.
+        reorth_rows: basis rows those passes read (each is read twice per pass): about
+            ``m²/2`` with ``reorth="full"``, far fewer with ``reorth="partial"``, which
+            reads only the rows the new vector has lost orthogonality to.
     """
 
     alphas: torch.Tensor
     betas: torch.Tensor
     basis: torch.Tensor
     breakdown: bool
+    reorth_passes: int = 0
+    reorth_rows: int = 0
     disk: DiskRows | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -108,15 +119,23 @@ def lanczos(
     breakdown_tol: float | None = None,
     basis: str = "memory",
     basis_dir: str | os.PathLike | None = None,
+    reorth: str = "full",
     progress: bool = False,
     desc: str = "lanczos",
 ) -> LanczosResult:
     r"""Tridiagonalise a symmetric operator: ``Qᵀ A Q = T`` on a Krylov space.
 
-    Each step multiplies once by ``A`` and reorthogonalises the new vector against the
-    whole basis by classical Gram-Schmidt applied twice, which keeps the basis
-    orthogonal to working precision (no ghost eigenvalues). The recurrence and the
-    basis are kept in ``dtype`` (float64 by default) whatever the operator's own dtype.
+    Each step multiplies once by ``A`` and, with ``reorth="full"``, reorthogonalises
+    the new vector against the whole basis by classical Gram-Schmidt, a second pass
+    only where the first cancelled (Daniel, Gragg, Kaufman & Stewart 1976), which keeps
+    the basis orthogonal to working precision (no ghost eigenvalues). With
+    ``reorth="partial"`` it reorthogonalises only when Simon's (1984) recurrence for
+    the loss of orthogonality estimates it above ``√eps`` (then at that step and the
+    next): the basis stays orthogonal to about ``√eps`` (1.5e-8 in float64), which
+    keeps the tridiagonal ``T`` -- its Ritz values and quadrature -- as accurate as full
+    reorthogonalisation (Simon 1984), at a fraction of its reads of the basis. The
+    recurrence and the basis are kept in ``dtype`` (float64 by default) whatever the
+    operator's own dtype.
 
     Args:
         op: a symmetric operator (``shape``, ``dtype``, ``matvec``) or a square tensor.
@@ -133,6 +152,11 @@ def lanczos(
             ``"disk"`` (a ``.npy`` file in ``basis_dir``, read back chunk by chunk, so
             memory does not grow with ``steps``). The recurrence stays in ``dtype``.
         basis_dir: directory of the ``"disk"`` files; default a temporary one.
+        reorth: ``"full"`` (the default: the basis orthonormal to working precision)
+            or ``"partial"`` (orthogonal to ``√eps``, the same ``T`` to working
+            precision, far fewer passes over the basis: the cheaper choice when only
+            ``T`` -- a density, Ritz values -- is wanted; docs/benchmarks.md has the
+            measured costs).
         progress: show a progress bar over the steps.
         desc: label of the progress bar.
 
@@ -141,7 +165,7 @@ def lanczos(
 
     Raises:
         ValueError: on a non-square operator, ``steps`` outside ``[1, n]``, or a start
-            vector of the wrong shape or zero norm.
+            vector of the wrong shape or zero norm, or an unknown ``reorth``.
         FloatingPointError: when the operator returns NaN or inf.
 
     Example:
@@ -167,6 +191,7 @@ def lanczos(
         breakdown_tol=breakdown_tol,
         basis=basis,
         basis_dir=basis_dir,
+        reorth=reorth,
         progress=progress,
         desc=desc,
     )[0]
@@ -182,6 +207,7 @@ def lanczos_block(
     basis: str = "memory",
     basis_dir: str | os.PathLike | None = None,
     basis_names: list[str] | None = None,
+    reorth: str = "full",
     progress: bool = False,
     desc: str = "lanczos",
 ) -> list[LanczosResult]:
@@ -211,6 +237,8 @@ def lanczos_block(
         breakdown_tol = max(1000, n) * torch.finfo(dtype).eps
     if basis not in BASIS_MODES:
         raise ValueError(f"basis must be one of {list(BASIS_MODES)}, got {basis!r}")
+    if reorth not in REORTH_MODES:
+        raise ValueError(f"reorth must be one of {list(REORTH_MODES)}, got {reorth!r}")
     device = operator_device(op)
     b = starts.shape[0]
     q0 = starts.to(device=device, dtype=dtype)
@@ -228,32 +256,55 @@ def lanczos_block(
     lengths = [steps] * b
     active = torch.ones(b, dtype=torch.bool, device=device)
     anorm = torch.zeros(b, dtype=dtype, device=device)
+    levels = [_Orthogonality(n, dtype) for _ in range(b)] if reorth == "partial" else None
 
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, unit="step")
     try:
         for j in range(steps):
             if b == 1:
                 w = op.matvec(q[0]).to(dtype).reshape(1, n)
+                if w.untyped_storage().data_ptr() in (
+                    q.untyped_storage().data_ptr(),
+                    q_prev.untyped_storage().data_ptr(),
+                ):
+                    w = w.clone()  # the recurrence works on w in place
             else:
                 w = operator_matmat(op, q.T.contiguous()).to(dtype).T.contiguous()
-            if not torch.isfinite(w).all():
+            wnorm = torch.linalg.vector_norm(w, dim=1)
+            # a NaN or inf entry makes the norm non-finite; only then look at the entries
+            if not bool(torch.isfinite(wnorm).all()) and not bool(torch.isfinite(w).all()):
                 raise FloatingPointError(
                     f"the operator returned NaN or inf at Lanczos step {j + 1}; check the "
                     "model, loss and data for non-finite values, or use a wider dtype"
                 )
-            anorm = torch.maximum(anorm, w.norm(dim=1))
-            alpha = (w * q).sum(dim=1)
-            w = w - alpha[:, None] * q
+            anorm = torch.maximum(anorm, wnorm)
+            # the three-term recurrence, in place: w = A q − α q − β q_prev
+            alpha = torch.einsum("bn,bn->b", w, q) if b > 1 else torch.dot(w[0], q[0])[None]
+            w.addcmul_(q, alpha[:, None], value=-1.0)
             if j > 0:
-                w = w - betas[:, j - 1, None] * q_prev
-            # Full reorthogonalisation: classical Gram-Schmidt applied twice ("twice
-            # is enough", Giraud et al. 2005) keeps Q orthonormal to working precision.
-            w = store.orthogonalize(w, j + 1)
+                w.addcmul_(q_prev, betas[:, j - 1, None], value=-1.0)
             alphas[:, j] = torch.where(active, alpha, alphas[:, j])
+            last = j == steps - 1
+            if last:
+                pass  # the last w is not used: no reorthogonalisation
+            elif levels is None:
+                # full reorthogonalisation against the whole basis (one classical
+                # Gram-Schmidt pass, a second where the first cancelled: DGKS)
+                store.orthogonalize(w, j + 1, torch.nonzero(active).flatten().tolist())
+            else:
+                beta = torch.linalg.vector_norm(w, dim=1)
+                spans = {
+                    d: levels[d].due(alphas[d], betas[d], beta[d], anorm[d], j)
+                    for d in range(b)
+                    if bool(active[d])
+                }
+                spans = {d: s for d, s in spans.items() if s}
+                if spans:
+                    store.orthogonalize(w, j + 1, list(spans), spans)
             bar.update(1)
-            if j == steps - 1:
+            if last:
                 break
-            beta = w.norm(dim=1)
+            beta = torch.linalg.vector_norm(w, dim=1)
             broke = active & (beta <= breakdown_tol * anorm)
             for d in torch.nonzero(broke).flatten().tolist():
                 lengths[d] = j + 1
@@ -261,9 +312,11 @@ def lanczos_block(
             if not bool(active.any()):
                 break
             # β is stored after reorthogonalisation, so T matches the basis.
-            safe = torch.where(active, beta, torch.ones_like(beta))
             betas[:, j] = torch.where(active, beta, torch.zeros_like(beta))
-            q_prev, q = q, torch.where(active[:, None], w / safe[:, None], torch.zeros_like(w))
+            w.div_(torch.where(active, beta, torch.ones_like(beta))[:, None])
+            if not bool(active.all()):
+                w[~active] = 0.0
+            q_prev, q = q, w
             store.set(j + 1, q)
     except BaseException:
         store.discard()
@@ -281,6 +334,8 @@ def lanczos_block(
                 betas=betas[d, : m - 1].clone(),
                 basis=rows,
                 breakdown=m < steps,
+                reorth_passes=store.passes[d],
+                reorth_rows=store.rows_read[d],
                 disk=disk,
             )
         )
@@ -308,3 +363,89 @@ def _random_starts(
         else:
             generator.seed()
     return random_start(n, kind=kind, generator=generator, num=num, dtype=dtype)
+
+
+class _Orthogonality:
+    """Simon's (1984) running estimates ``ω_k ≈ q_{j+1}ᵀ q_k`` of one recurrence's loss
+    of orthogonality, from its ``α`` and ``β`` alone (no product with the basis), and
+    the rows to reorthogonalise against when they grow too large.
+
+    With ``A q_j = β_{j-1} q_{j-1} + α_j q_j + β_j q_{j+1}`` the estimates obey
+
+        β_j ω_{j+1,k} = β_k ω_{j,k+1} + (α_k − α_j) ω_{j,k} + β_{k-1} ω_{j,k-1}
+                        − β_{j-1} ω_{j-1,k} ± 2 eps ‖A‖,
+
+    the last term the round-off of one step, added with the sign that makes the
+    estimate grow; ``ω_{j+1,j}`` is the local loss ``eps √n max(1, ‖A‖ / β_j)``. When
+    some ``|ω_k|`` passes ``√eps``, the new vector is reorthogonalised against the
+    rows around it whose ``|ω_k|`` passes ``eps^(3/4)`` (Simon's partial
+    reorthogonalisation), and the next vector against the same rows, since it
+    inherits the loss through the recurrence.
+    """
+
+    def __init__(self, n: int, dtype: torch.dtype) -> None:
+        self.eps = float(torch.finfo(dtype).eps)
+        self.limit = self.eps**0.5
+        self.band = self.eps**0.75
+        self.floor = self.eps * n**0.5
+        self.cur = np.ones(1)  # ω_{j, 0..j}
+        self.prev = np.zeros(0)  # ω_{j-1, 0..j-1}
+        self.pending: list[tuple[int, int]] = []  # rows the next vector must meet
+
+    def due(
+        self,
+        alphas: torch.Tensor,
+        betas: torch.Tensor,
+        beta: torch.Tensor,
+        anorm: torch.Tensor,
+        j: int,
+    ) -> list[tuple[int, int]]:
+        """Advance the estimates to ``q_{j+1}`` (norm ``beta`` before normalising) and
+        return the ``[start, stop)`` row ranges it must be reorthogonalised against
+        (empty: none); the estimates of those rows restart."""
+        beta, anorm = float(beta), float(anorm)
+        new = np.empty(j + 2)
+        new[j + 1] = 1.0
+        if beta <= 0.0 or not np.isfinite(beta):
+            spans = [(0, j + 1)]
+        else:
+            a = alphas[: j + 1].detach().cpu().double().numpy()
+            b = betas[:j].detach().cpu().double().numpy()
+            if j > 0:
+                cur, prev = self.cur, self.prev
+                t = b * cur[1 : j + 1] + (a[:j] - a[j]) * cur[:j] - b[j - 1] * prev
+                t[1:] += b[: j - 1] * cur[: j - 1]
+                t += np.where(t >= 0, 1.0, -1.0) * 2.0 * self.eps * anorm
+                new[:j] = t / beta
+            new[j] = self.floor * max(1.0, anorm / beta)
+            level = np.abs(new[: j + 1])
+            if self.pending:
+                spans, self.pending = self.pending, []
+                spans = [(start, min(stop, j + 1)) for start, stop in spans]
+            elif level.max() > self.limit:
+                spans = _intervals(level, self.limit, self.band)
+                self.pending = spans
+            else:
+                spans = []
+        for start, stop in spans:
+            new[start:stop] = self.floor
+        self.prev, self.cur = self.cur, new
+        return spans
+
+
+def _intervals(level: np.ndarray, limit: float, band: float) -> list[tuple[int, int]]:
+    """The ``[start, stop)`` ranges around each index whose level passes ``limit``,
+    widened while the level stays above ``band``."""
+    spans: list[tuple[int, int]] = []
+    above = level > band
+    for k in np.flatnonzero(level > limit):
+        if spans and k < spans[-1][1]:
+            continue
+        start = k
+        while start > 0 and above[start - 1]:
+            start -= 1
+        stop = k + 1
+        while stop < level.size and above[stop]:
+            stop += 1
+        spans.append((int(start), int(stop)))
+    return spans
