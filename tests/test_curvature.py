@@ -405,3 +405,52 @@ def test_kept_graphs_follow_batchnorm_statistics():
         model[1].running_mean.add_(0.5)
         model[1].running_var.mul_(2.0)
     _assert_close(op.matvec(v), _dense_hessian(model, nn.CrossEntropyLoss(), X, y) @ v)
+
+
+@pytest.mark.parametrize(
+    ("operator", "kwargs"),
+    [
+        (HessianOperator, {"cache_graphs": True}),
+        (HessianOperator, {"cache_graphs": False}),
+        (HessianOperator, {"hvp": "forward"}),
+        (GGNOperator, {}),
+        (EmpiricalFisherOperator, {}),
+    ],
+)
+def test_eval_batchnorm_as_an_affine_map_gives_the_same_curvature(operator, kwargs, monkeypatch):
+    from spectorch.curvature import _operators as ops
+
+    calls = []
+    affine = ops._affine_batchnorm
+
+    def counted(self, x):
+        calls.append(x.shape)
+        return affine(self, x)
+
+    monkeypatch.setattr(ops, "_affine_batchnorm", counted)
+    # kept graphs run eval-mode BatchNorm as its affine map; the dense reference runs
+    # the module's own forward
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+        nn.Flatten(), nn.Linear(3 * 4 * 4, 3),
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.5, 0.5)
+    model.eval()
+    X = torch.randn(6, 1, 4, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,))
+    loss = nn.CrossEntropyLoss()
+    dense = {
+        HessianOperator: _dense_hessian,
+        GGNOperator: _dense_ggn,
+        EmpiricalFisherOperator: _dense_fisher,
+    }[operator](model, loss, X, y)
+    op = operator(model, loss, [(X[:4], y[:4]), (X[4:], y[4:])], **kwargs)
+    torch.testing.assert_close(op.to_dense(), dense, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(op.to_dense(), dense, rtol=1e-10, atol=1e-12)  # kept
+    assert "forward" not in vars(model[1])  # the module's own forward is back
+    assert bool(calls) == (kwargs.get("cache_graphs") is True)  # folded in kept graphs only

@@ -1,0 +1,470 @@
+"""Speed and memory from 10^4 to 10^8 parameters: gradient, Hessian product (graphs
+kept and not), Lanczos step and peak memory, for spectorch and each peer, on MLPs, CNNs
+and GPTs.
+
+    python benchmarks/bench_scale.py --out benchmarks/out/scale
+
+One row per (family, size). Each row runs in its own process (so that its peak memory
+is its own) and is appended to ``<out>/results.jsonl``; a rerun skips the rows already
+there with the same settings, so an interrupted run resumes. ``--report`` prints the
+tables of docs/benchmarks.md from that file.
+
+The models (float32, eval mode) and data, all generated or shipped with scikit-learn:
+
+* ``mlp``: digits (64 pixels) through three ReLU layers of one width to 10 classes;
+* ``cnn``: digits as 8x8 images, three 3x3 convolutions with BatchNorm and ReLU, global
+  average pooling, a linear read-out;
+* ``gpt``: spectorch's GPT (byte vocabulary, 64-byte windows of the standard library's
+  source), the next-byte loss; everything runs in scaled_dot_product_attention's math
+  kernel, since the CPU's default one has no second derivative and the peers fail
+  with it.
+
+The data of a row is one batch, the same for every library; the largest sizes use
+fewer samples and fewer Lanczos steps (the table says how many). Timings are CPU time
+(``time.process_time``) on one thread, every library timed once per round with the
+rounds interleaved, medians reported. "step" is a Lanczos run of the row's steps (the
+library's own Lanczos with full reorthogonalisation; spectorch's also with
+``reorth="partial"``) divided by its steps; "step/product" divides it by the same
+library's product. Peak memory is the resident set above the start, sampled every 2 ms,
+in a second process per row with a fixed glibc mmap threshold.
+
+Peers are skipped when not installed: ``pip install --pre hessian-eigenthings
+pyhessian curvlinops-for-pytorch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from bench_hessian import PeakMemory, _torch_eig_stand_in
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from spectorch.curvature import HessianOperator
+from spectorch.linalg import lanczos
+
+F64 = torch.float64
+SIZES = ("1e4", "1e5", "1e6", "1e7", "1e8")
+FAMILIES = ("mlp", "cnn", "gpt")
+PEERS = ("hessian-eigenthings", "pyhessian", "pyhessian-loader", "curvlinops")
+#: samples (sequences of 64 bytes for the GPT) and Lanczos steps per size
+SAMPLES = {
+    "mlp": {"1e4": 1797, "1e5": 1797, "1e6": 1797, "1e7": 512, "1e8": 64},
+    "cnn": {"1e4": 512, "1e5": 256, "1e6": 64, "1e7": 8, "1e8": 1},
+    "gpt": {"1e4": 16, "1e5": 16, "1e6": 16, "1e7": 8, "1e8": 2},
+}
+STEPS = {"1e4": 30, "1e5": 30, "1e6": 30, "1e7": 20, "1e8": 8}
+
+
+def _cpu() -> float:
+    return time.process_time()
+
+
+# ---------------------------------------------------------------------- models
+class MLP(nn.Sequential):
+    def __init__(self, width: int) -> None:
+        super().__init__(
+            nn.Linear(64, width), nn.ReLU(),
+            nn.Linear(width, width), nn.ReLU(),
+            nn.Linear(width, width), nn.ReLU(),
+            nn.Linear(width, 10),
+        )  # fmt: skip
+
+
+class CNN(nn.Sequential):
+    def __init__(self, channels: int) -> None:
+        c = channels
+        super().__init__(
+            nn.Conv2d(1, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+            nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+            nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10),
+        )  # fmt: skip
+
+
+class Flat(nn.Module):
+    """A causal LM's shifted logits as ``(tokens, vocabulary)`` rows, for the peers'
+    ``(inputs, targets)`` interface (targets ``ids[:, 1:].reshape(-1)``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = self.model(ids)
+        return logits[:, :-1].reshape(-1, logits.shape[-1])
+
+
+def _width(target: float, count: Any) -> int:
+    """The smallest width whose parameter count reaches ``target``."""
+    lo, hi = 1, 1
+    while count(hi) < target:
+        hi *= 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if count(mid) < target else (lo, mid)
+    return lo
+
+
+def build(family: str, size: str) -> tuple[nn.Module, nn.Module, Any, Any, dict]:
+    """``(model, the model the peers see, batch, spectorch's loss, description)``.
+    The model is deterministic (seed 0) and untrained: the benchmark is about cost."""
+    torch.manual_seed(0)
+    target = float(size)
+    samples = SAMPLES[family][size]
+    if family in ("mlp", "cnn"):
+        from sklearn.datasets import load_digits
+
+        X, y = load_digits(return_X_y=True)
+        x = torch.tensor(X[:samples] / 16.0, dtype=torch.float32)
+        t = torch.tensor(y[:samples])
+        if family == "mlp":
+            w = _width(target, lambda w: 2 * w * w + 77 * w + 10)
+            model, what = MLP(w), f"width {w}"
+        else:
+            w = _width(target, lambda c: 18 * c * c + 9 * c + 6 * c + 10 * c + 10)
+            model, what = CNN(w), f"{w} channels"
+            x = x.reshape(-1, 1, 8, 8)
+            for m in model.modules():  # statistics of a trained network, not 0 and 1
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.5, 0.5)
+                    m.running_var.uniform_(0.5, 2.0)
+        batch, loss = (x, t), nn.CrossEntropyLoss()
+        peer_model = model
+    else:
+        from spectorch.curvature import CausalLM
+        from spectorch.data import byte_tokens, python_source, text_windows
+        from spectorch.nn import GPT, GPTConfig
+
+        def config(layers: int, d: int) -> GPTConfig:
+            heads = max(1, d // 32)  # heads of width 32 (one below width 32)
+            return GPTConfig(n_positions=64, n_layer=layers, n_head=heads, n_embd=d)
+
+        def count(shape: tuple[int, int]) -> int:
+            layers, d = shape
+            return 12 * layers * d * d + (256 + 64) * d
+
+        # the deepest (layers, width) within 10% of the target (else the nearest), at
+        # most 12 layers and no deeper than one layer per 64 of width (two below 128)
+        shapes = [(n, d) for d in [*range(8, 64, 8), *range(64, 4097, 32)]
+                  for n in range(1, 13) if n <= max(2, d // 64)]  # fmt: skip
+        near = [s for s in shapes if abs(count(s) / target - 1) <= 0.1]
+        if near:
+            layers, d = max(near, key=lambda s: (s[0], -s[1]))
+        else:
+            layers, d = min(shapes, key=lambda s: abs(math.log(count(s) / target)))
+        cfg = config(layers, d)
+        model = GPT(cfg)
+        ids = text_windows(byte_tokens(python_source(limit=64 * samples)), 64)
+        batch, loss = ids, CausalLM()
+        peer_model = Flat(model)
+        what = f"{layers} layers, width {d}"
+    model.float().eval()
+    params = sum(p.numel() for p in model.parameters())
+    desc = {"family": family, "size": size, "parameters": params, "model": what,
+            "samples": samples, "steps": STEPS[size]}  # fmt: skip
+    return model, peer_model, batch, loss, desc
+
+
+# ---------------------------------------------------------------------- libraries
+def libraries(model, peer_model, batch, loss, family: str, steps: int, peers: list[str]) -> dict:
+    """``{name: {"product": f, "lanczos": f or None}}`` on the same model and data."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    dim = sum(p.numel() for p in params)
+    v64 = torch.randn(dim, generator=torch.Generator().manual_seed(0), dtype=F64)
+    v64 /= v64.norm()
+    v32 = v64.float()
+    if family == "gpt":
+        inputs, targets = batch, batch[:, 1:].reshape(-1)
+    else:
+        inputs, targets = batch
+    ce = nn.CrossEntropyLoss()
+    libs: dict[str, dict[str, Any]] = {}
+    data = [batch]
+
+    def gradient() -> Any:
+        out = peer_model(inputs)
+        return torch.autograd.grad(ce(out, targets), params)
+
+    libs["gradient"] = {"product": gradient, "lanczos": None}
+    for name, cache in (("spectorch", "auto"), ("spectorch-nocache", False)):
+        op = HessianOperator(model, loss, data, cache_graphs=cache)
+        libs[name] = {"product": lambda op=op: op.matvec(v64), "op": op}
+        if cache:
+            libs[name]["lanczos"] = lambda op=op: lanczos(op, steps, seed=0)
+            libs["spectorch-partial"] = {
+                "product": None,
+                "lanczos": lambda op=op: lanczos(op, steps, seed=0, reorth="partial"),
+                "of": name,
+            }
+        else:
+            libs[name]["lanczos"] = None
+    vl = list(v32.split([p.numel() for p in params]))
+    vl = [x.reshape(p.shape) for x, p in zip(vl, params, strict=True)]
+    for name in peers:
+        try:
+            if name == "hessian-eigenthings":
+                import hessian_eigenthings as he
+
+                def he_loss(m: nn.Module, b: Any) -> torch.Tensor:
+                    x, t = (b, b[:, 1:].reshape(-1)) if family == "gpt" else b
+                    return ce(m(x), t)
+
+                op = he.HessianOperator(peer_model, data, he_loss)
+                v0 = torch.randn(dim, generator=torch.Generator().manual_seed(1))
+                libs[name] = {
+                    "product": lambda op=op: op.matvec(v32),
+                    "lanczos": lambda op=op, v0=v0: he.lanczos_tridiagonal(
+                        op, v0, steps, reorthogonalize=True
+                    ),
+                }
+            elif name in ("pyhessian", "pyhessian-loader"):
+                from pyhessian import hessian as pyhessian_hessian
+                from pyhessian.utils import hessian_vector_product
+
+                torch.eig = _torch_eig_stand_in  # torch.eig exists only to raise since 2.0
+                # PyHessian differentiates its gradient in .grad: none may be left there
+                peer_model.zero_grad(set_to_none=True)
+                if name == "pyhessian":  # data=: its gradient's graph kept for good
+                    c = pyhessian_hessian(peer_model, ce, data=(inputs, targets), cuda=False)
+                    product = lambda c=c: hessian_vector_product(c.gradsH, c.params, vl)  # noqa: E731
+                else:  # dataloader=: the graph built again in every product
+                    c = pyhessian_hessian(
+                        peer_model, ce, dataloader=[(inputs, targets)], cuda=False
+                    )
+                    product = lambda c=c: c.dataloader_hv_product(vl)  # noqa: E731
+                libs[name] = {
+                    "product": product,
+                    "lanczos": lambda c=c: c.density(iter=steps, n_v=1),
+                }
+            elif name == "curvlinops":
+                from curvlinops import HessianLinearOperator
+                from curvlinops.papyan2020traces.spectrum import lanczos_approximate_spectrum
+
+                H = HessianLinearOperator(
+                    peer_model, ce, params, [(inputs, targets)], check_deterministic=False
+                )
+                libs[name] = {
+                    "product": lambda H=H: H @ v32,
+                    "lanczos": lambda H=H: lanczos_approximate_spectrum(
+                        H, steps, boundaries=(-1.0, 1.0)
+                    ),
+                }
+            else:
+                raise SystemExit(f"unknown peer {name!r}")
+        except ImportError:
+            print(f"{name} is not installed: skipped", file=sys.stderr)
+    return libs
+
+
+# ---------------------------------------------------------------------- one row
+def measure_row(family: str, size: str, rounds: int, peers: list[str], memory: bool) -> dict:
+    torch.set_num_threads(1)
+    model, peer_model, batch, loss, desc = build(family, size)
+    steps = desc["steps"]
+    kernel = sdpa_kernel(SDPBackend.MATH) if family == "gpt" else nullcontext()
+    with kernel:
+        libs = libraries(model, peer_model, batch, loss, family, steps, peers)
+        if memory:
+            return {name: _memory(lib) for name, lib in libs.items()}
+        for lib in libs.values():  # warm-up; spectorch's graphs are kept from here on
+            if lib["product"] is not None:
+                lib["product"]()
+        product = {name: [] for name, lib in libs.items() if lib["product"] is not None}
+        step = {name: [] for name, lib in libs.items() if lib.get("lanczos") is not None}
+        passes = {}
+        big = size in ("1e7", "1e8")
+        lanczos_rounds = 1 if big else 2
+        for r in range(min(rounds, 3) if big else rounds):
+            for name in product:
+                t0 = _cpu()
+                libs[name]["product"]()
+                product[name].append(_cpu() - t0)
+            if r < lanczos_rounds:
+                for name in step:
+                    t0 = _cpu()
+                    res = libs[name]["lanczos"]()
+                    step[name].append((_cpu() - t0) / steps)
+                    if name.startswith("spectorch"):
+                        passes[name] = {"passes": res.reorth_passes, "rows": res.reorth_rows}
+    results: dict[str, dict[str, Any]] = {}
+    for name, lib in libs.items():
+        r: dict[str, Any] = {}
+        if name in product:
+            r["product_s"] = statistics.median(product[name])
+        if name in step:
+            r["step_s"] = statistics.median(step[name])
+            own = product.get(lib.get("of", name))
+            r["step_over_product"] = r["step_s"] / statistics.median(own)
+        if name in passes:
+            r.update(passes[name])
+        results[name] = r
+    results["spectorch"]["cached"] = bool(libs["spectorch"]["op"].caching)
+    return desc | {"results": results}
+
+
+def _memory(lib: dict) -> dict:
+    out = {}
+    if lib["product"] is not None:
+        lib["product"]()
+        with PeakMemory(torch.device("cpu")) as mem:
+            lib["product"]()
+        out["product_mb"] = mem.peak / 2**20
+    if lib.get("lanczos") is not None:
+        with PeakMemory(torch.device("cpu")) as mem:
+            lib["lanczos"]()
+        out["step_mb"] = mem.peak / 2**20
+    return out
+
+
+# ---------------------------------------------------------------------- driver
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="benchmarks/out/scale")
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved product rounds (5; 3 from 1e7 on)"
+    )
+    parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument("--report", action="store_true", help="only print the tables")
+    parser.add_argument("--row", help=argparse.SUPPRESS)
+    parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    peers = [p for p in args.peers.split(",") if p]
+    if args.row:
+        family, size = args.row.split(":")
+        row = measure_row(family, size, args.rounds, peers, args.memory)
+        print(json.dumps(row))
+        return
+    families = args.families.split(",")
+    sizes = args.sizes.split(",")
+    for x in families:
+        if x not in FAMILIES:
+            parser.error(f"--families: {x!r} is not one of {list(FAMILIES)}")
+    for x in sizes:
+        if x not in SIZES:
+            parser.error(f"--sizes: {x!r} is not one of {list(SIZES)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.jsonl"
+    settings = {"rounds": args.rounds, "peers": peers, "torch": torch.__version__}
+    done = _read(path, settings)
+    if not args.report:
+        for size in sizes:
+            for family in families:
+                if (family, size) in done:
+                    print(f"{family} {size}: already in {path}")
+                    continue
+                row = _run_row(family, size, args)
+                row["settings"] = settings
+                with open(path, "a") as fh:  # one line per row: a killed run keeps the rest
+                    fh.write(json.dumps(row) + "\n")
+                done[(family, size)] = row
+                print(f"{family} {size}: done")
+    report([done[k] for k in sorted(done, key=lambda k: (FAMILIES.index(k[0]), float(k[1])))])
+
+
+def _run_row(family: str, size: str, args: argparse.Namespace) -> dict:
+    base = [sys.executable, __file__, "--row", f"{family}:{size}", "--rounds", str(args.rounds),
+            "--peers", args.peers]  # fmt: skip
+    t0 = time.time()
+    timed = subprocess.run(base, capture_output=True, text=True)
+    if timed.returncode != 0:
+        raise SystemExit(f"{family} {size} failed:\n{timed.stderr[-3000:]}")
+    row = json.loads(timed.stdout.strip().splitlines()[-1])
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    mem = subprocess.run([*base, "--memory"], capture_output=True, text=True, env=env)
+    if mem.returncode != 0:
+        raise SystemExit(f"{family} {size} (memory) failed:\n{mem.stderr[-3000:]}")
+    for name, m in json.loads(mem.stdout.strip().splitlines()[-1]).items():
+        row["results"].setdefault(name, {}).update(m)
+    row["wall_s"] = time.time() - t0
+    return row
+
+
+def _read(path: Path, settings: dict) -> dict:
+    done: dict[tuple[str, str], dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if row.get("settings") == settings:
+                    done[(row["family"], row["size"])] = row
+    return done
+
+
+def _fmt(x: float | None, unit: str = "") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if unit == "ms":
+        return f"{x * 1e3:.3g}" if x < 10 else f"{x * 1e3:.0f}"
+    if unit == "MB":
+        return f"{x:.0f}"
+    return f"{x:.2f}"
+
+
+def report(rows: list[dict]) -> None:
+    print("\n### spectorch alone\n")
+    print("| model | parameters | data | steps | gradient (ms) | product, graphs kept (ms) | "
+          "product, not kept (ms) | step full (ms) | step partial (ms) | step/product full | "
+          "step/product partial | product MB kept / not | step MB |")  # fmt: skip
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        r = row["results"]
+        s, n, p = r["spectorch"], r["spectorch-nocache"], r["spectorch-partial"]
+        data = f"{row['samples']} {'windows' if row['family'] == 'gpt' else 'samples'}"
+        kept = "" if s.get("cached") else " (not kept: over budget)"
+        print(
+            f"| {row['family']} ({row['model']}) | {row['parameters']:,} | {data} | "
+            f"{row['steps']} | {_fmt(r['gradient']['product_s'], 'ms')} | "
+            f"{_fmt(s['product_s'], 'ms')}{kept} | {_fmt(n['product_s'], 'ms')} | "
+            f"{_fmt(s['step_s'], 'ms')} | {_fmt(p['step_s'], 'ms')} | "
+            f"{_fmt(s['step_over_product'])} | {_fmt(p['step_over_product'])} | "
+            f"{_fmt(s.get('product_mb'), 'MB')} / {_fmt(n.get('product_mb'), 'MB')} | "
+            f"{_fmt(s.get('step_mb'), 'MB')} |"
+        )
+    print("\n### peers, ratio peer / spectorch (above 1: spectorch is faster or leaner)\n")
+    print("| model | parameters | library | product | product vs spectorch | step | "
+          "step/product | product memory | step memory |")  # fmt: skip
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        r = row["results"]
+        for name in PEERS:
+            if name not in r:
+                continue
+            x = r[name]
+            # a peer that keeps its graph is compared with spectorch keeping it
+            ours = r["spectorch"] if name == "pyhessian" else r["spectorch-nocache"]
+            versus = "kept" if name == "pyhessian" else "not kept"
+            print(
+                f"| {row['family']} | {row['parameters']:,} | {name} | "
+                f"{_fmt(x['product_s'], 'ms')} ms | "
+                f"{_fmt(x['product_s'] / ours['product_s'])}x ({versus}) | "
+                f"{_fmt(x.get('step_s'), 'ms')} ms"
+                f" ({_fmt(x['step_s'] / r['spectorch']['step_s']) if 'step_s' in x else '–'}x) | "
+                f"{_fmt(x.get('step_over_product'))} | "
+                f"{_ratio(x.get('product_mb'), ours.get('product_mb'))} | "
+                f"{_ratio(x.get('step_mb'), r['spectorch'].get('step_mb'))} |"
+            )
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b <= 0:
+        return "–"
+    return f"{a / b:.2f}x"
+
+
+if __name__ == "__main__":
+    main()
