@@ -243,3 +243,26 @@ def test_spectral_density_object_checks():
     dens = SpectralDensity([np.array([1.0, 2.0])], [np.array([0.5, 0.5])], 2)
     with pytest.raises(ValueError, match=r"k must be an int in \[1, 2\]"):
         dens.top_eigenvalues(3)
+
+
+def test_partial_reorthogonalisation_gives_the_same_density(tmp_path):
+    # a spectrum with far outliers, which make Lanczos lose orthogonality fast
+    g = torch.Generator().manual_seed(0)
+    d = torch.cat(
+        [
+            torch.randn(1994, generator=g, dtype=torch.float64) * 0.05,
+            torch.tensor([3.0, 8.0, 15.0, 40.0, 90.0, 250.0], dtype=torch.float64),
+        ]
+    )
+    A = torch.diag(d)
+    full = spectral_density(A, steps=60, draws=2, seed=3, progress=False)
+    part = spectral_density(
+        A, steps=60, draws=2, seed=3, reorth="partial", out=tmp_path, progress=False
+    )
+    for a, b in zip(full.nodes, part.nodes, strict=True):
+        np.testing.assert_allclose(np.sort(b)[-6:], np.sort(a)[-6:], rtol=1e-11)
+    for p in (1, 2, 4, 8):
+        assert float(part.moments(p)) == pytest.approx(float(full.moments(p)), rel=1e-10)
+    assert json.loads((tmp_path / "manifest.json").read_text())["reorth"] == "partial"
+    with pytest.raises(ValueError, match="reorth must be one of"):
+        spectral_density(A, steps=5, draws=1, reorth="none", progress=False)

@@ -214,6 +214,7 @@ def _check_shard(args: argparse.Namespace) -> None:
             ("--dtype float32", args.dtype != "float64"),
             ("--probes-per-pass", args.probes_per_pass != 1),
             ("--basis", args.basis != "memory"),
+            ("--reorth partial", args.reorth != "full"),
         )
         if bad
     ]
@@ -308,6 +309,7 @@ def _density_run(
         dtype=args.dtype,
         probes_per_pass=args.probes_per_pass,
         basis=args.basis,
+        reorth=args.reorth,
         out=out,
         save_vectors=not args.no_vectors,
         progress=not args.quiet,
@@ -1085,6 +1087,14 @@ def _add_density(sub: Any) -> None:
         default="memory",
         help="where the Lanczos vectors are kept: memory, float32 (half of it) or disk "
         "(in --out; memory no longer grows with --steps); the recurrence stays float64",
+    )
+    dens.add_argument(
+        "--reorth",
+        choices=("full", "partial"),
+        default="full",
+        help="reorthogonalise every step against the whole basis (full), or only when "
+        "Simon's estimate of the loss of orthogonality says so (partial: the same "
+        "tridiagonals to working precision, fewer reads of the basis)",
     )
     dens.add_argument(
         "--backend",

@@ -169,9 +169,7 @@ class CurvatureOperator:
         self._device = first.device
         self._net_dtype = first.dtype
         self._stochastic = [
-            (name, m)
-            for name, m in model.named_modules()
-            if isinstance(m, _STOCHASTIC)
+            (name, m) for name, m in model.named_modules() if isinstance(m, _STOCHASTIC)
         ]
         self._check_train_mode()
         self._check_first_batch()
@@ -311,8 +309,10 @@ class CurvatureOperator:
         k = V.shape[1]
         tangents = self._unflatten(V.T.to(device=self._device, dtype=self._net_dtype))
         params = self._params()
-        out = torch.zeros(k, self._dim, dtype=self._dtype, device=self._device)
+        # written by the first batch's products, added to by the others
+        out = torch.empty(k, self._dim, dtype=self._dtype, device=self._device)
         count = 0
+        first = True
         for index, batch, size in self._batches():
             # a BatchLoss tells its count only when evaluated: the product sets _size
             self._index, self._size = index, size
@@ -328,15 +328,22 @@ class CurvatureOperator:
             # each block added into its slice of the float64 sum, no flat copy
             start = 0
             for p, numel in zip(prods, self._numels, strict=True):
-                out[:, start : start + numel].add_(p.reshape(k, numel))
+                block, piece = out[:, start : start + numel], p.reshape(k, numel)
+                if first:
+                    block.copy_(piece)
+                else:
+                    block.add_(piece)
                 start += numel
+            first = False
             # NaN or inf in this batch's product makes the running sum non-finite
-            if not math.isfinite(float(out.sum())):
+            if not math.isfinite(float(out.detach().sum())):
                 raise FloatingPointError(
                     f"the {self.name} product of batch {index} has NaN or inf entries; check "
                     "the model, loss and that batch for non-finite values"
                 )
             count += self._size
+        if first:  # no batch: an empty sum
+            out.zero_()
         return out, count
 
     def _batch_products_single(
@@ -899,9 +906,7 @@ class HessianOperator(_SecondOrderOperator):
             try:
                 with torch.enable_grad():
                     loss = self._loss_sum(self._as_dict(tuple(leaves)), batch, closed=True)
-                    grads = torch.autograd.grad(
-                        loss, leaves, create_graph=True, allow_unused=True
-                    )
+                    grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
             finally:
                 self._affine_batchnorm = False
             # a gradient that is constant in θ (or absent) has a zero Hessian block

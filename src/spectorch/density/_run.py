@@ -21,6 +21,7 @@ from spectorch._version import __version__
 from spectorch.density._density import SpectralDensity
 from spectorch.linalg import (
     BASIS_MODES,
+    REORTH_MODES,
     LanczosResult,
     as_operator,
     check_symmetric,
@@ -65,6 +66,7 @@ def spectral_density(
     dtype: torch.dtype | str = torch.float64,
     probes_per_pass: int = 1,
     basis: str = "memory",
+    reorth: str = "full",
     out: str | os.PathLike | None = None,
     save_vectors: bool = True,
     check_symmetry: bool = True,
@@ -95,6 +97,10 @@ def spectral_density(
         basis: where the Lanczos vectors are kept while a draw runs: ``"memory"``,
             ``"float32"`` or ``"disk"`` (in ``out``, or a temporary directory); see
             :func:`~spectorch.linalg.lanczos`. The recurrence stays in ``dtype``.
+        reorth: ``"full"`` (every step against the whole basis) or ``"partial"``
+            (Simon's partial reorthogonalisation: the same tridiagonals to working
+            precision, fewer reads of the basis; see :func:`~spectorch.linalg.lanczos`).
+            Written in the manifest; like ``basis`` it does not stop a resume.
         out: a directory for ``tridiag_<k>.npy``, ``lanczos_vec_<k>.npy`` and
             ``manifest.json``; a run found there with the same settings is resumed from
             its last finished draw. Every file is written atomically.
@@ -142,6 +148,7 @@ def spectral_density(
             dtype=dtype,
             probes_per_pass=probes_per_pass,
             basis=basis,
+            reorth=reorth,
             save_vectors=save_vectors,
             check_symmetry=check_symmetry,
             progress=progress,
@@ -161,6 +168,8 @@ def spectral_density(
         raise ValueError(f"basis must be one of {list(BASIS_MODES)}, got {basis!r}")
     if basis == "disk" and dtype != torch.float64:
         raise ValueError("basis='disk' stores float64 vectors; use it with dtype=float64")
+    if reorth not in REORTH_MODES:
+        raise ValueError(f"reorth must be one of {list(REORTH_MODES)}, got {reorth!r}")
 
     describe = getattr(op, "describe", None)
     settings = {
@@ -172,6 +181,8 @@ def spectral_density(
         "operator": describe() if callable(describe) else {"operator": type(op).__name__},
         "basis": basis,
     }
+    if reorth != "full":  # manifests of full reorthogonalisation stay as they were
+        settings["reorth"] = reorth
     if metadata and _PROBLEM in metadata:
         settings[_PROBLEM] = plain(metadata[_PROBLEM])
     done: dict[int, tuple[np.ndarray, float | None]] = {}
@@ -212,6 +223,7 @@ def spectral_density(
                 basis=basis,
                 basis_dir=run.path if run is not None and basis == "disk" else None,
                 basis_names=[str(k) for k in group],
+                reorth=reorth,
                 progress=progress,
                 desc=f"draw {group[0]}",
             )

@@ -173,13 +173,26 @@ class BlockBasis:
             for d, f in enumerate(self.files):
                 f.write(j, rows[d])
 
+    def push(self, j: int, w: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        """Store ``w / norms`` (per row) as row ``j`` and return it in the recurrence
+        dtype: in ``"memory"`` mode a view of the stored rows, written in one pass;
+        otherwise ``w`` itself, divided in place."""
+        if self.mode == "memory":
+            out = self.Q[:, j]
+            torch.div(w, norms[:, None], out=out)
+            return out
+        w = w.div_(norms[:, None]) if w.dtype == norms.dtype else w / norms[:, None]
+        self.set(j, w)
+        return w
+
     def orthogonalize(
         self,
         w: torch.Tensor,
         m: int,
+        norms: torch.Tensor,
         rows: list[int] | None = None,
         spans: dict[int, list[tuple[int, int]]] | None = None,
-    ) -> None:
+    ) -> torch.Tensor:
         """Remove from ``w`` (``(b, n)``, in place) its projections on rows ``0..m-1``.
 
         One classical Gram-Schmidt pass (two reads of the basis), and a second one only
@@ -188,25 +201,30 @@ class BlockBasis:
         working precision, one that removed much may have lost digits to cancellation.
 
         Args:
+            norms: the rows' norms before, shape ``(b,)``.
             rows: the recurrences to orthogonalise; default all ``b``.
             spans: per recurrence, the ``[start, stop)`` ranges of basis rows to
                 orthogonalise against (partial reorthogonalisation); default all ``m``.
 
-        Each pass is counted in :attr:`passes` and the basis rows it read in
-        :attr:`rows_read` (one entry per recurrence).
+        Returns:
+            The rows' norms after (``norms`` where a row was left alone). Each pass is
+            counted in :attr:`passes` and the basis rows it read in :attr:`rows_read`.
         """
+        norms = norms.clone()
         for d in range(self.b) if rows is None else rows:
             ranges = [(0, m)] if spans is None else spans[d]
-            before = torch.linalg.vector_norm(w[d])
+            before = norms[d]
             for _ in range(2):
                 for start, stop in ranges:
                     self._pass(w, d, start, stop)
                     self.rows_read[d] += stop - start
                 self.passes[d] += 1
                 after = torch.linalg.vector_norm(w[d])
+                norms[d] = after
                 if not bool(after < _DGKS * before):
                     break
                 before = after
+        return norms
 
     def _pass(self, w: torch.Tensor, d: int, start: int, stop: int) -> None:
         """One classical Gram-Schmidt pass of row ``d`` of ``w`` against basis rows

@@ -241,20 +241,20 @@ def lanczos_block(
         raise ValueError(f"reorth must be one of {list(REORTH_MODES)}, got {reorth!r}")
     device = operator_device(op)
     b = starts.shape[0]
-    q0 = starts.to(device=device, dtype=dtype)
+    q0 = starts.to(device=device, dtype=dtype, copy=True)  # never the caller's tensor
     norms = q0.norm(dim=1)
     if not torch.all(torch.isfinite(norms) & (norms > 0)):
         raise ValueError("every start vector must be finite and non-zero")
     store = BlockBasis(
         b, steps, n, dtype=dtype, device=device, mode=basis, directory=basis_dir, names=basis_names
     )
-    q = q0 / norms[:, None]
+    q = store.push(0, q0, norms)  # in memory mode a view of the stored row
     q_prev = torch.zeros_like(q)
-    store.set(0, q)
     alphas = torch.zeros(b, steps, dtype=dtype, device=device)
     betas = torch.zeros(b, max(steps - 1, 0), dtype=dtype, device=device)
     lengths = [steps] * b
     active = torch.ones(b, dtype=torch.bool, device=device)
+    # ‖A‖ estimated by max_j ‖A q_j‖ = max_j √(β_{j-1}² + α_j² + β_j²), no extra pass
     anorm = torch.zeros(b, dtype=dtype, device=device)
     levels = [_Orthogonality(n, dtype) for _ in range(b)] if reorth == "partial" else None
 
@@ -270,14 +270,6 @@ def lanczos_block(
                     w = w.clone()  # the recurrence works on w in place
             else:
                 w = operator_matmat(op, q.T.contiguous()).to(dtype).T.contiguous()
-            wnorm = torch.linalg.vector_norm(w, dim=1)
-            # a NaN or inf entry makes the norm non-finite; only then look at the entries
-            if not bool(torch.isfinite(wnorm).all()) and not bool(torch.isfinite(w).all()):
-                raise FloatingPointError(
-                    f"the operator returned NaN or inf at Lanczos step {j + 1}; check the "
-                    "model, loss and data for non-finite values, or use a wider dtype"
-                )
-            anorm = torch.maximum(anorm, wnorm)
             # the three-term recurrence, in place: w = A q − α q − β q_prev
             alpha = torch.einsum("bn,bn->b", w, q) if b > 1 else torch.dot(w[0], q[0])[None]
             w.addcmul_(q, alpha[:, None], value=-1.0)
@@ -285,14 +277,25 @@ def lanczos_block(
                 w.addcmul_(q_prev, betas[:, j - 1, None], value=-1.0)
             alphas[:, j] = torch.where(active, alpha, alphas[:, j])
             last = j == steps - 1
-            if last:
-                pass  # the last w is not used: no reorthogonalisation
-            elif levels is None:
+            beta = None if last else torch.linalg.vector_norm(w, dim=1)
+            # a NaN or inf entry of the product makes α or β non-finite
+            check = alpha if last else torch.stack([alpha, beta])
+            if not bool(torch.isfinite(check).all()):
+                raise FloatingPointError(
+                    f"the operator returned NaN or inf at Lanczos step {j + 1}; check the "
+                    "model, loss and data for non-finite values, or use a wider dtype"
+                )
+            if last:  # the last w is not used: no reorthogonalisation
+                bar.update(1)
+                break
+            previous = betas[:, j - 1] if j > 0 else torch.zeros_like(alpha)
+            anorm = torch.maximum(anorm, (previous**2 + alpha**2 + beta**2).sqrt())
+            if levels is None:
                 # full reorthogonalisation against the whole basis (one classical
                 # Gram-Schmidt pass, a second where the first cancelled: DGKS)
-                store.orthogonalize(w, j + 1, torch.nonzero(active).flatten().tolist())
+                rows = torch.nonzero(active).flatten().tolist()
+                beta = store.orthogonalize(w, j + 1, beta, rows)
             else:
-                beta = torch.linalg.vector_norm(w, dim=1)
                 spans = {
                     d: levels[d].due(alphas[d], betas[d], beta[d], anorm[d], j)
                     for d in range(b)
@@ -300,11 +303,8 @@ def lanczos_block(
                 }
                 spans = {d: s for d, s in spans.items() if s}
                 if spans:
-                    store.orthogonalize(w, j + 1, list(spans), spans)
+                    beta = store.orthogonalize(w, j + 1, beta, list(spans), spans)
             bar.update(1)
-            if last:
-                break
-            beta = torch.linalg.vector_norm(w, dim=1)
             broke = active & (beta <= breakdown_tol * anorm)
             for d in torch.nonzero(broke).flatten().tolist():
                 lengths[d] = j + 1
@@ -313,11 +313,9 @@ def lanczos_block(
                 break
             # β is stored after reorthogonalisation, so T matches the basis.
             betas[:, j] = torch.where(active, beta, torch.zeros_like(beta))
-            w.div_(torch.where(active, beta, torch.ones_like(beta))[:, None])
             if not bool(active.all()):
                 w[~active] = 0.0
-            q_prev, q = q, w
-            store.set(j + 1, q)
+            q_prev, q = q, store.push(j + 1, w, torch.where(active, beta, torch.ones_like(beta)))
     except BaseException:
         store.discard()
         raise
