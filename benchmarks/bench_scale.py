@@ -22,11 +22,13 @@ The models (float32, eval mode) and data, all generated or shipped with scikit-l
 The data of a row is one batch, the same for every library; the largest sizes use
 fewer samples and fewer Lanczos steps (the table says how many). Timings are CPU time
 (``time.process_time``) on one thread, every library timed once per round with the
-rounds interleaved, medians reported. "step" is a Lanczos run of the row's steps (the
-library's own Lanczos with full reorthogonalisation; spectorch's also with
-``reorth="partial"``) divided by its steps; "step/product" divides it by the same
-library's product. Peak memory is the resident set above the start, sampled every 2 ms,
-in a second process per row with a fixed glibc mmap threshold.
+rounds interleaved, medians reported (5 product rounds, 3 from 10^7 on; Lanczos runs
+in every round up to 10^5, two rounds at 10^6, one above). "step" is a Lanczos run
+of the row's steps (the library's own Lanczos with full reorthogonalisation;
+spectorch's also with ``reorth="partial"``) divided by its steps; "step/product"
+divides it by the same library's product. Peak memory is the resident set above the
+start, sampled every 2 ms, in a second process per row with a fixed glibc mmap
+threshold.
 
 Peers are skipped when not installed: ``pip install --pre hessian-eigenthings
 pyhessian curvlinops-for-pytorch``.
@@ -285,7 +287,8 @@ def measure_row(family: str, size: str, rounds: int, peers: list[str], memory: b
         step = {name: [] for name, lib in libs.items() if lib.get("lanczos") is not None}
         passes = {}
         big = size in ("1e7", "1e8")
-        lanczos_rounds = 1 if big else 2
+        # Lanczos runs: as many rounds as products where they are cheap
+        lanczos_rounds = 1 if big else 2 if size == "1e6" else rounds
         for r in range(min(rounds, 3) if big else rounds):
             for name in product:
                 t0 = _cpu()
@@ -417,10 +420,12 @@ def _fmt(x: float | None, unit: str = "") -> str:
 
 def report(rows: list[dict]) -> None:
     print("\n### spectorch alone\n")
+    print("'data for 1.1': the samples (windows) at which a step would cost 1.1 products "
+          "('this': already at most 1.1)\n")  # fmt: skip
     print("| model | parameters | data | steps | gradient (ms) | product, graphs kept (ms) | "
           "product, not kept (ms) | step full (ms) | step partial (ms) | step/product full | "
-          "step/product partial | product MB kept / not | step MB |")  # fmt: skip
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "step/product partial | data for 1.1 | product MB kept / not | step MB |")  # fmt: skip
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         r = row["results"]
         s, n, p = r["spectorch"], r["spectorch-nocache"], r["spectorch-partial"]
@@ -432,6 +437,7 @@ def report(rows: list[dict]) -> None:
             f"{_fmt(s['product_s'], 'ms')}{kept} | {_fmt(n['product_s'], 'ms')} | "
             f"{_fmt(s['step_s'], 'ms')} | {_fmt(p['step_s'], 'ms')} | "
             f"{_fmt(s['step_over_product'])} | {_fmt(p['step_over_product'])} | "
+            f"{_enough(row, s)} | "
             f"{_fmt(s.get('product_mb'), 'MB')} / {_fmt(n.get('product_mb'), 'MB')} | "
             f"{_fmt(s.get('step_mb'), 'MB')} |"
         )
@@ -458,6 +464,17 @@ def report(rows: list[dict]) -> None:
                 f"{_ratio(x.get('product_mb'), ours.get('product_mb'))} | "
                 f"{_ratio(x.get('step_mb'), r['spectorch'].get('step_mb'))} |"
             )
+
+
+def _enough(row: dict, r: dict) -> str:
+    """The data (samples or windows) at which a full-reorthogonalisation step would
+    cost 1.1 products: the step's own work (step − product) does not grow with the
+    data, the product does, in proportion."""
+    extra = r["step_s"] - r["product_s"]
+    if extra <= 0.1 * r["product_s"]:
+        return "this"
+    per_sample = r["product_s"] / row["samples"]
+    return f"{math.ceil(extra / (0.1 * per_sample)):,}"
 
 
 def _ratio(a: float | None, b: float | None) -> str:
