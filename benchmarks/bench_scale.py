@@ -412,7 +412,7 @@ def _fmt(x: float | None, unit: str = "") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     if unit == "ms":
-        return f"{x * 1e3:.3g}" if x < 10 else f"{x * 1e3:.0f}"
+        return f"{x * 1e3:.3g}" if x < 0.1 else f"{x * 1e3:,.0f}"
     if unit == "MB":
         return f"{x:.0f}"
     return f"{x:.2f}"
