@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 from bench_hessian import PeakMemory, _torch_eig_stand_in
+from bench_transformer import Flat
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -93,19 +94,6 @@ class CNN(nn.Sequential):
             nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10),
         )  # fmt: skip
-
-
-class Flat(nn.Module):
-    """A causal LM's shifted logits as ``(tokens, vocabulary)`` rows, for the peers'
-    ``(inputs, targets)`` interface (targets ``ids[:, 1:].reshape(-1)``)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        logits = self.model(ids)
-        return logits[:, :-1].reshape(-1, logits.shape[-1])
 
 
 def _width(target: float, count: Any) -> int:

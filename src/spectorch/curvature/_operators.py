@@ -35,10 +35,6 @@ __all__ = [
 
 log = logging.getLogger("spectorch.curvature")
 
-#: the fewest classes (vocabulary size) for which the Hessian's ``closed_form="auto"``
-#: differentiates cross-entropy in closed form: measured 3-7% slower than autograd's
-#: double backward at 10 and 256 classes, faster from 1,024 on (docs/benchmarks.md)
-CLOSED_FORM_MIN_CLASSES = 512
 _TRAIN_MODES = ("refuse", "allow")
 #: layers whose output depends on train mode (batch statistics, random masks)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -440,12 +436,9 @@ class CurvatureOperator:
         ``closed``: built so that reverse-mode autograd differentiates it twice in
         closed form, when the objective can and ``closed_form`` allows."""
         objective = self.objective
-        closed_form = getattr(self, "closed_form", False)
-        if closed and closed_form is not False and objective.splits:
+        if closed and getattr(self, "closed_form", False) is not False and objective.splits:
             out = objective.outputs(self._bound(params), batch)
-            loss = None
-            if closed_form is True or out.shape[-1] >= CLOSED_FORM_MIN_CLASSES:
-                loss = objective.closed_form_loss_sum(out, batch)
+            loss = objective.closed_form_loss_sum(out, batch)
             if loss is None:
                 loss = objective.loss_sum(out, batch)
             return loss
@@ -628,10 +621,7 @@ class _SecondOrderOperator(CurvatureOperator):
             product without a double-backward graph over the vocabulary. ``"auto"``
             (the default) uses it when the objective has one (:class:`CausalLM`,
             ``nn.CrossEntropyLoss``) and the product can (the GGN always; the Hessian
-            with ``hvp="reverse"`` when the outputs have at least
-            :data:`CLOSED_FORM_MIN_CLASSES` classes: below that autograd's own double
-            backward of the softmax was 3-7% faster, docs/benchmarks.md), ``True``
-            requires it, ``False`` never.
+            with ``hvp="reverse"``), ``True`` requires it, ``False`` never.
         hvp: how the loss is differentiated twice (the Hessian also takes
             ``"finite-difference"``, see :class:`HessianOperator`). ``"reverse"`` (the
             default):
@@ -900,8 +890,8 @@ class HessianOperator(_SecondOrderOperator):
             leaves = [params[k].detach().requires_grad_(True) for k in self.param_names]
             # A kept graph is differentiated again at every product: eval-mode BatchNorm
             # as an affine map makes that second backward pass cheaper (a CNN's product
-            # 1.4-1.7x faster, docs/benchmarks.md). A graph used once keeps BatchNorm's
-            # own kernel, whose forward and first backward are cheaper.
+            # 1.15-1.6x faster, benchmarks/bench_product_parts.py). A graph used once keeps
+            # BatchNorm's own kernel.
             self._affine_batchnorm = self.caching
             try:
                 with torch.enable_grad():

@@ -1,0 +1,94 @@
+"""Two choices inside spectorch's Hessian product, each timed both ways.
+
+    python benchmarks/bench_product_parts.py --rounds 9
+
+* eval-mode BatchNorm as its affine map (spectorch's default in kept graphs; a graph
+  used once keeps BatchNorm's kernel) against BatchNorm's own kernel, on the CNN of
+  ``bench_scale.py`` at 10^4 parameters, the gradient graph kept;
+* the closed-form cross-entropy (``closed_form=True``) against autograd's double
+  backward of the softmax (``closed_form=False``), kept graphs, on the MLP (10
+  classes) and the GPT (256 classes) of ``bench_scale.py`` at 10^5 parameters.
+
+CPU time on one thread, the variants interleaved round by round, medians. The
+BatchNorm variant without the affine map is obtained by switching the rewrite off for
+the product being timed (it is spectorch's own internal switch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+from bench_scale import build
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from spectorch.curvature import HessianOperator
+from spectorch.curvature import _operators as ops
+
+
+def timed(cands: dict, rounds: int) -> dict[str, float]:
+    for f in cands.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in cands}
+    for _ in range(rounds):
+        for k, f in cands.items():
+            t0 = time.process_time()
+            f()
+            times[k].append(time.process_time() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    model, _, batch, loss, _ = build("cnn", "1e4")
+    affine = ops._affine_batchnorms
+
+    def own_kernel(op: HessianOperator, v: torch.Tensor):
+        ops._affine_batchnorms = lambda modules: contextlib.nullcontext()
+        try:
+            return op.matvec(v)
+        finally:
+            ops._affine_batchnorms = affine
+
+    cands = {}
+    # separate operators: each kept graph is built with the variant it is timed with
+    a = HessianOperator(model, loss, [batch], cache_graphs=True)
+    b = HessianOperator(model, loss, [batch], cache_graphs=True)
+    v = torch.randn(a.shape[0], dtype=torch.float64)
+    cands["CNN 1e4, kept graph, affine map"] = lambda: a.matvec(v)
+    cands["CNN 1e4, kept graph, BatchNorm kernel"] = lambda: own_kernel(b, v)
+    res = timed(cands, args.rounds)
+    print("| product | CPU ms | ratio |\n|---|---:|---:|")
+    names = list(res)
+    for i in range(0, len(names), 2):
+        x, y = res[names[i]], res[names[i + 1]]
+        print(f"| {names[i]} | {x * 1e3:.1f} | |")
+        print(f"| {names[i + 1]} | {y * 1e3:.1f} | {y / x:.2f}x |")
+
+    for family in ("mlp", "gpt"):
+        model, _, batch, loss, _ = build(family, "1e5")
+        with sdpa_kernel(SDPBackend.MATH):
+            closed = HessianOperator(model, loss, [batch], cache_graphs=True, closed_form=True)
+            auto = HessianOperator(model, loss, [batch], cache_graphs=True, closed_form=False)
+            v = torch.randn(closed.shape[0], dtype=torch.float64)
+            cands = {
+                "closed": lambda c=closed, v=v: c.matvec(v),
+                "autograd": lambda a=auto, v=v: a.matvec(v),
+            }
+            res = timed(cands, args.rounds)
+        print(
+            f"| {family} 1e5, closed form | {res['closed'] * 1e3:.1f} | |\n"
+            f"| {family} 1e5, autograd | {res['autograd'] * 1e3:.1f} | "
+            f"{res['autograd'] / res['closed']:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
