@@ -87,6 +87,27 @@ def test_products_equal_dense_matrix(kind, hvp, model_name, loss_name):
     _assert_close(op @ v, expected @ v)
 
 
+@pytest.mark.parametrize(("kind", "hvp"), [("hessian", "reverse"), ("ggn", "forward")])
+def test_products_written_into_out(kind, hvp):
+    model, loss, _, _, data = _problem("mlp", "ce")
+    op = make_operator(kind, model, loss, data, hvp=hvp)
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(op.shape[0], generator=g, dtype=torch.float64)
+    out = torch.full((op.shape[0],), float("nan"), dtype=torch.float64)
+    assert op.matvec(v, out=out) is out  # written and returned, no stale entry left
+    assert torch.equal(out, op.matvec(v))
+    V = torch.randn(op.shape[0], 3, generator=g, dtype=torch.float64)
+    rows = torch.full((3, op.shape[0]), float("nan"), dtype=torch.float64)
+    op.matmat(V, out=rows.T)  # a transposed view, as Lanczos passes its (b, n) rows
+    assert torch.equal(rows.T, op.matmat(V))
+    with pytest.raises(ValueError, match=r"out must have shape \(\d+,\), dtype torch.float64"):
+        op.matvec(v, out=torch.empty(op.shape[0], dtype=torch.float32))
+    with pytest.raises(ValueError, match="out must not share memory"):
+        op.matvec(v, out=v)
+    with pytest.raises(TypeError, match=r"out must be a torch\.Tensor or None"):
+        op.matvec(v, out=[0.0])
+
+
 def test_ggn_equals_hessian_for_linear_model_with_mse():
     torch.manual_seed(0)
     model = nn.Linear(4, 2).double()

@@ -289,3 +289,69 @@ def test_operator_returning_its_input_is_not_modified_in_place():
 
     res = lanczos(Identity(), 3, seed=0)
     assert res.breakdown and res.steps == 1 and res.alphas.item() == pytest.approx(1.0)
+
+
+def test_random_start_values_are_two_bits_minus_one():
+    # written in place since issue 18; the values must be those of 2·bits − 1 as before
+    g1, g2 = _generator(3), _generator(3)
+    v = random_start(1001, generator=g1, num=2)
+    bits = torch.randint(0, 2, (2, 1001), generator=g2, dtype=torch.int8).to(torch.float64)
+    ref = 2 * bits - 1
+    assert torch.equal(v, ref / ref.norm(dim=-1, keepdim=True))
+
+
+def test_pythagorean_dgks_matches_the_measured_norm():
+    # without the norm before, the first pass infers it as √(‖after‖² + ‖c‖²): on a
+    # vector that cancels, the second pass must run exactly as with the measured norm
+    from spectorch.linalg._basis import BlockBasis
+
+    n, m = 200, 5
+    q = torch.linalg.qr(torch.randn(n, m, dtype=torch.float64, generator=_generator(0)))[0].T
+    for near in (True, False):
+        w = q.T @ torch.ones(m, dtype=torch.float64) * (1.0 if near else 0.0)
+        w = w + 1e-3 * torch.randn(n, dtype=torch.float64, generator=_generator(1))
+        runs = []
+        for norms in (None, w.norm().reshape(1)):
+            store = BlockBasis(1, m, n, dtype=torch.float64, device=torch.device("cpu"))
+            store.Q[0] = q
+            x = w.clone().reshape(1, n)
+            after = store.orthogonalize(x, m, norms)
+            runs.append((store.passes[0], float(after[0]), x))
+        assert runs[0][0] == runs[1][0] == (2 if near else 1)
+        assert runs[0][1] == pytest.approx(runs[1][1], rel=1e-12)
+        torch.testing.assert_close(runs[0][2], runs[1][2], rtol=0, atol=1e-15)
+
+
+class _Into:
+    """A matrix operator that writes into out=, as the curvature operators do, and
+    counts how often it was given a buffer."""
+
+    def __init__(self, A: torch.Tensor) -> None:
+        self.A, self.shape, self.dtype, self.into = A, tuple(A.shape), A.dtype, 0
+
+    def matvec(self, v, *, out=None):
+        if out is None:
+            return self.A @ v
+        self.into += 1
+        return torch.mv(self.A, v, out=out)
+
+    def matmat(self, V, *, out=None):
+        if out is None:
+            return self.A @ V
+        self.into += 1
+        return torch.mm(self.A, V, out=out)
+
+
+@pytest.mark.parametrize("basis", ["memory", "float32", "disk"])
+@pytest.mark.parametrize("b", [1, 3])
+def test_products_written_into_a_kept_vector_change_nothing(basis, b, tmp_path):
+    A = torch.diag(_hessian_like(300))
+    starts = random_start(300, num=b, generator=_generator(4))
+    plain = lanczos_block(MatrixOperator(A), 40, starts, basis=basis, basis_dir=tmp_path / "a")
+    op = _Into(A)
+    into = lanczos_block(op, 40, starts, basis=basis, basis_dir=tmp_path / "b")
+    assert op.into == 40  # every product went into the kept buffer
+    for x, y in zip(plain, into, strict=True):
+        torch.testing.assert_close(x.alphas, y.alphas, rtol=0, atol=0)
+        torch.testing.assert_close(x.betas, y.betas, rtol=0, atol=0)
+        torch.testing.assert_close(x.basis, y.basis, rtol=0, atol=0)

@@ -164,6 +164,7 @@ class CurvatureOperator:
         first = named[names[0]]
         self._device = first.device
         self._net_dtype = first.dtype
+        self._tangent_buffer: torch.Tensor | None = None
         self._stochastic = [
             (name, m) for name, m in model.named_modules() if isinstance(m, _STOCHASTIC)
         ]
@@ -188,15 +189,44 @@ class CurvatureOperator:
         """The dtype the network computes in, which bounds the products' accuracy."""
         return self._net_dtype
 
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """The product ``C v`` for a flat vector ``v`` of shape ``(P,)``, in ``self.dtype``."""
+    def matvec(self, v: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The product ``C v`` for a flat vector ``v`` of shape ``(P,)``, in ``self.dtype``.
+
+        ``out``: a tensor of shape ``(P,)`` in ``self.dtype`` on the operator's device to
+        write the product into (and return), instead of a new one; it must not overlap
+        ``v``. Lanczos passes a vector it reuses from step to step: at 10⁸ parameters a
+        new 800 MB result costs more (page faults) than the arithmetic on it.
+        """
         if not isinstance(v, torch.Tensor):
             raise TypeError(f"v must be a torch.Tensor, got {type(v).__name__}")
         if tuple(v.shape) != (self._dim,):
             raise ValueError(f"v must have shape ({self._dim},), got {tuple(v.shape)}")
+        if out is not None:
+            self._check_out(out, (self._dim,), v)
+            self._product(v.reshape(self._dim, 1), batched=False, out=out.reshape(self._dim, 1))
+            return out
         return self._product(v.reshape(self._dim, 1), batched=False).reshape(self._dim)
 
-    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A flat vector of shape ``(P,)`` (an eigenvector, a product) as a dict of
+        parameter-shaped views, name → tensor, in this operator's parameter order."""
+        if not isinstance(flat, torch.Tensor) or tuple(flat.shape) != (self._dim,):
+            got = tuple(flat.shape) if isinstance(flat, torch.Tensor) else type(flat).__name__
+            raise ValueError(f"flat must be a tensor of shape ({self._dim},), got {got}")
+        return self._as_dict(tuple(t[0] for t in self._unflatten(flat.reshape(1, -1))))
+
+    def _check_out(self, out: Any, shape: tuple[int, ...], source: torch.Tensor) -> None:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out must be a torch.Tensor or None, got {type(out).__name__}")
+        if tuple(out.shape) != shape or out.dtype != self._dtype or out.device != self._device:
+            raise ValueError(
+                f"out must have shape {shape}, dtype {self._dtype} and device {self._device}, "
+                f"got {tuple(out.shape)}, {out.dtype}, {out.device}"
+            )
+        if out.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
+            raise ValueError("out must not share memory with the vector it multiplies")
+
+    def matmat(self, V: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """``C V`` for a block of shape ``(P, k)``, all columns in one pass over the data.
 
         Each batch is read and its graph built once for all ``k`` columns. The
@@ -205,12 +235,15 @@ class CurvatureOperator:
         ``k`` separate kept-graph products, and faster on the CPU than vmapping the
         second backward pass); the forward-mode Hessian, the GGN and the Fisher map
         the columns with ``torch.func.vmap``, one vectorised product per batch.
+        ``out``: as in :meth:`matvec`, shape ``(P, k)`` (any strides).
         """
         if not isinstance(V, torch.Tensor):
             raise TypeError(f"V must be a torch.Tensor, got {type(V).__name__}")
         if V.ndim != 2 or V.shape[0] != self._dim:
             raise ValueError(f"V must have shape ({self._dim}, k), got {tuple(V.shape)}")
-        return self._product(V, batched=True)
+        if out is not None:
+            self._check_out(out, tuple(V.shape), V)
+        return self._product(V, batched=True, out=out)
 
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
         return self.matvec(x) if x.ndim == 1 else self.matmat(x)
@@ -284,15 +317,19 @@ class CurvatureOperator:
         """Per-batch products of the batch's summed loss, for stacked tangents."""
         raise NotImplementedError
 
-    def _product(self, V: torch.Tensor, *, batched: bool) -> torch.Tensor:
-        out, count = self.accumulate(V, batched=batched)
+    def _product(
+        self, V: torch.Tensor, *, batched: bool, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        total, count = self.accumulate(V, batched=batched, out=None if out is None else out.T)
         if count == 0:
             raise ValueError("data yielded no batches")
         if self.reduction == "mean":
-            out /= count
-        return out.T
+            total /= count
+        return total.T
 
-    def accumulate(self, V: torch.Tensor, *, batched: bool) -> tuple[torch.Tensor, int]:
+    def accumulate(
+        self, V: torch.Tensor, *, batched: bool, out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, int]:
         """The per-batch accumulation behind every product, a public seam: the
         unnormalised sum over this operator's data of the weighted batch products of
         the columns of ``V`` (``(P, k)``), shape ``(k, P)`` in ``self.dtype``, and the
@@ -300,13 +337,16 @@ class CurvatureOperator:
         mean loss); a distributed product
         (:class:`spectorch.distributed.DistributedOperator`) adds both over ranks first.
         ``batched=True`` maps the columns with ``vmap``, ``False`` takes one column.
+        ``out``: a ``(k, P)`` tensor in ``self.dtype`` to write the sum into (checked
+        by :meth:`matvec` and :meth:`matmat`); default a new one.
         """
         self._check_train_mode()
         k = V.shape[1]
-        tangents = self._unflatten(V.T.to(device=self._device, dtype=self._net_dtype))
+        tangents = self._unflatten(self._tangent_rows(V))
         params = self._params()
         # written by the first batch's products, added to by the others
-        out = torch.empty(k, self._dim, dtype=self._dtype, device=self._device)
+        if out is None:
+            out = torch.empty(k, self._dim, dtype=self._dtype, device=self._device)
         count = 0
         first = True
         for index, batch, size in self._batches():
@@ -341,6 +381,18 @@ class CurvatureOperator:
         if first:  # no batch: an empty sum
             out.zero_()
         return out, count
+
+    def _tangent_rows(self, V: torch.Tensor) -> torch.Tensor:
+        """``V``'s columns as rows in the network's dtype. One column converted on the
+        CPU goes into a buffer kept between products: at 10⁸ parameters a new 400 MB
+        tensor costs more (page faults) than the conversion itself. The products never
+        return it (they are added into the result), so reusing it is safe."""
+        rows = V.T.to(device=self._device)
+        if V.shape[1] != 1 or self._device.type != "cpu" or rows.dtype == self._net_dtype:
+            return rows.to(dtype=self._net_dtype)
+        if self._tangent_buffer is None:
+            self._tangent_buffer = torch.empty(1, self._dim, dtype=self._net_dtype)
+        return self._tangent_buffer.copy_(rows)
 
     def _batch_products_single(
         self, params: dict[str, torch.Tensor], batch: Any, tangent: tuple
@@ -762,7 +814,9 @@ class HessianOperator(_SecondOrderOperator):
         they outgrow the budget)."""
         return bool(self.cache_graphs)
 
-    def accumulate(self, V: torch.Tensor, *, batched: bool) -> tuple[torch.Tensor, int]:
+    def accumulate(
+        self, V: torch.Tensor, *, batched: bool, out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, int]:
         if self.caching:
             # any in-place change of a parameter (an optimiser step) or of a buffer
             # (BatchNorm statistics) bumps its version and drops the kept graphs
@@ -771,7 +825,7 @@ class HessianOperator(_SecondOrderOperator):
             if key != self._graph_key:
                 self._drop_cache()
                 self._graph_key = key
-        return super().accumulate(V, batched=batched)
+        return super().accumulate(V, batched=batched, out=out)
 
     def _drop_cache(self) -> None:
         self._graphs.clear()

@@ -5,6 +5,7 @@ tridiagonalised, traced and turned into a spectral density.
 """
 
 from spectorch.linalg._basis import BASIS_MODES
+from spectorch.linalg._eigenpairs import WHICH, Eigenpairs, top_eigenpairs
 from spectorch.linalg._lanczos import (
     REORTH_MODES,
     LanczosResult,
@@ -15,6 +16,7 @@ from spectorch.linalg._lanczos import (
 from spectorch.linalg._operator import (
     MatrixOperator,
     SymmetricOperator,
+    accepts_out,
     as_operator,
     check_symmetric,
     operator_device,
@@ -27,6 +29,7 @@ __all__ = [
     # the operator contract
     "MatrixOperator",
     "SymmetricOperator",
+    "accepts_out",
     "as_operator",
     "check_symmetric",
     "operator_device",
@@ -38,6 +41,10 @@ __all__ = [
     "lanczos",
     "lanczos_block",
     "random_start",
+    # extreme eigenpairs
+    "WHICH",
+    "Eigenpairs",
+    "top_eigenpairs",
     # quadrature and traces
     "TraceEstimate",
     "deflated_trace_sample",

@@ -163,7 +163,8 @@ class BlockBasis:
             self.Q = None
         else:
             store = dtype if mode == "memory" else torch.float32
-            self.Q = torch.zeros(b, steps, n, dtype=store, device=device)
+            # every row is written (push) before it is read
+            self.Q = torch.empty(b, steps, n, dtype=store, device=device)
 
     def set(self, j: int, rows: torch.Tensor) -> None:
         """Store row ``j`` of every recurrence from ``rows`` of shape ``(b, n)``."""
@@ -185,11 +186,32 @@ class BlockBasis:
         self.set(j, w)
         return w
 
+    def recurrence(
+        self,
+        w: torch.Tensor,
+        j: int,
+        q: torch.Tensor,
+        q_prev: torch.Tensor,
+        alpha: torch.Tensor,
+        beta: torch.Tensor | None,
+    ) -> None:
+        """The three-term recurrence in place: ``w -= α q + β q_prev`` (no ``β`` term
+        at ``j = 0``). In ``"memory"`` mode ``q`` and ``q_prev`` are rows ``j`` and
+        ``j − 1`` of the basis, side by side, so both terms go in one pass over ``w``."""
+        if self.mode == "memory" and beta is not None:
+            coef = torch.stack([beta, alpha], dim=1)  # (b, 2), for rows j-1 and j
+            for d in range(self.b):
+                w[d].addmv_(self.Q[d, j - 1 : j + 1].T, coef[d], alpha=-1.0)
+            return
+        w.addcmul_(q, alpha[:, None], value=-1.0)
+        if beta is not None:
+            w.addcmul_(q_prev, beta[:, None], value=-1.0)
+
     def orthogonalize(
         self,
         w: torch.Tensor,
         m: int,
-        norms: torch.Tensor,
+        norms: torch.Tensor | None,
         rows: list[int] | None = None,
         spans: dict[int, list[tuple[int, int]]] | None = None,
     ) -> torch.Tensor:
@@ -201,47 +223,61 @@ class BlockBasis:
         working precision, one that removed much may have lost digits to cancellation.
 
         Args:
-            norms: the rows' norms before, shape ``(b,)``.
+            norms: the rows' norms before, shape ``(b,)``; ``None``: not computed, the
+                norm before a pass is then ``√(after² + ‖c‖²)`` with ``c`` the removed
+                coefficients (Pythagoras; the basis rows are orthonormal), which saves
+                a pass over ``w``.
             rows: the recurrences to orthogonalise; default all ``b``.
             spans: per recurrence, the ``[start, stop)`` ranges of basis rows to
                 orthogonalise against (partial reorthogonalisation); default all ``m``.
 
         Returns:
-            The rows' norms after (``norms`` where a row was left alone). Each pass is
-            counted in :attr:`passes` and the basis rows it read in :attr:`rows_read`.
+            The rows' norms after (``norms``, or zero without them, where a row was
+            left alone). Each pass is counted in :attr:`passes` and the basis rows it
+            read in :attr:`rows_read`.
         """
-        norms = norms.clone()
+        given = norms is not None
+        out = norms.clone() if given else torch.zeros(self.b, dtype=w.dtype, device=w.device)
         for d in range(self.b) if rows is None else rows:
             ranges = [(0, m)] if spans is None else spans[d]
-            before = norms[d]
-            for _ in range(2):
-                for start, stop in ranges:
-                    self._pass(w, d, start, stop)
-                    self.rows_read[d] += stop - start
+            before = out[d].clone() if given else None  # not a view: out[d] changes
+            for second in (False, True):
+                removed = sum(self._pass(w, d, start, stop) for start, stop in ranges)
+                self.rows_read[d] += sum(stop - start for start, stop in ranges)
                 self.passes[d] += 1
                 after = torch.linalg.vector_norm(w[d])
-                norms[d] = after
+                out[d] = after
+                if second:
+                    break
+                if before is None:  # Pythagoras: ‖w‖² = ‖w − Qᵀc‖² + ‖c‖²
+                    before = (after.square() + removed).sqrt()
                 if not bool(after < _DGKS * before):
                     break
-                before = after
-        return norms
+        return out
 
-    def _pass(self, w: torch.Tensor, d: int, start: int, stop: int) -> None:
+    def _pass(self, w: torch.Tensor, d: int, start: int, stop: int) -> torch.Tensor:
         """One classical Gram-Schmidt pass of row ``d`` of ``w`` against basis rows
-        ``start..stop-1``."""
+        ``start..stop-1``; returns ``‖c‖²``, the squared coefficients removed."""
         x = w[d]
         if self.mode == "memory":
             Q = self.Q[d, start:stop]
-            x.addmv_(Q.T, torch.mv(Q, x), alpha=-1.0)
-        elif self.mode == "float32":
+            c = torch.mv(Q, x)
+            x.addmv_(Q.T, c, alpha=-1.0)
+            return c.square().sum()
+        if self.mode == "float32":
             # The rows are only float32-accurate, so float32 BLAS products lose nothing
             # more: c = Q x from x rounded to float32, then x -= Qᵀc added in x's dtype.
             Q = self.Q[d, start:stop]
-            x.sub_(torch.mv(Q.T, torch.mv(Q, x.to(torch.float32))))
-        else:
-            # block modified Gram-Schmidt over the chunks read back from disk
-            for _, chunk in self.files[d].chunks(stop, x.device, start=start):
-                x.addmv_(chunk.T, torch.mv(chunk, x), alpha=-1.0)
+            c = torch.mv(Q, x.to(torch.float32))
+            x.sub_(torch.mv(Q.T, c))
+            return c.double().square().sum().to(x.dtype)
+        # block modified Gram-Schmidt over the chunks read back from disk
+        removed = x.new_zeros(())
+        for _, chunk in self.files[d].chunks(stop, x.device, start=start):
+            c = torch.mv(chunk, x)
+            x.addmv_(chunk.T, c, alpha=-1.0)
+            removed += c.square().sum()
+        return removed
 
     def result(self, d: int, m: int) -> tuple[torch.Tensor, DiskRows | None]:
         """Recurrence ``d``'s first ``m`` rows, and its disk file if any."""

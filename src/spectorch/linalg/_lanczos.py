@@ -12,7 +12,12 @@ from tqdm.auto import tqdm
 
 from spectorch import checks
 from spectorch.linalg._basis import BASIS_MODES, BlockBasis, DiskRows
-from spectorch.linalg._operator import as_operator, operator_device, operator_matmat
+from spectorch.linalg._operator import (
+    accepts_out,
+    as_operator,
+    operator_device,
+    operator_matmat,
+)
 from spectorch.linalg._quadrature import gauss_quadrature, tridiagonal_matrix
 
 __all__ = ["REORTH_MODES", "LanczosResult", "lanczos", "lanczos_block", "random_start"]
@@ -100,12 +105,16 @@ def random_start(
     if kind not in _STARTS:
         raise ValueError(f"start must be one of {list(_STARTS)} or a tensor, got {kind!r}")
     shape = (n,) if num is None else (num, n)
+    # one full-length tensor, worked in place: at 10^8 entries every fresh one costs
+    # more (page faults) than the arithmetic; the values are those of 2·bits − 1
     if kind == "rademacher":
-        v = torch.randint(0, 2, shape, generator=generator, dtype=torch.int8).to(dtype)
-        v = 2 * v - 1
+        bits = torch.randint(0, 2, shape, generator=generator, dtype=torch.int8)
+        v = torch.empty(shape, dtype=dtype)
+        v.copy_(bits).mul_(2).sub_(1)
+        del bits
     else:
         v = torch.randn(shape, generator=generator, dtype=dtype)
-    return v / v.norm(dim=-1, keepdim=True)
+    return v.div_(v.norm(dim=-1, keepdim=True))
 
 
 def lanczos(
@@ -241,7 +250,9 @@ def lanczos_block(
         raise ValueError(f"reorth must be one of {list(REORTH_MODES)}, got {reorth!r}")
     device = operator_device(op)
     b = starts.shape[0]
-    q0 = starts.to(device=device, dtype=dtype, copy=True)  # never the caller's tensor
+    # never the caller's tensor: "memory" mode writes q0 / norms into its own rows, the
+    # other modes divide a copy in place
+    q0 = starts.to(device=device, dtype=dtype, copy=basis != "memory")
     norms = q0.norm(dim=1)
     if not torch.all(torch.isfinite(norms) & (norms > 0)):
         raise ValueError("every start vector must be finite and non-zero")
@@ -257,11 +268,24 @@ def lanczos_block(
     # ‖A‖ estimated by max_j ‖A q_j‖ = max_j √(β_{j-1}² + α_j² + β_j²), no extra pass
     anorm = torch.zeros(b, dtype=dtype, device=device)
     levels = [_Orthogonality(n, dtype) for _ in range(b)] if reorth == "partial" else None
+    # An operator that takes out= writes each product into a vector kept from step to
+    # step: at 10⁸ entries a new one costs more (page faults) than the arithmetic.
+    # "memory" mode frees w at every step (push copies it into the basis); the other
+    # modes keep w as the next q, and the old q_prev is the vector freed.
+    spare = None
+    if op.dtype == dtype and accepts_out(op, block=b > 1):
+        spare = torch.empty(b, n, dtype=dtype, device=device)
 
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, unit="step")
     try:
         for j in range(steps):
-            if b == 1:
+            if spare is not None:
+                w = spare
+                if b == 1:
+                    op.matvec(q[0], out=w[0])
+                else:
+                    op.matmat(q.T.contiguous(), out=w.T)
+            elif b == 1:
                 w = op.matvec(q[0]).to(dtype).reshape(1, n)
                 if w.untyped_storage().data_ptr() in (
                     q.untyped_storage().data_ptr(),
@@ -272,30 +296,26 @@ def lanczos_block(
                 w = operator_matmat(op, q.T.contiguous()).to(dtype).T.contiguous()
             # the three-term recurrence, in place: w = A q − α q − β q_prev
             alpha = torch.einsum("bn,bn->b", w, q) if b > 1 else torch.dot(w[0], q[0])[None]
-            w.addcmul_(q, alpha[:, None], value=-1.0)
-            if j > 0:
-                w.addcmul_(q_prev, betas[:, j - 1, None], value=-1.0)
+            store.recurrence(w, j, q, q_prev, alpha, betas[:, j - 1] if j > 0 else None)
             alphas[:, j] = torch.where(active, alpha, alphas[:, j])
             last = j == steps - 1
-            beta = None if last else torch.linalg.vector_norm(w, dim=1)
-            # a NaN or inf entry of the product makes α or β non-finite
-            check = alpha if last else torch.stack([alpha, beta])
-            if not bool(torch.isfinite(check).all()):
-                raise FloatingPointError(
-                    f"the operator returned NaN or inf at Lanczos step {j + 1}; check the "
-                    "model, loss and data for non-finite values, or use a wider dtype"
-                )
-            if last:  # the last w is not used: no reorthogonalisation
+            if last:  # the last w is not used: no norm, no reorthogonalisation
+                _check_finite(alpha, j)  # a NaN or inf product makes α non-finite
                 bar.update(1)
                 break
             previous = betas[:, j - 1] if j > 0 else torch.zeros_like(alpha)
-            anorm = torch.maximum(anorm, (previous**2 + alpha**2 + beta**2).sqrt())
             if levels is None:
                 # full reorthogonalisation against the whole basis (one classical
-                # Gram-Schmidt pass, a second where the first cancelled: DGKS)
+                # Gram-Schmidt pass, a second where the first cancelled: DGKS); the
+                # norm before it is not needed: the pass returns it by Pythagoras
                 rows = torch.nonzero(active).flatten().tolist()
-                beta = store.orthogonalize(w, j + 1, beta, rows)
+                beta = store.orthogonalize(w, j + 1, None, rows)
+                _check_finite(torch.stack([alpha, beta]), j)
+                anorm = torch.maximum(anorm, (previous**2 + alpha**2 + beta**2).sqrt())
             else:
+                beta = torch.linalg.vector_norm(w, dim=1)
+                _check_finite(torch.stack([alpha, beta]), j)
+                anorm = torch.maximum(anorm, (previous**2 + alpha**2 + beta**2).sqrt())
                 spans = {
                     d: levels[d].due(alphas[d], betas[d], beta[d], anorm[d], j)
                     for d in range(b)
@@ -315,7 +335,10 @@ def lanczos_block(
             betas[:, j] = torch.where(active, beta, torch.zeros_like(beta))
             if not bool(active.all()):
                 w[~active] = 0.0
+            freed = w if basis == "memory" else q_prev
             q_prev, q = q, store.push(j + 1, w, torch.where(active, beta, torch.ones_like(beta)))
+            if spare is not None:
+                spare = freed
     except BaseException:
         store.discard()
         raise
@@ -338,6 +361,15 @@ def lanczos_block(
             )
         )
     return results
+
+
+def _check_finite(values: torch.Tensor, j: int) -> None:
+    """Raise when ``α`` or ``β`` of step ``j`` is NaN or inf (a non-finite product)."""
+    if not bool(torch.isfinite(values).all()):
+        raise FloatingPointError(
+            f"the operator returned NaN or inf at Lanczos step {j + 1}; check the "
+            "model, loss and data for non-finite values, or use a wider dtype"
+        )
 
 
 def _check_steps(steps: Any, n: int) -> None:

@@ -9,6 +9,7 @@ are written once and tested on matrices whose spectrum is known exactly.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Protocol, runtime_checkable
 
@@ -17,6 +18,7 @@ import torch
 __all__ = [
     "MatrixOperator",
     "SymmetricOperator",
+    "accepts_out",
     "as_operator",
     "check_symmetric",
     "operator_device",
@@ -112,6 +114,20 @@ def operator_device(op: Any) -> torch.device:
     """The device an operator lives on (``cpu`` when it does not say)."""
     device = getattr(op, "device", None)
     return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def accepts_out(op: Any, block: bool = False) -> bool:
+    """Whether ``op.matvec`` (with ``block``, also ``op.matmat``) takes an ``out=``
+    tensor to write the product into, as spectorch's curvature operators do."""
+    names = ("matvec", "matmat") if block else ("matvec",)
+    for name in names:
+        try:
+            parameters = inspect.signature(getattr(op, name)).parameters
+        except (AttributeError, TypeError, ValueError):
+            return False
+        if "out" not in parameters:
+            return False
+    return True
 
 
 def operator_matmat(op: Any, V: torch.Tensor) -> torch.Tensor:
