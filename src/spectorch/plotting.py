@@ -29,6 +29,7 @@ __all__ = [
     "plot_eigenvalue_curves",
     "plot_pruning_curve",
     "plot_rim_trajectory",
+    "plot_sharpness",
     "plot_slow_features",
     "plot_trajectories",
 ]
@@ -411,6 +412,32 @@ def plot_eigenvalue_curves(
     """:func:`draw_eigenvalue_curves` into a new figure saved (atomically) as a PNG."""
     fig = new_figure(1, width=7.5, height=4.2)
     draw_eigenvalue_curves(fig, curves, exact=exact, ylabel=ylabel, title=title, ylim=ylim, log=log)
+    return save_figure(fig, path)
+
+
+def plot_sharpness(
+    runs: Mapping[str, tuple[Any, Any, float | None]],
+    path: str | os.PathLike,
+    *,
+    ylabel: str = "sharpness (top eigenvalue)",
+    title: str | None = None,
+) -> Path:
+    """Sharpness against training steps, one curve per run ``label: (steps, values,
+    threshold)``, each threshold (2/η, 38/η) a dashed line of its colour; saved
+    (atomically) as a PNG."""
+    fig = new_figure(1, width=6.5, height=4.2)
+    ax = fig.subplots()
+    for i, (label, (steps, values, threshold)) in enumerate(runs.items()):
+        ax.plot(np.asarray(steps), np.asarray(values, dtype=float), "-", color=f"C{i}",
+                label=label, lw=1.3)  # fmt: skip
+        if threshold is not None:
+            ax.axhline(threshold, color=f"C{i}", ls="--", lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title)
     return save_figure(fig, path)
 
 

@@ -14,6 +14,8 @@ from spectorch.curvature._operators import (
     HessianOperator,
     make_operator,
 )
+from spectorch.curvature._preconditioned import PreconditionedOperator, adam_preconditioner
+from spectorch.curvature._tracking import SharpnessTracker, adam_threshold, gd_threshold
 
 __all__ = [
     "OPERATORS",
@@ -27,6 +29,11 @@ __all__ = [
     "EmpiricalFisherOperator",
     "GGNOperator",
     "HessianOperator",
+    "PreconditionedOperator",
+    "SharpnessTracker",
+    "adam_preconditioner",
+    "adam_threshold",
+    "gd_threshold",
     "make_operator",
     "parameter_blocks",
     "select_parameters",

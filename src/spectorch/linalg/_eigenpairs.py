@@ -132,7 +132,8 @@ def top_eigenpairs(
             eigenspace, so the second copy of a double eigenvalue can otherwise be
             missed, and a less wanted value returned in its place (scipy's
             ``eigsh`` relies on round-off to find it). A copy it finds is
-            converged and the look made again. ``0`` skips it.
+            converged and the look made again. ``0`` skips it; with ``k = 1`` it is
+            skipped (another copy would not change the value).
         seed, generator: the random source of the start (and check) vectors.
         verify: measure the residuals with ``k`` more products (one ``matmat``)
             instead of reporting the recurrence's estimates.
@@ -208,8 +209,8 @@ def top_eigenpairs(
                 if not done:
                     checking = 0  # it did: converge the new pair
             elif done:
-                if check == 0:
-                    break
+                if check == 0 or k == 1:
+                    break  # (a missing copy cannot change the top value)
                 # every wanted pair converged: look for a missing copy of a repeated
                 # eigenvalue (one Krylov space holds one vector of each eigenspace)
                 # with `check` steps from a fresh random vector orthogonal to them

@@ -90,6 +90,7 @@ def fit(
     clip: float = 0.0,
     patience: int | None = None,
     best_checkpoint: str | os.PathLike | None = None,
+    callbacks: Iterable[Any] = (),
 ) -> FitResult:
     """Train ``model`` on ``data`` for ``epochs`` epochs, resumably.
 
@@ -131,6 +132,9 @@ def fit(
             (training loss without validation); ``None`` never stops early.
         best_checkpoint: path where the weights of the best epoch so far are written
             atomically (read them with :func:`load_best`).
+        callbacks: more :class:`~spectorch.train.Loop` callbacks, called after every
+            epoch (a :class:`spectorch.curvature.SharpnessTracker`); those with a
+            ``name`` and a ``state_dict`` are saved in the checkpoints and resumed.
 
     Raises:
         ValueError: on ``epochs`` or ``checkpoint_every`` below one, a negative
@@ -221,7 +225,7 @@ def fit(
         run=run,
         checkpoint_every=checkpoint_every,
         schedulers=[sched],
-        callbacks=[stopper],
+        callbacks=[stopper, *callbacks],
         seed=seed,
         progress=progress,
         desc=desc,

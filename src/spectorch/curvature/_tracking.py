@@ -1,0 +1,197 @@
+"""The sharpness while a network trains: a callback for any training loop.
+
+Every ``every`` steps it finds the top ``k`` eigenvalues of the curvature at the current
+weights (warm-started from the previous eigenvectors, so a call costs a few products
+once the eigenvectors move slowly), optionally the trace, and writes them to a CSV next
+to the checkpoints; with :class:`spectorch.train.Loop` (and so :func:`spectorch.train.fit`)
+its rows and vectors are saved in every checkpoint, so a resumed run goes on with the
+same rows as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spectorch import checks
+from spectorch._io import atomic_path
+from spectorch.curvature._preconditioned import PreconditionedOperator
+from spectorch.linalg import hutchinson_trace, top_eigenpairs
+
+__all__ = ["SharpnessTracker", "adam_threshold", "gd_threshold"]
+
+
+def gd_threshold(lr: float) -> float:
+    """Gradient descent's stability threshold ``2/η`` (Cohen et al. 2021)."""
+    return 2.0 / checks.positive("lr", lr)
+
+
+def adam_threshold(lr: float, beta1: float = 0.9) -> float:
+    """Adam's threshold for the preconditioned sharpness, ``(2 + 2β₁) / ((1 − β₁) η)``
+    (Cohen et al. 2022): 38/η at ``β₁ = 0.9``."""
+    lr = checks.positive("lr", lr)
+    beta1 = checks.probability("beta1", beta1, one=False)
+    return (2 + 2 * beta1) / ((1 - beta1) * lr)
+
+
+class SharpnessTracker:
+    """Top eigenvalues of the curvature every ``every`` steps of a training loop.
+
+    Use it as a :class:`spectorch.train.Loop` callback (``fit(..., callbacks=[t])``),
+    or call :meth:`measure` from any loop.
+
+    Args:
+        operator: the curvature operator (a :class:`HessianOperator` built once on the
+            model is reused: its kept graphs are rebuilt when the weights change), or a
+            function returning one for the current weights.
+        every: steps between measurements (the loop's steps: epochs for ``fit``).
+        k: eigenvalues per measurement.
+        precondition: a function returning the optimiser's diagonal preconditioner
+            (for example ``lambda: adam_preconditioner(opt, model.named_parameters())``):
+            the eigenvalues are then those of ``P⁻¹ H``, the preconditioned sharpness.
+        threshold: the stability threshold drawn and compared with
+            (:func:`gd_threshold`, :func:`adam_threshold`).
+        trace_every: also estimate the trace every this many measurements (``None``:
+            never), with ``trace_probes`` Rademacher probes.
+        path: the CSV written (atomically) after every measurement; default none.
+        model: a module switched to eval mode while measuring and back after (the
+            curvature of a network with BatchNorm or dropout is its eval-mode one).
+        seed: measurement ``i`` draws its random vectors from ``seed + step``.
+        tol, max_products: as :func:`spectorch.linalg.top_eigenpairs`.
+        name: the key of its state in checkpoints.
+    """
+
+    def __init__(
+        self,
+        operator: Any,
+        *,
+        every: int = 1,
+        k: int = 1,
+        precondition: Callable[[], Any] | None = None,
+        threshold: float | None = None,
+        trace_every: int | None = None,
+        trace_probes: int = 20,
+        path: str | Path | None = None,
+        model: torch.nn.Module | None = None,
+        seed: int = 0,
+        tol: float | None = None,
+        max_products: int | None = None,
+        name: str = "sharpness",
+    ) -> None:
+        self.operator = operator
+        self.every = checks.positive_int("every", every)
+        self.k = checks.positive_int("k", k)
+        if precondition is not None and not callable(precondition):
+            raise TypeError(f"precondition must be callable, got {type(precondition).__name__}")
+        self.precondition = precondition
+        self.threshold = None if threshold is None else checks.positive("threshold", threshold)
+        if trace_every is not None:
+            checks.positive_int("trace_every", trace_every)
+        self.trace_every = trace_every
+        self.trace_probes = checks.positive_int("trace_probes", trace_probes)
+        self.path = None if path is None else Path(path)
+        self.model = model
+        self.seed = int(seed)
+        self.tol, self.max_products = tol, max_products
+        self.name = name
+        self.rows: list[dict[str, float]] = []
+        self.vectors: torch.Tensor | None = None
+
+    # ------------------------------------------------------------- measuring
+    def measure(self, step: int) -> dict[str, float]:
+        """Measure at the current weights, record the row as ``step``, return it."""
+        t0 = time.process_time()
+        was_training = self.model.training if self.model is not None else None
+        if self.model is not None:
+            self.model.eval()
+        try:
+            op = self.operator if hasattr(self.operator, "matvec") else self.operator()
+            if self.precondition is not None:
+                op = PreconditionedOperator(op, self.precondition())
+            start = self.vectors
+            if start is not None and start.shape[1] != op.shape[0]:
+                start = None  # another model: a cold start
+            pairs = top_eigenpairs(
+                op, self.k, start=start, seed=self.seed + step, tol=self.tol,
+                max_products=self.max_products,
+            )  # fmt: skip
+            row: dict[str, float] = {"step": float(step)}
+            for i in range(self.k):
+                row[f"eig_{i + 1}"] = float(pairs.values[i])
+            row["residual"] = float(pairs.residuals.max())
+            row["converged"] = float(bool(pairs.converged.all()))
+            row["products"] = float(pairs.products)
+            measured = len(self.rows)
+            if self.trace_every is not None and measured % self.trace_every == 0:
+                est = hutchinson_trace(op, self.trace_probes, seed=self.seed + step)
+                row["trace"] = float(est.value)
+                row["products"] += self.trace_probes
+            row["cpu_seconds"] = time.process_time() - t0
+        finally:
+            if self.model is not None and was_training:
+                self.model.train()
+        self.vectors = pairs.vectors.detach().cpu()
+        self.rows = [r for r in self.rows if r["step"] < step] + [row]
+        self._write()
+        return row
+
+    # ------------------------------------------------------------- callbacks
+    def on_start(self, loop: Any) -> None:
+        if loop.step == 0 and not self.rows:
+            self.measure(0)  # the curvature at initialisation
+
+    def on_step(self, loop: Any) -> None:
+        if loop.step % self.every == 0:
+            self.measure(loop.step)
+
+    # ------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [dict(r) for r in self.rows], "vectors": self.vectors}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = [dict(r) for r in state["rows"]]
+        self.vectors = state["vectors"]
+        self._write()  # rows measured after the checkpoint by a killed run are dropped
+
+    # ------------------------------------------------------------- output
+    @property
+    def sharpness(self) -> list[float]:
+        return [r["eig_1"] for r in self.rows]
+
+    @property
+    def steps(self) -> list[int]:
+        return [int(r["step"]) for r in self.rows]
+
+    def _write(self) -> None:
+        if self.path is None or not self.rows:
+            return
+        keys = list(dict.fromkeys(key for r in self.rows for key in r))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        for r in self.rows:
+            writer.writerow({key: _cell(key, r.get(key)) for key in keys})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path, "w") as fh:
+            fh.write(buf.getvalue())
+
+    def plot(self, path: str | Path, *, label: str = "sharpness", title: str | None = None):
+        """Sharpness against steps with the threshold as a dashed line, as a PNG."""
+        from spectorch.plotting import plot_sharpness
+
+        return plot_sharpness({label: (self.steps, self.sharpness, self.threshold)}, path,
+                              title=title)  # fmt: skip
+
+
+def _cell(key: str, value: Any) -> Any:
+    if value is None:
+        return ""
+    if key in ("step", "products", "converged"):
+        return int(value)
+    return repr(float(value))

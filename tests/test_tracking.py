@@ -1,0 +1,133 @@
+"""The sharpness tracker: right eigenvalues, warm starts, and a CSV that resumes with
+the training run after a kill."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from torch import nn
+
+from spectorch.curvature import (
+    HessianOperator,
+    SharpnessTracker,
+    adam_preconditioner,
+    adam_threshold,
+    gd_threshold,
+)
+from spectorch.train import fit
+
+
+def _setup(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(40, 4, generator=g, dtype=torch.float64)
+    y = torch.arange(40) % 3
+    return model, [(X, y)]
+
+
+def _rows(path):
+    with open(path) as fh:
+        return [{k: v for k, v in r.items() if k != "cpu_seconds"} for r in csv.DictReader(fh)]
+
+
+class _Kill(Exception):
+    pass
+
+
+class _KillAt:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, loop) -> None:
+        if loop.step == self.step:
+            raise _Kill
+
+
+def test_tracker_matches_dense_eigenvalues_during_fit(tmp_path):
+    model, data = _setup()
+    H = HessianOperator(model, nn.CrossEntropyLoss(), data)
+    seen = []
+
+    class Dense:
+        def on_step(self, loop):
+            seen.append(torch.linalg.eigvalsh(H.to_dense()).flip(0)[:2])
+
+    tracker = SharpnessTracker(H, k=2, path=tmp_path / "sharpness.csv", threshold=gd_threshold(0.5))
+    fit(model, nn.CrossEntropyLoss(), data, epochs=3, lr=0.5, progress=False,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.5), callbacks=[tracker, Dense()])  # fmt: skip
+    assert tracker.steps == [0, 1, 2, 3]  # the initial weights, then every epoch
+    for row, dense in zip(tracker.rows[1:], seen, strict=True):
+        assert [row["eig_1"], row["eig_2"]] == pytest.approx(dense.tolist(), rel=1e-9)
+        assert row["converged"] == 1.0
+    rows = _rows(tmp_path / "sharpness.csv")
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
+    png = tracker.plot(tmp_path / "sharpness.png")
+    assert png.stat().st_size > 1000
+
+
+def test_warm_start_saves_products():
+    model, data = _setup()
+    H = HessianOperator(model, nn.CrossEntropyLoss(), data)
+    warm = SharpnessTracker(H, k=1)
+    warm.measure(0)
+    second = warm.measure(1)  # same weights: the previous vector is the eigenvector
+    cold = SharpnessTracker(H, k=1).measure(1)
+    assert second["eig_1"] == pytest.approx(cold["eig_1"], rel=1e-9)
+    assert second["products"] < cold["products"]
+
+
+def test_csv_resumes_with_training_after_a_kill(tmp_path):
+    def run(directory, kill=None, epochs=6):
+        model, data = _setup()
+        H = HessianOperator(model, nn.CrossEntropyLoss(), data)
+        tracker = SharpnessTracker(H, k=2, path=directory / "sharpness.csv", trace_every=2)
+        extra = [_KillAt(kill)] if kill is not None else []
+        fit(model, nn.CrossEntropyLoss(), data, epochs=epochs, progress=False,
+            optimizer=lambda p: torch.optim.SGD(p, lr=0.3), checkpoint=directory / "ckpt.pt",
+            callbacks=[tracker, *extra])  # fmt: skip
+        return tracker
+
+    whole = run(tmp_path / "whole")
+    with pytest.raises(_Kill):
+        run(tmp_path / "killed", kill=4)  # after the tracker wrote step 4, before its checkpoint
+    assert [int(r["step"]) for r in _rows(tmp_path / "killed" / "sharpness.csv")][-1] == 4
+    resumed = run(tmp_path / "killed")
+    assert resumed.steps == whole.steps == list(range(7))
+    assert _rows(tmp_path / "killed" / "sharpness.csv") == _rows(
+        tmp_path / "whole" / "sharpness.csv"
+    )
+    assert "trace" in whole.rows[0] and "trace" not in whole.rows[1]
+
+
+def test_preconditioned_sharpness_with_adam():
+    model, data = _setup()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss = nn.CrossEntropyLoss()
+    for _ in range(3):
+        opt.zero_grad()
+        loss(model(data[0][0]), data[0][1]).backward()
+        opt.step()
+    H = HessianOperator(model, loss, data)
+    P = adam_preconditioner(opt, model.named_parameters())
+    tracker = SharpnessTracker(H, precondition=lambda: P, threshold=adam_threshold(1e-2))
+    row = tracker.measure(3)
+    d = torch.cat([P[k].reshape(-1) for k in H.param_names])
+    top = torch.linalg.eigvals(H.to_dense() / d[:, None]).real.max()
+    assert row["eig_1"] == pytest.approx(top.item(), rel=1e-9)
+    assert tracker.threshold == pytest.approx(38 / 1e-2)
+
+
+def test_bad_tracker_arguments():
+    model, data = _setup()
+    H = HessianOperator(model, nn.CrossEntropyLoss(), data)
+    with pytest.raises(ValueError, match="every must be a positive int"):
+        SharpnessTracker(H, every=0)
+    with pytest.raises(ValueError, match="threshold must be a positive"):
+        SharpnessTracker(H, threshold=-1.0)
+    with pytest.raises(TypeError, match="precondition must be callable"):
+        SharpnessTracker(H, precondition=torch.ones(3))
+    with pytest.raises(ValueError, match="lr must be a positive"):
+        gd_threshold(0.0)
