@@ -303,3 +303,30 @@ def test_rim_train_and_predict(tmp_path, rim_cli_run):
     assert r.returncode == 2 and "hparams.json does not exist" in r.stderr
     r = run(*args, "--steps", "3", "--out", str(out), "--quiet", "--train-size", "5")
     assert r.returncode == 2 and "train_size applies to task patches-deblur" in r.stderr
+
+
+def test_eigenpairs_and_landscape_from_the_command_line(tmp_path, entry):
+    r = run("eigenpairs", f"{entry}:problem", "-k", "2", "--out", str(tmp_path / "eig"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    found = json.loads((tmp_path / "eig" / "eigenpairs.json").read_text())
+    # the exact answer: eigh of the dense Hessian of the same problem
+    ns: dict = {}
+    exec(ENTRY, ns)
+    from spectorch.curvature import HessianOperator
+
+    model, loss, data = ns["problem"]()
+    dense = torch.linalg.eigvalsh(HessianOperator(model.double(), loss, [
+        (X.double(), y) for X, y in data]).to_dense()).flip(0)[:2]  # fmt: skip
+    np.testing.assert_allclose(found["eigenvalues"], dense.numpy(), rtol=1e-4)  # float32 net
+    assert all(found["converged"])
+    saved = torch.load(tmp_path / "eig" / "eigenvectors.pt")
+    assert saved["vectors"].shape == (2, 51)
+    r = run("landscape", f"{entry}:problem", "--dims", "2", "--points", "5", "--quiet",
+            "--out", str(tmp_path / "land"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "land" / "landscape.png").stat().st_size > 1000
+    summary = json.loads((tmp_path / "land" / "landscape.json").read_text())
+    assert summary["dims"] == 2 and len(summary["eigenvalues"]) == 2
+    r = run("landscape", f"{entry}:problem", "--points", "4", "--out", str(tmp_path / "x"))
+    assert r.returncode != 0 and "--points must be odd" in r.stderr
+    assert not (tmp_path / "x").exists()

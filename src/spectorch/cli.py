@@ -993,6 +993,8 @@ def _add_lm(sub: Any) -> None:
 _HELP = {
     "tour": "a short run of every capability, with figures",
     "density": "eigenvalue density of a network's curvature by stochastic Lanczos quadrature",
+    "eigenpairs": "top (or bottom) eigenvalues and eigenvectors of a network's curvature",
+    "landscape": "the loss along the top Hessian eigenvectors or random directions, a figure",
     "cifar": "the CIFAR-10 workflow: train with checkpoints, eval, densities, figures",
     "lm": "a GPT-2-style language model trained on Python's own source, for curvature",
     "spin": "spectral inference networks: eigenfunctions of kernels and differential operators",
@@ -1015,14 +1017,125 @@ def build_parser(only: str | None = None, *, full: bool = True) -> argparse.Argu
     )
     parser.add_argument("--version", action="version", version=f"spectorch {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    adders = {"tour": _add_tour, "density": _add_density, "cifar": _add_cifar,
-              "lm": _add_lm, "spin": _add_spin, "rim": _add_rim}  # fmt: skip
+    adders = {"tour": _add_tour, "density": _add_density, "eigenpairs": _add_eigenpairs,
+              "landscape": _add_landscape, "cifar": _add_cifar, "lm": _add_lm,
+              "spin": _add_spin, "rim": _add_rim}  # fmt: skip
     for name, add in adders.items():
         if full and only in (None, name):
             add(sub)
         else:
             sub.add_parser(name, help=_HELP[name], add_help=False)
     return parser
+
+
+# ----------------------------------------------------------------------------- eigenpairs
+def _operator_for(args: argparse.Namespace) -> Any:
+    from spectorch.curvature import make_operator
+
+    model, loss, data, _, _ = _problem(args.entry, sequences=args.sequences)
+    model.to(_device(args.device))
+    return make_operator(args.operator, model, loss, data)
+
+
+def _cmd_eigenpairs(args: argparse.Namespace) -> int:
+    import torch
+
+    from spectorch._io import atomic_torch_save, atomic_write_json
+    from spectorch.linalg import top_eigenpairs
+
+    out = Path(args.out)
+    op = _operator_for(args)
+    if args.k > op.shape[0]:
+        raise CLIError(f"-k {args.k} is more than the {op.shape[0]} parameters")
+    pairs = top_eigenpairs(op, args.k, which=args.which, seed=args.seed, progress=not args.quiet)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "entry": args.entry,
+        "operator": op.describe(),
+        "which": args.which,
+        "eigenvalues": pairs.values.tolist(),
+        "residuals": pairs.residuals.tolist(),
+        "converged": pairs.converged.tolist(),
+        "products": pairs.products,
+        "tol": pairs.tol,
+    }
+    atomic_write_json(out / "eigenpairs.json", summary)
+    atomic_torch_save(out / "eigenvectors.pt", {"vectors": pairs.vectors.to(torch.float32),
+                                                "param_names": list(op.param_names)})  # fmt: skip
+    for i, (v, r) in enumerate(zip(pairs.values.tolist(), pairs.residuals.tolist(), strict=True)):
+        print(f"λ{i + 1} = {v:.8g}  (residual {r:.2g})")
+    print(f"{pairs.products} products; wrote {out / 'eigenpairs.json'}, {out / 'eigenvectors.pt'}")
+    return 0
+
+
+def _add_problem_options(parser: Any) -> None:
+    from spectorch.curvature import OPERATORS
+
+    parser.add_argument("entry", metavar="ENTRY",
+                        help="MODULE:FUNCTION returning (model, loss, data), or a "
+                             "`spectorch lm train` checkpoint or run directory")  # fmt: skip
+    parser.add_argument("--sequences", type=_positive_int, default=None,
+                        help="with a language-model checkpoint: training windows (16)")  # fmt: skip
+    parser.add_argument("--operator", choices=sorted(OPERATORS), default="hessian")
+    parser.add_argument("--seed", type=_nonnegative_int, default=0)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_eigenpairs(sub: Any) -> None:
+    from spectorch.linalg import WHICH
+
+    parser = sub.add_parser("eigenpairs", help=_HELP["eigenpairs"],
+                            description="Thick-restart Lanczos; writes eigenpairs.json and "
+                            "eigenvectors.pt (float32 rows, in parameter order). Example: "
+                            "spectorch eigenpairs spectorch.experiments.digits:digits_problem "
+                            "-k 5 --out eig")  # fmt: skip
+    _add_problem_options(parser)
+    parser.add_argument("-k", type=_positive_int, default=5, help="eigenpairs (5)")
+    parser.add_argument("--which", choices=WHICH, default="largest")
+    parser.set_defaults(func=_cmd_eigenpairs)
+
+
+def _cmd_landscape(args: argparse.Namespace) -> int:
+    from spectorch._io import atomic_write_json
+    from spectorch.curvature import loss_landscape
+
+    if args.points % 2 == 0:
+        raise CLIError(
+            f"--points must be odd (the weights are the middle point), got {args.points}"
+        )
+    out = Path(args.out)
+    op = _operator_for(args)
+    land = loss_landscape(op, args.directions, dims=args.dims, span=args.span,
+                          points=args.points, seed=args.seed, progress=not args.quiet)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    land.save(out / "landscape.npz")
+    png = land.plot(out / "landscape.png", title=Path(args.entry).name)
+    atomic_write_json(out / "landscape.json", {
+        "entry": args.entry, "directions": land.kind, "dims": land.dims, "span": args.span,
+        "points": args.points, "center_loss": land.center,
+        "eigenvalues": None if land.eigenvalues is None else land.eigenvalues.tolist(),
+        "max_loss": float(land.losses.max()), "min_loss": float(land.losses.min()),
+    })  # fmt: skip
+    print(f"loss {land.center:.6g} at the weights, {land.losses.min():.6g} to "
+          f"{land.losses.max():.6g} on the grid; wrote {png}")  # fmt: skip
+    return 0
+
+
+def _add_landscape(sub: Any) -> None:
+    parser = sub.add_parser("landscape", help=_HELP["landscape"],
+                            description="The loss on a line or plane through the weights, "
+                            "along the top Hessian eigenvectors (--directions top) or "
+                            "filter-normalised random directions (Li et al. 2018); writes "
+                            "landscape.npz, landscape.json and landscape.png.")  # fmt: skip
+    _add_problem_options(parser)
+    parser.add_argument("--directions", choices=("top", "random"), default="top")
+    parser.add_argument("--dims", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--span", type=_positive_float, default=1.0,
+                        help="steps from -SPAN to SPAN along each direction (1.0)")  # fmt: skip
+    parser.add_argument("--points", type=_positive_int, default=21, help="odd, per direction (21)")
+    parser.set_defaults(func=_cmd_landscape)
 
 
 def _add_density(sub: Any) -> None:

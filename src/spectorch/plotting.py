@@ -27,6 +27,7 @@ __all__ = [
     "plot_density",
     "plot_eigenfunctions",
     "plot_eigenvalue_curves",
+    "plot_landscape",
     "plot_pruning_curve",
     "plot_rim_trajectory",
     "plot_sharpness",
@@ -412,6 +413,35 @@ def plot_eigenvalue_curves(
     """:func:`draw_eigenvalue_curves` into a new figure saved (atomically) as a PNG."""
     fig = new_figure(1, width=7.5, height=4.2)
     draw_eigenvalue_curves(fig, curves, exact=exact, ylabel=ylabel, title=title, ylim=ylim, log=log)
+    return save_figure(fig, path)
+
+
+def plot_landscape(landscape: Any, path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """A :class:`~spectorch.curvature.Landscape`: the loss along its direction (1-D),
+    or filled contours over its plane (2-D); saved (atomically) as a PNG."""
+    fig = new_figure(1, width=5.5, height=4.2)
+    ax = fig.subplots()
+    x = landscape.coords
+    names = {"top": "top eigenvector", "random": "random direction", "given": "direction"}
+    what = names.get(landscape.kind, "direction")
+    if landscape.dims == 1:
+        ax.plot(x, landscape.losses, "-", color="C0")
+        ax.axvline(0.0, color="k", lw=0.8, ls=":")
+        ax.set_xlabel(f"step along the {what}")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+    else:
+        cs = ax.contourf(x, x, landscape.losses.T, levels=30, cmap="viridis")
+        ax.contour(x, x, landscape.losses.T, levels=10, colors="k", linewidths=0.4)
+        fig.colorbar(cs, ax=ax, label="loss")
+        ax.plot([0], [0], "w+", ms=10)
+        ax.set_xlabel(f"{what} 1")
+        ax.set_ylabel(f"{what} 2")
+    if landscape.eigenvalues is not None and len(landscape.eigenvalues):
+        lam = ", ".join(f"{v:.3g}" for v in landscape.eigenvalues)
+        title = f"{title + ': ' if title else ''}eigenvalues {lam}"
+    if title:
+        ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
 
 

@@ -5,6 +5,12 @@ Each operator follows the contract of :mod:`spectorch.linalg`: ``shape``, ``dtyp
 """
 
 from spectorch.curvature._blocks import PRESETS, parameter_blocks, select_parameters
+from spectorch.curvature._landscape import (
+    DIRECTIONS,
+    Landscape,
+    filter_normalized,
+    loss_landscape,
+)
 from spectorch.curvature._objectives import BatchLoss, CausalLM, Objective, Supervised, logits_of
 from spectorch.curvature._operators import (
     OPERATORS,
@@ -18,6 +24,7 @@ from spectorch.curvature._preconditioned import PreconditionedOperator, adam_pre
 from spectorch.curvature._tracking import SharpnessTracker, adam_threshold, gd_threshold
 
 __all__ = [
+    "DIRECTIONS",
     "OPERATORS",
     "PRESETS",
     "BatchLoss",
@@ -29,11 +36,14 @@ __all__ = [
     "EmpiricalFisherOperator",
     "GGNOperator",
     "HessianOperator",
+    "Landscape",
     "PreconditionedOperator",
     "SharpnessTracker",
     "adam_preconditioner",
     "adam_threshold",
+    "filter_normalized",
     "gd_threshold",
+    "loss_landscape",
     "make_operator",
     "parameter_blocks",
     "select_parameters",

@@ -207,6 +207,26 @@ class CurvatureOperator:
             return out
         return self._product(v.reshape(self._dim, 1), batched=False).reshape(self._dim)
 
+    def loss(self, shift: torch.Tensor | None = None) -> float:
+        """The loss over this operator's data (its ``reduction``) at the weights
+        ``θ + shift`` (``shift`` a flat vector of shape ``(P,)`` in parameter order;
+        ``None``: at ``θ``), without changing the model: a loss landscape's values."""
+        self._check_train_mode()
+        params = self._params()
+        if shift is not None:
+            delta = self.unflatten(shift.to(device=self._device, dtype=self._net_dtype))
+            params = {k: v + delta[k] for k, v in params.items()}
+        total, count = 0.0, 0
+        with torch.no_grad():
+            # the data itself (the kept graphs hold the loss at θ only)
+            for index, batch, size in CurvatureOperator._batches(self):
+                self._index, self._size = index, size
+                total += float(self._loss_sum(params, batch))
+                count += self._size
+        if count == 0:
+            raise ValueError("data yielded no batches")
+        return total / count if self.reduction == "mean" else total
+
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """A flat vector of shape ``(P,)`` (an eigenvector, a product) as a dict of
         parameter-shaped views, name → tensor, in this operator's parameter order."""
