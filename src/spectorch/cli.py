@@ -995,6 +995,7 @@ _HELP = {
     "density": "eigenvalue density of a network's curvature by stochastic Lanczos quadrature",
     "eigenpairs": "top (or bottom) eigenvalues and eigenvectors of a network's curvature",
     "landscape": "the loss along the top Hessian eigenvectors or random directions, a figure",
+    "eos": "the edge of stability on digits: sharpness against 2/η (GD) or 38/η (Adam)",
     "cifar": "the CIFAR-10 workflow: train with checkpoints, eval, densities, figures",
     "lm": "a GPT-2-style language model trained on Python's own source, for curvature",
     "spin": "spectral inference networks: eigenfunctions of kernels and differential operators",
@@ -1018,7 +1019,7 @@ def build_parser(only: str | None = None, *, full: bool = True) -> argparse.Argu
     parser.add_argument("--version", action="version", version=f"spectorch {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     adders = {"tour": _add_tour, "density": _add_density, "eigenpairs": _add_eigenpairs,
-              "landscape": _add_landscape, "cifar": _add_cifar, "lm": _add_lm,
+              "landscape": _add_landscape, "eos": _add_eos, "cifar": _add_cifar, "lm": _add_lm,
               "spin": _add_spin, "rim": _add_rim}  # fmt: skip
     for name, add in adders.items():
         if full and only in (None, name):
@@ -1136,6 +1137,34 @@ def _add_landscape(sub: Any) -> None:
                         help="steps from -SPAN to SPAN along each direction (1.0)")  # fmt: skip
     parser.add_argument("--points", type=_positive_int, default=21, help="odd, per direction (21)")
     parser.set_defaults(func=_cmd_landscape)
+
+
+def _cmd_eos(args: argparse.Namespace) -> int:
+    from spectorch.experiments import eos
+
+    out = Path(args.out)
+    summary = eos.run(out, _config(eos.EosConfig, args), progress=not args.quiet)
+    for r in summary["runs"]:
+        ratio = r["mean_ratio"]
+        what = (f"from step {r['first_crossing']}: mean sharpness / threshold {ratio:.3f}"
+                if ratio is not None else "never crossed the threshold upwards")  # fmt: skip
+        print(f"η = {r['lr']:g} (threshold {r['threshold']:.4g}): {what}")
+    print(f"figure and summary.json in {out}/; sharpness.csv per step size in {out}/lr_*/")
+    return 0
+
+
+def _add_eos(sub: Any) -> None:
+    from spectorch.experiments import eos
+
+    parser = sub.add_parser("eos", help=_HELP["eos"],
+                            description="Full-batch training on scikit-learn's digits with "
+                            "the sharpness tracked every few steps (Cohen et al. 2021, "
+                            "2022); resumable: run the same command again after an "
+                            "interruption.")  # fmt: skip
+    parser.add_argument("--out", required=True, help="output directory")
+    _add_config(parser, eos.EosConfig)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_cmd_eos)
 
 
 def _add_density(sub: Any) -> None:

@@ -70,6 +70,11 @@ class PreconditionedOperator:
         self._into = accepts_out(self.op)
 
     @property
+    def compute_dtype(self) -> torch.dtype:
+        """The wrapped operator's compute dtype (it bounds the products' accuracy)."""
+        return getattr(self.op, "compute_dtype", self.op.dtype)
+
+    @property
     def param_names(self) -> list[str] | None:
         return getattr(self.op, "param_names", None)
 

@@ -64,6 +64,8 @@ class SharpnessTracker:
             curvature of a network with BatchNorm or dropout is its eval-mode one).
         seed: measurement ``i`` draws its random vectors from ``seed + step``.
         tol, max_products: as :func:`spectorch.linalg.top_eigenpairs`.
+        initial: also measure at the start of a fresh run (step 0); ``False`` for a
+            preconditioner that exists only after a step (Adam's).
         name: the key of its state in checkpoints.
     """
 
@@ -82,6 +84,7 @@ class SharpnessTracker:
         seed: int = 0,
         tol: float | None = None,
         max_products: int | None = None,
+        initial: bool = True,
         name: str = "sharpness",
     ) -> None:
         self.operator = operator
@@ -99,6 +102,7 @@ class SharpnessTracker:
         self.model = model
         self.seed = int(seed)
         self.tol, self.max_products = tol, max_products
+        self.initial = bool(initial)
         self.name = name
         self.rows: list[dict[str, float]] = []
         self.vectors: torch.Tensor | None = None
@@ -143,7 +147,7 @@ class SharpnessTracker:
 
     # ------------------------------------------------------------- callbacks
     def on_start(self, loop: Any) -> None:
-        if loop.step == 0 and not self.rows:
+        if self.initial and loop.step == 0 and not self.rows:
             self.measure(0)  # the curvature at initialisation
 
     def on_step(self, loop: Any) -> None:
