@@ -261,3 +261,39 @@ def test_end_to_end_cifar_workflow(tmp_path):
     assert list(curves) == ["step 0", "step 120", "step 240"]
     assert all(np.isfinite(d.top_eigenvalues(1)[0]) for d in curves.values())
     assert (dens / "trajectory.png").stat().st_size > 10_000
+
+
+def test_training_tracks_the_sharpness(tmp_path, cifar_files):
+    import csv
+
+    root, _, _ = cifar_files
+    out = tmp_path / "run"
+    train_cifar(str(root / "data_batch_*.bin"), out, small_config(steps=3), checkpoint_every=3,
+                progress=False, sharpness_every=3, sharpness_images=4)  # fmt: skip
+    with open(out / "sharpness.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [0, 3]
+    assert all(float(r["eig_1"]) > 0 and r["converged"] == "1" for r in rows)
+    saved = torch.load(out / "step_0000003.pt", weights_only=True)
+    assert len(saved["state"]["callback:sharpness"]["rows"]) == 2
+
+
+@pytest.mark.slow
+def test_training_tracks_the_sharpness_and_resumes_it(tmp_path, cifar_files):
+    import csv
+
+    root, _, _ = cifar_files
+    data = str(root / "data_batch_*.bin")
+    kw = {"checkpoint_every": 2, "progress": False, "sharpness_every": 3, "sharpness_images": 4}
+    train_cifar(data, tmp_path / "a", small_config(), **kw)
+    train_cifar(data, tmp_path / "b", small_config(), **kw)
+    (tmp_path / "b" / "step_0000006.pt").unlink()  # as if killed during steps 5-6
+    train_cifar(data, tmp_path / "b", small_config(), **kw)
+
+    def rows(d):
+        with open(d / "sharpness.csv") as fh:
+            return [{k: v for k, v in r.items() if k != "cpu_seconds"} for r in csv.DictReader(fh)]
+
+    assert [int(r["step"]) for r in rows(tmp_path / "a")] == [0, 3, 6]
+    assert rows(tmp_path / "a") == rows(tmp_path / "b")
+    assert all(float(r["eig_1"]) > 0 for r in rows(tmp_path / "a"))

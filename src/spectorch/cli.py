@@ -511,6 +511,8 @@ def _cmd_cifar_train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         device=_device(args.device),
         progress=not args.quiet,
+        sharpness_every=args.sharpness_every,
+        sharpness_images=args.sharpness_images,
     )
     last = result.losses[-1] if result.losses else float("nan")
     print(f"final training loss {last:.4f}; {len(result.checkpoints)} checkpoints in {out}/")
@@ -621,6 +623,11 @@ def _add_cifar(sub: Any) -> None:
     train.add_argument("--checkpoint-every", type=_positive_int, default=every, help=f"({every})")
     _add_config(train, cifar.CifarConfig)
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--sharpness-every", type=_positive_int, default=None, metavar="N",
+                       help="track the top Hessian eigenvalue every N steps into "
+                            "OUT/sharpness.csv (off)")  # fmt: skip
+    train.add_argument("--sharpness-images", type=_positive_int, default=512,
+                       help="training images of the tracked Hessian (512)")  # fmt: skip
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_cifar_train)
 

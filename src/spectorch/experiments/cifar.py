@@ -148,6 +148,8 @@ def run(
     checkpoint_every: int = 1000,
     device: str | torch.device | None = None,
     progress: bool = True,
+    sharpness_every: int | None = None,
+    sharpness_images: int = 512,
 ) -> TrainResult:
     """Train a CIFAR ResNet, writing ``out/step_<step>.pt`` every ``checkpoint_every``
     steps (and at step 0 and the last step); resumes from the latest checkpoint there.
@@ -163,6 +165,10 @@ def run(
         train_data: a glob of CIFAR-10 binary batches, or ``(images, labels)``.
         checkpoint_every: steps between checkpoints.
         device: where to train (default: CUDA if available).
+        sharpness_every: also track the top Hessian eigenvalue every this many steps
+            (:class:`~spectorch.curvature.SharpnessTracker`, eval mode, on the first
+            ``sharpness_images`` training images without augmentation), written to
+            ``out/sharpness.csv`` and saved in the checkpoints; ``None``: never.
 
     Raises:
         ValueError: on bad arguments, a directory holding a run with another
@@ -214,6 +220,24 @@ def run(
             loss_fn(model(x), y), opt, where=f" at step {t} (lower the learning rate, now {lr:g})"
         )
 
+    callbacks = []
+    if sharpness_every is not None:
+        from spectorch.curvature import HessianOperator, SharpnessTracker
+
+        checks.positive_int("sharpness_every", sharpness_every)
+        count = checks.positive_int("sharpness_images", sharpness_images)
+        count = min(count, images.shape[0])
+        x0, y0 = CifarBatches(images[:count], labels[:count], count, augment=False,
+                              shuffle=False)[0]  # fmt: skip
+        fixed = [(x0.to(device), y0.to(device))]
+        model.eval()  # the operator checks the mode it is built in; the tracker's is eval
+        H = HessianOperator(model, loss_fn, fixed)
+        model.train()
+        tracker = SharpnessTracker(
+            H, every=sharpness_every, model=model, path=Path(out) / "sharpness.csv",
+            seed=config.seed,
+        )  # fmt: skip
+        callbacks.append(tracker)
     loop = Loop(
         step,
         config.steps,
@@ -222,6 +246,7 @@ def run(
         checkpoint_every=checkpoint_every,
         save_initial=True,
         schedulers=[scheduler],
+        callbacks=callbacks,
         diverge=DIVERGE,
         progress=progress,
         desc="train",
