@@ -330,3 +330,16 @@ def test_eigenpairs_and_landscape_from_the_command_line(tmp_path, entry):
     r = run("landscape", f"{entry}:problem", "--points", "4", "--out", str(tmp_path / "x"))
     assert r.returncode != 0 and "--points must be odd" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_eos_from_the_command_line(tmp_path):
+    out = tmp_path / "eos"
+    r = run("eos", "--lrs", "3", "--steps", "20", "--every", "5", "--samples", "100",
+            "--out", str(out), "--quiet")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "η = 3 (threshold 0.6667)" in r.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs"][0]["threshold"] == pytest.approx(2 / 3)
+    assert (out / "lr_3" / "sharpness.csv").exists() and (out / "sharpness.png").exists()
+    r = run("eos", "--lrs", "0", "--out", str(tmp_path / "bad"))
+    assert r.returncode == 2 and "--lrs" in r.stderr and not (tmp_path / "bad").exists()
