@@ -35,6 +35,14 @@ def test_short_run_writes_its_files_and_resumes(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["config"]["steps"] == 30
 
 
+def test_samples_bound_is_the_training_split():
+    from spectorch.data import load_digits
+
+    assert load_digits(split="train")[0].shape[0] == eos.TRAIN_DIGITS
+    with pytest.raises(ValueError, match=r"samples must be an int in \[10, 1438\]"):
+        eos.EosConfig(samples=1439)
+
+
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="optimizer must be one of"):
         eos.EosConfig(optimizer="sgd")

@@ -92,3 +92,8 @@ def test_random_landscape_does_not_move_the_weights():
 def test_bad_landscape_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         loss_landscape(_quadratic(), **kwargs)
+
+
+def test_landscape_needs_a_curvature_operator():
+    with pytest.raises(TypeError, match="op must be a curvature operator"):
+        loss_landscape(torch.eye(3, dtype=torch.float64))

@@ -131,3 +131,5 @@ def test_bad_tracker_arguments():
         SharpnessTracker(H, precondition=torch.ones(3))
     with pytest.raises(ValueError, match="lr must be a positive"):
         gd_threshold(0.0)
+    with pytest.raises(TypeError, match="operator must be an operator"):
+        SharpnessTracker(torch.eye(3))

@@ -116,6 +116,11 @@ def loss_landscape(
     Raises:
         ValueError: on a bad argument, before any loss is computed.
     """
+    if not all(hasattr(op, name) for name in ("loss", "param_names", "model", "shape")):
+        raise TypeError(
+            "op must be a curvature operator (HessianOperator, GGNOperator, ...), whose "
+            f"loss(shift) gives the surface; got {type(op).__name__}"
+        )
     dims = checks.int_in("dims", dims, 1, 2)
     span = checks.positive("span", span)
     points = checks.int_at_least("points", points, 3)

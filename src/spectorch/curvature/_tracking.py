@@ -87,6 +87,11 @@ class SharpnessTracker:
         initial: bool = True,
         name: str = "sharpness",
     ) -> None:
+        if not (hasattr(operator, "matvec") or callable(operator)):
+            raise TypeError(
+                "operator must be an operator (with matvec) or a function returning one, "
+                f"got {type(operator).__name__}"
+            )
         self.operator = operator
         self.every = checks.positive_int("every", every)
         self.k = checks.positive_int("k", k)
@@ -100,7 +105,7 @@ class SharpnessTracker:
         self.trace_probes = checks.positive_int("trace_probes", trace_probes)
         self.path = None if path is None else Path(path)
         self.model = model
-        self.seed = int(seed)
+        self.seed = checks.nonnegative_int("seed", seed)
         self.tol, self.max_products = tol, max_products
         self.initial = bool(initial)
         self.name = name
@@ -131,7 +136,7 @@ class SharpnessTracker:
             row["residual"] = float(pairs.residuals.max())
             row["converged"] = float(bool(pairs.converged.all()))
             row["products"] = float(pairs.products)
-            measured = len(self.rows)
+            measured = sum(r["step"] < step for r in self.rows)  # the rows kept below
             if self.trace_every is not None and measured % self.trace_every == 0:
                 est = hutchinson_trace(op, self.trace_probes, seed=self.seed + step)
                 row["trace"] = float(est.value)

@@ -4,10 +4,11 @@ them and every default is written once, in the dataclass."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["option", "parse_widths"]
+__all__ = ["option", "parse_positive_floats", "parse_widths"]
 
 
 def option(
@@ -46,3 +47,14 @@ def parse_widths(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise ValueError(f"expected positive layer widths, got {text!r}")
     return sizes
+
+
+def parse_positive_floats(text: str) -> tuple[float, ...]:
+    """``"1,1.5,3"`` as ``(1.0, 1.5, 3.0)``: comma-separated positive finite numbers."""
+    try:
+        values = tuple(float(t) for t in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"expected positive numbers separated by commas, got {text!r}")
+    return values

@@ -16,7 +16,6 @@ the mean of sharpness / threshold over it.
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,21 +34,16 @@ from spectorch.curvature import (
     gd_threshold,
 )
 from spectorch.data import load_digits
-from spectorch.experiments._options import option
+from spectorch.experiments._options import option, parse_positive_floats
 from spectorch.plotting import plot_sharpness
 from spectorch.train import Loop, RunDirectory
 
 __all__ = ["EosConfig", "OPTIMIZERS", "MODELS", "run", "stable_phase"]
 
 OPTIMIZERS = ("gd", "adam")
+#: digits in scikit-learn's set that ``load_digits(split="train")`` keeps (80%)
+TRAIN_DIGITS = 1438
 MODELS = ("mlp", "cnn")
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    values = tuple(float(x) for x in text.split(",") if x.strip())
-    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
-        raise ValueError(f"expected positive numbers separated by commas, got {text!r}")
-    return values
 
 
 @dataclass
@@ -59,10 +53,12 @@ class EosConfig:
 
     optimizer: str = option("gd", "gradient descent (gd) or Adam (adam)", choices=OPTIMIZERS)
     model: str = option("mlp", "tanh MLP 64-100-100-10 or a small tanh CNN", choices=MODELS)
-    lrs: tuple[float, ...] = option((1.0, 1.5, 3.0), "step sizes, one run each", parse=_floats)
+    lrs: tuple[float, ...] = option(
+        (1.0, 1.5, 3.0), "step sizes, one run each", parse=parse_positive_floats
+    )
     steps: int = option(1500, "full-batch steps per run")
     every: int = option(5, "steps between sharpness measurements")
-    samples: int = option(1000, "training digits (full batch)")
+    samples: int = option(1000, f"training digits, at most {TRAIN_DIGITS} (full batch)")
     beta1: float = option(0.9, "Adam's β₁")
     eps: float = option(1e-7, "Adam's ε")
     checkpoint_every: int = option(250, "steps between checkpoints")
@@ -76,7 +72,7 @@ class EosConfig:
         self.lrs = tuple(checks.positive("lrs", float(v)) for v in self.lrs)
         checks.positive_int("steps", self.steps)
         checks.positive_int("every", self.every)
-        checks.int_in("samples", self.samples, 10, 1797)
+        checks.int_in("samples", self.samples, 10, TRAIN_DIGITS)
         checks.probability("beta1", self.beta1, one=False)
         checks.positive("eps", self.eps)
         checks.positive_int("checkpoint_every", self.checkpoint_every)

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spectorch import checks
-from spectorch.linalg._lanczos import random_start
+from spectorch.linalg._lanczos import make_generator, random_start
 from spectorch.linalg._operator import accepts_out, as_operator, operator_device
 
 __all__ = ["WHICH", "Eigenpairs", "top_eigenpairs"]
@@ -178,12 +178,7 @@ def top_eigenpairs(
         max_products = checks.int_at_least("max_products", max_products, m)
     check = checks.nonnegative_int("check", check)
     device = operator_device(op)
-    if generator is None:
-        generator = torch.Generator()
-        if seed is not None:
-            generator.manual_seed(int(seed))
-        else:
-            generator.seed()
+    generator = make_generator(generator, seed)
     v0 = _start_vector(start, n, dtype, generator).to(device)
     unflatten = getattr(op, "unflatten", None)
 

@@ -378,6 +378,19 @@ def _check_steps(steps: Any, n: int) -> None:
         raise ValueError(f"steps must be at most the dimension n={n}, got {steps}")
 
 
+def make_generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator:
+    """``generator`` itself, or a new CPU generator seeded with ``seed`` (from the
+    system's entropy when ``seed`` is ``None``)."""
+    if generator is not None:
+        return generator
+    generator = torch.Generator()
+    if seed is not None:
+        generator.manual_seed(int(seed))
+    else:
+        generator.seed()
+    return generator
+
+
 def _random_starts(
     n: int,
     num: int,
@@ -386,12 +399,7 @@ def _random_starts(
     seed: int | None,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    if generator is None:
-        generator = torch.Generator()
-        if seed is not None:
-            generator.manual_seed(int(seed))
-        else:
-            generator.seed()
+    generator = make_generator(generator, seed)
     return random_start(n, kind=kind, generator=generator, num=num, dtype=dtype)
 
 
