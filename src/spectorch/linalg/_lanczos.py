@@ -267,7 +267,10 @@ def lanczos_block(
     active = torch.ones(b, dtype=torch.bool, device=device)
     # ‖A‖ estimated by max_j ‖A q_j‖ = max_j √(β_{j-1}² + α_j² + β_j²), no extra pass
     anorm = torch.zeros(b, dtype=dtype, device=device)
-    levels = [_Orthogonality(n, dtype) for _ in range(b)] if reorth == "partial" else None
+    # the estimates follow the stored basis's precision: float32 rows carry round-off
+    # of float32's eps, which the recurrence's float64 eps would underestimate
+    kept = torch.float32 if basis == "float32" else dtype
+    levels = [_Orthogonality(n, kept) for _ in range(b)] if reorth == "partial" else None
     # An operator that takes out= writes each product into a vector kept from step to
     # step: at 10⁸ entries a new one costs more (page faults) than the arithmetic.
     # "memory" mode frees w at every step (push copies it into the basis); the other
