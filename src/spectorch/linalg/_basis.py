@@ -240,18 +240,21 @@ class BlockBasis:
         out = norms.clone() if given else torch.zeros(self.b, dtype=w.dtype, device=w.device)
         for d in range(self.b) if rows is None else rows:
             ranges = [(0, m)] if spans is None else spans[d]
-            before = out[d].clone() if given else None  # not a view: out[d] changes
+            before = float(out[d]) if given else None
             for second in (False, True):
-                removed = sum(self._pass(w, d, start, stop) for start, stop in ranges)
+                parts = [self._pass(w, d, start, stop) for start, stop in ranges]
                 self.rows_read[d] += sum(stop - start for start, stop in ranges)
                 self.passes[d] += 1
                 after = torch.linalg.vector_norm(w[d])
                 out[d] = after
                 if second:
                     break
+                # the test on Python floats, one transfer (a step of a small operator
+                # is otherwise dominated by tiny tensor operations)
+                after, *removed = torch.stack([after, *parts]).tolist()
                 if before is None:  # Pythagoras: ‖w‖² = ‖w − Qᵀc‖² + ‖c‖²
-                    before = (after.square() + removed).sqrt()
-                if not bool(after < _DGKS * before):
+                    before = (after**2 + sum(removed)) ** 0.5
+                if not after < _DGKS * before:
                     break
         return out
 
@@ -263,7 +266,7 @@ class BlockBasis:
             Q = self.Q[d, start:stop]
             c = torch.mv(Q, x)
             x.addmv_(Q.T, c, alpha=-1.0)
-            return c.square().sum()
+            return torch.dot(c, c)
         if self.mode == "float32":
             # The rows are only float32-accurate, so float32 BLAS products lose nothing
             # more: c = Q x from x rounded to float32, then x -= Qᵀc added in x's dtype.

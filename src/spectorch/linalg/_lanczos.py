@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -260,13 +261,22 @@ def lanczos_block(
         b, steps, n, dtype=dtype, device=device, mode=basis, directory=basis_dir, names=basis_names
     )
     q = store.push(0, q0, norms)  # in memory mode a view of the stored row
-    q_prev = torch.zeros_like(q)
+    # never read before it is written (β q_prev enters from step 1); in memory mode the
+    # recurrence reads the basis rows instead, elsewhere it is the first spare buffer
+    if basis == "memory":
+        q_prev = q.new_empty(0)
+    else:
+        q_prev = torch.empty(b, n, dtype=dtype, device=device)
     alphas = torch.zeros(b, steps, dtype=dtype, device=device)
     betas = torch.zeros(b, max(steps - 1, 0), dtype=dtype, device=device)
     lengths = [steps] * b
-    active = torch.ones(b, dtype=torch.bool, device=device)
+    # The per-step bookkeeping (norms, breakdowns, ‖A‖) is on Python floats, read with
+    # one transfer per step: for small operators a step is otherwise tens of tiny
+    # tensor operations, which cost more than the arithmetic (benchmarks/bench_scale.py).
+    active = [True] * b
     # ‖A‖ estimated by max_j ‖A q_j‖ = max_j √(β_{j-1}² + α_j² + β_j²), no extra pass
-    anorm = torch.zeros(b, dtype=dtype, device=device)
+    anorm = [0.0] * b
+    previous = [0.0] * b  # β_{j-1}
     # the estimates follow the stored basis's precision: float32 rows carry round-off
     # of float32's eps, which the recurrence's float64 eps would underestimate
     kept = torch.float32 if basis == "float32" else dtype
@@ -297,49 +307,49 @@ def lanczos_block(
                     w = w.clone()  # the recurrence works on w in place
             else:
                 w = operator_matmat(op, q.T.contiguous()).to(dtype).T.contiguous()
-            # the three-term recurrence, in place: w = A q − α q − β q_prev
+            # the three-term recurrence, in place: w = A q − α q − β q_prev; a finished
+            # recurrence has q = 0, so its α (and β below) is 0
             alpha = torch.einsum("bn,bn->b", w, q) if b > 1 else torch.dot(w[0], q[0])[None]
             store.recurrence(w, j, q, q_prev, alpha, betas[:, j - 1] if j > 0 else None)
-            alphas[:, j] = torch.where(active, alpha, alphas[:, j])
-            last = j == steps - 1
-            if last:  # the last w is not used: no norm, no reorthogonalisation
+            alphas[:, j] = alpha
+            if j == steps - 1:  # the last w is not used: no norm, no reorthogonalisation
                 _check_finite(alpha, j)  # a NaN or inf product makes α non-finite
                 bar.update(1)
                 break
-            previous = betas[:, j - 1] if j > 0 else torch.zeros_like(alpha)
+            rows = [d for d in range(b) if active[d]]
             if levels is None:
                 # full reorthogonalisation against the whole basis (one classical
                 # Gram-Schmidt pass, a second where the first cancelled: DGKS); the
                 # norm before it is not needed: the pass returns it by Pythagoras
-                rows = torch.nonzero(active).flatten().tolist()
                 beta = store.orthogonalize(w, j + 1, None, rows)
-                _check_finite(torch.stack([alpha, beta]), j)
-                anorm = torch.maximum(anorm, (previous**2 + alpha**2 + beta**2).sqrt())
             else:
                 beta = torch.linalg.vector_norm(w, dim=1)
-                _check_finite(torch.stack([alpha, beta]), j)
-                anorm = torch.maximum(anorm, (previous**2 + alpha**2 + beta**2).sqrt())
-                spans = {
-                    d: levels[d].due(alphas[d], betas[d], beta[d], anorm[d], j)
-                    for d in range(b)
-                    if bool(active[d])
-                }
+            a, bt = _floats(alpha, beta, j)
+            for d in rows:
+                anorm[d] = max(anorm[d], (previous[d] ** 2 + a[d] ** 2 + bt[d] ** 2) ** 0.5)
+            if levels is not None:
+                spans = {d: levels[d].due(alphas[d], betas[d], bt[d], anorm[d], j) for d in rows}
                 spans = {d: s for d, s in spans.items() if s}
                 if spans:
                     beta = store.orthogonalize(w, j + 1, beta, list(spans), spans)
+                    a, bt = _floats(alpha, beta, j)
             bar.update(1)
-            broke = active & (beta <= breakdown_tol * anorm)
-            for d in torch.nonzero(broke).flatten().tolist():
-                lengths[d] = j + 1
-            active = active & ~broke
-            if not bool(active.any()):
+            for d in rows:
+                if bt[d] <= breakdown_tol * anorm[d]:
+                    lengths[d], active[d] = j + 1, False
+            if not any(active):
                 break
             # β is stored after reorthogonalisation, so T matches the basis.
-            betas[:, j] = torch.where(active, beta, torch.zeros_like(beta))
-            if not bool(active.all()):
-                w[~active] = 0.0
+            norms = beta
+            if not all(active):
+                stopped = torch.tensor([not x for x in active], device=device)
+                beta = beta.masked_fill(stopped, 0.0)
+                norms = beta.masked_fill(stopped, 1.0)
+                w[stopped] = 0.0
+            betas[:, j] = beta
+            previous = [x if active[d] else 0.0 for d, x in enumerate(bt)]
             freed = w if basis == "memory" else q_prev
-            q_prev, q = q, store.push(j + 1, w, torch.where(active, beta, torch.ones_like(beta)))
+            q_prev, q = q, store.push(j + 1, w, norms)
             if spare is not None:
                 spare = freed
     except BaseException:
@@ -364,6 +374,14 @@ def lanczos_block(
             )
         )
     return results
+
+
+def _floats(alpha: torch.Tensor, beta: torch.Tensor, j: int) -> tuple[list, list]:
+    """``α`` and ``β`` of step ``j`` as Python floats (one transfer), checked finite."""
+    a, b = torch.stack([alpha, beta]).tolist()
+    if not all(map(math.isfinite, a + b)):
+        _check_finite(torch.stack([alpha, beta]), j)
+    return a, b
 
 
 def _check_finite(values: torch.Tensor, j: int) -> None:
