@@ -170,6 +170,7 @@ def test_out_that_is_a_file(tmp_path, entry):
 SHORT_TOUR = ("--digits-hidden", "8", "--digits-epochs", "10", "--slq-draws", "2",
               "--cifar-steps", "4", "--cifar-images", "128", "--cifar-lanczos-steps", "8",
               "--cifar-density-images", "16", "--lm-steps", "4", "--lm-lanczos-steps", "6",
+              "--eos-steps", "10",
               "--kernel-steps", "20", "--hydrogen-steps", "20",
               "--atari-frames", "200", "--atari-steps", "2", "--pruning-epochs", "2",
               "--rim-epochs", "1", "--rim-features", "4")  # fmt: skip
@@ -177,8 +178,8 @@ SHORT_TOUR = ("--digits-hidden", "8", "--digits-epochs", "10", "--slq-draws", "2
 
 def _check_tour_files(out, summary):
     assert set(summary["section_seconds"]) == {
-        "curvature_spectra", "cifar_workflow", "language_model", "spectral_inference",
-        "spectral_layers", "rim",
+        "curvature_spectra", "cifar_workflow", "language_model", "curvature_during_training",
+        "spectral_inference", "spectral_layers", "rim",
     }  # fmt: skip
     for name, rep in summary["curvature_spectra"]["operators"].items():
         assert rep["top_eigenvalue_rel_error"] < 1e-6, name
@@ -187,6 +188,7 @@ def _check_tour_files(out, summary):
     figures = ["curvature/curvature_densities.png", "cifar/trajectories.png",
                "spin/kernel/kernel.png", "spin/hydrogen/eigenfunctions.png",
                "spin/hydrogen/eigenvalues.png", "pruning/pruning.png", "rim/rim.png",
+               "eos/sharpness.png",
                *("lm/" + f for f in summary["language_model"]["figures"])]  # fmt: skip
     for figure in figures:
         assert (out / figure).stat().st_size > 10_000, figure
@@ -219,6 +221,8 @@ def test_tour(tmp_path):
     gpt = summary["language_model"]
     assert gpt["held_out_loss"] < 3.0 < 5.0 < gpt["first_loss"]  # from ln 256 = 5.5 nats/byte
     assert len(gpt["figures"]) == 2 and summary["section_seconds"]["language_model"] < 60
+    eos = summary["curvature_during_training"]  # the sharpness reaches 2/η and hovers
+    assert eos["first_crossing"] is not None and abs(eos["mean_ratio"] - 1) < 0.15
     spin = summary["spectral_inference"]
     for name, rep in spin["kernel"]["objectives"].items():
         assert rep["max_relative_error"] < 0.05, name

@@ -136,13 +136,51 @@ def test_lm_run_resumes_exactly(tmp_path):
     assert size == 16 * 48 + 48 + 16 * 16 + 16
 
 
+def test_lm_run_tracks_the_preconditioned_sharpness_and_resumes_it(tmp_path):
+    from spectorch.curvature import PreconditionedOperator, adam_preconditioner
+    from spectorch.linalg import top_eigenpairs
+
+    config = lm.LMConfig(steps=4, **TINY)
+    kw = dict(checkpoint_every=2, device="cpu", progress=False, sharpness_every=2,
+              sharpness_sequences=4, sharpness_preconditioned=True)  # fmt: skip
+    lm.run(tmp_path / "a", config, **kw)
+    lm.run(tmp_path / "b", config, **kw)
+    (tmp_path / "b" / "step_0000004.pt").unlink()  # killed after step 2's checkpoint
+    lm.run(tmp_path / "b", config, **kw)
+    a, b = ((tmp_path / d / "sharpness.csv").read_text().splitlines() for d in "ab")
+    assert a[0].startswith("step,eig_1,") and len(a) == 3  # steps 2 and 4, no step 0
+    strip = [[x for i, x in enumerate(line.split(",")) if i != a[0].split(",").index(
+        "cpu_seconds")] for line in (*a, *b)]  # fmt: skip
+    assert strip[:3] == strip[3:]  # the resumed run's rows are the uninterrupted run's
+    # the last row is λ_max(P^-1/2 H P^-1/2) at the final weights and AdamW's state,
+    # to the float32 network's accuracy
+    model, state = lm.load_lm_checkpoint(tmp_path / "a")
+    model = model.to(F64)  # the reference in float64; the tracker's model is float32
+    opt = torch.optim.AdamW(lm._decay_groups(model, config.weight_decay), lr=config.lr,
+                            betas=(0.9, 0.95))  # fmt: skip
+    opt.load_state_dict(state["state"]["optimizer"])
+    train, _, _ = lm.corpus(config)
+    H = HessianOperator(model, CausalLM(), [train[:4]])
+    op = PreconditionedOperator(H, adam_preconditioner(opt, model.named_parameters()))
+    last = dict(zip(a[0].split(","), a[2].split(","), strict=True))
+    assert int(last["step"]) == 4 and last["converged"] == "1"
+    exact = float(top_eigenpairs(op, 1, seed=1, tol=1e-10).values[0])
+    assert float(last["eig_1"]) == pytest.approx(exact, rel=1e-3)
+    with pytest.raises(ValueError, match="sharpness_sequences"):
+        lm.run(tmp_path / "c", config, progress=False, sharpness_every=1,
+               sharpness_sequences=10**6)  # fmt: skip
+
+
 def test_lm_train_then_density_of_a_checkpoint_from_the_command_line(tmp_path):
     out = tmp_path / "run"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     r = run("lm", "train", "--out", str(out), "--steps", "2", "--checkpoint-every", "1",
-            "--quiet", *flags)  # fmt: skip
+            "--sharpness-every", "2", "--sharpness-sequences", "4", "--quiet",
+            *flags)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "held-out" in r.stdout and f"spectorch density {out}" in r.stdout
+    rows = (out / "sharpness.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["step", "0", "2"]  # the Hessian's, from 0
     dens = tmp_path / "density"
     blocks = ("attn=transformer.h.*.attn.*", "mlp=transformer.h.*.mlp.*")
     r = run("density", str(out / "step_0000002.pt"), "--steps", "8", "--draws", "2",

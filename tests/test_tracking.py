@@ -83,7 +83,8 @@ def test_csv_resumes_with_training_after_a_kill(tmp_path):
     def run(directory, kill=None, epochs=6):
         model, data = _setup()
         H = HessianOperator(model, nn.CrossEntropyLoss(), data)
-        tracker = SharpnessTracker(H, k=2, path=directory / "sharpness.csv", trace_every=2)
+        tracker = SharpnessTracker(H, k=2, path=directory / "sharpness.csv", trace_every=2,
+                                   density_every=3, density_steps=10)  # fmt: skip
         extra = [_KillAt(kill)] if kill is not None else []
         fit(model, nn.CrossEntropyLoss(), data, epochs=epochs, progress=False,
             optimizer=lambda p: torch.optim.SGD(p, lr=0.3), checkpoint=directory / "ckpt.pt",
@@ -100,6 +101,30 @@ def test_csv_resumes_with_training_after_a_kill(tmp_path):
         tmp_path / "whole" / "sharpness.csv"
     )
     assert "trace" in whole.rows[0] and "trace" not in whole.rows[1]
+    # the densities (steps 0, 3, 6) resume with the rows
+    assert sorted(resumed.densities) == sorted(whole.densities) == [0, 3, 6]
+    dens = [(d / "sharpness_densities.json").read_text() for d in (tmp_path / "whole",
+            tmp_path / "killed")]  # fmt: skip
+    assert dens[0] == dens[1]
+
+
+def test_density_every_m_measurements():
+    from spectorch.density import spectral_density
+
+    model, data = _setup()
+    H = HessianOperator(model, nn.CrossEntropyLoss(), data)
+    tracker = SharpnessTracker(H, density_every=2, density_steps=40, density_draws=2, seed=5)
+    rows = [tracker.measure(s) for s in (0, 1, 2)]
+    assert sorted(tracker.densities) == [0, 2]
+    assert rows[1]["products"] < rows[0]["products"] - 70  # no density at step 1
+    # the density of step 2 is spectral_density's with draws seeded by seed + step
+    direct = spectral_density(H, steps=40, draws=2, seed=7, progress=False)
+    for a, b in zip(tracker.densities[2].nodes, direct.nodes, strict=True):
+        assert a == pytest.approx(b, rel=1e-12, abs=1e-14)
+    # 40 steps on 67 dimensions: the top Ritz value is the sharpness
+    assert tracker.densities[2].top_eigenvalues(1)[0] == pytest.approx(rows[2]["eig_1"], rel=1e-8)
+    with pytest.raises(ValueError, match="density_every must be a positive int"):
+        SharpnessTracker(H, density_every=0)
 
 
 def test_preconditioned_sharpness_with_adam():

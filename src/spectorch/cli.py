@@ -961,6 +961,9 @@ def _cmd_lm_train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         device=_device(args.device),
         progress=not args.quiet,
+        sharpness_every=args.sharpness_every,
+        sharpness_sequences=args.sharpness_sequences,
+        sharpness_preconditioned=args.preconditioned_sharpness,
     )
     last = result.losses[-1] if result.losses else float("nan")
     print(
@@ -991,6 +994,15 @@ def _add_lm(sub: Any) -> None:
     train.add_argument("--checkpoint-every", type=_positive_int, default=every, help=f"({every})")
     _add_config(train, lm.LMConfig)
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--sharpness-every", type=_positive_int, default=None, metavar="N",
+                       help="track the top Hessian eigenvalue every N steps into "
+                            "OUT/sharpness.csv (off)")  # fmt: skip
+    sequences = _default(lm.run, "sharpness_sequences")
+    train.add_argument("--sharpness-sequences", type=_positive_int, default=sequences,
+                       help=f"training windows of the tracked Hessian ({sequences})")  # fmt: skip
+    train.add_argument("--preconditioned-sharpness", action="store_true",
+                       help="track AdamW's preconditioned sharpness, λ_max(P⁻¹H), against "
+                            "38/η at the peak rate (Cohen et al. 2022)")  # fmt: skip
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_lm_train)
 

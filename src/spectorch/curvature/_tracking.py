@@ -2,8 +2,9 @@
 
 Every ``every`` steps it finds the top ``k`` eigenvalues of the curvature at the current
 weights (warm-started from the previous eigenvectors, so a call costs a few products
-once the eigenvectors move slowly), optionally the trace, and writes them to a CSV next
-to the checkpoints; with :class:`spectorch.train.Loop` (and so :func:`spectorch.train.fit`)
+once the eigenvectors move slowly), optionally the trace and the whole eigenvalue
+density, and writes them to a CSV (and the densities to a JSON file) next to the
+checkpoints; with :class:`spectorch.train.Loop` (and so :func:`spectorch.train.fit`)
 its rows and vectors are saved in every checkpoint, so a resumed run goes on with the
 same rows as an uninterrupted one.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +61,11 @@ class SharpnessTracker:
             (:func:`gd_threshold`, :func:`adam_threshold`).
         trace_every: also estimate the trace every this many measurements (``None``:
             never), with ``trace_probes`` Rademacher probes.
+        density_every: also estimate the eigenvalue density every this many
+            measurements (``None``: never), by stochastic Lanczos quadrature
+            (:func:`spectorch.density.spectral_density`) with ``density_steps`` Lanczos
+            steps and ``density_draws`` draws; kept in :attr:`densities` and written to
+            ``<path stem>_densities.json`` (nodes and weights per step).
         path: the CSV written (atomically) after every measurement; default none.
         model: a module switched to eval mode while measuring and back after (the
             curvature of a network with BatchNorm or dropout is its eval-mode one).
@@ -79,6 +86,9 @@ class SharpnessTracker:
         threshold: float | None = None,
         trace_every: int | None = None,
         trace_probes: int = 20,
+        density_every: int | None = None,
+        density_steps: int = 30,
+        density_draws: int = 1,
         path: str | Path | None = None,
         model: torch.nn.Module | None = None,
         seed: int = 0,
@@ -103,6 +113,11 @@ class SharpnessTracker:
             checks.positive_int("trace_every", trace_every)
         self.trace_every = trace_every
         self.trace_probes = checks.positive_int("trace_probes", trace_probes)
+        if density_every is not None:
+            checks.positive_int("density_every", density_every)
+        self.density_every = density_every
+        self.density_steps = checks.positive_int("density_steps", density_steps)
+        self.density_draws = checks.positive_int("density_draws", density_draws)
         self.path = None if path is None else Path(path)
         self.model = model
         self.seed = checks.nonnegative_int("seed", seed)
@@ -111,6 +126,8 @@ class SharpnessTracker:
         self.name = name
         self.rows: list[dict[str, float]] = []
         self.vectors: torch.Tensor | None = None
+        #: step → the density measured there (with ``density_every``)
+        self.densities: dict[int, Any] = {}
 
     # ------------------------------------------------------------- measuring
     def measure(self, step: int) -> dict[str, float]:
@@ -127,9 +144,13 @@ class SharpnessTracker:
             if start is not None and start.shape[1] != op.shape[0]:
                 start = None  # another model: a cold start
             pairs = top_eigenpairs(
-                op, self.k, start=start, seed=self.seed + step, tol=self.tol,
+                op,
+                self.k,
+                start=start,
+                seed=self.seed + step,
+                tol=self.tol,
                 max_products=self.max_products,
-            )  # fmt: skip
+            )
             row: dict[str, float] = {"step": float(step)}
             for i in range(self.k):
                 row[f"eig_{i + 1}"] = float(pairs.values[i])
@@ -141,12 +162,29 @@ class SharpnessTracker:
                 est = hutchinson_trace(op, self.trace_probes, seed=self.seed + step)
                 row["trace"] = float(est.value)
                 row["products"] += self.trace_probes
+            density = None
+            if self.density_every is not None and measured % self.density_every == 0:
+                from spectorch.density import spectral_density
+
+                steps = min(self.density_steps, op.shape[0])
+                density = spectral_density(
+                    op,
+                    steps=steps,
+                    draws=self.density_draws,
+                    seed=self.seed + step,
+                    check_symmetry=False,
+                    progress=False,
+                )
+                row["products"] += steps * self.density_draws
             row["cpu_seconds"] = time.process_time() - t0
         finally:
             if self.model is not None and was_training:
                 self.model.train()
         self.vectors = pairs.vectors.detach().cpu()
         self.rows = [r for r in self.rows if r["step"] < step] + [row]
+        self.densities = {s: d for s, d in self.densities.items() if s < step}
+        if density is not None:
+            self.densities[step] = density
         self._write()
         return row
 
@@ -161,11 +199,32 @@ class SharpnessTracker:
 
     # ------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {"rows": [dict(r) for r in self.rows], "vectors": self.vectors}
+        densities = {
+            s: {
+                "nodes": [torch.from_numpy(x) for x in d.nodes],
+                "weights": [torch.from_numpy(w) for w in d.weights],
+                "dim": d.dim,
+                "steps": d.steps,
+            }
+            for s, d in self.densities.items()
+        }
+        return {"rows": [dict(r) for r in self.rows], "vectors": self.vectors,
+                "densities": densities}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        from spectorch.density import SpectralDensity
+
         self.rows = [dict(r) for r in state["rows"]]
         self.vectors = state["vectors"]
+        self.densities = {
+            int(s): SpectralDensity(
+                [x.numpy() for x in d["nodes"]],
+                [w.numpy() for w in d["weights"]],
+                d["dim"],
+                steps=d["steps"],
+            )
+            for s, d in state.get("densities", {}).items()
+        }
         self._write()  # rows measured after the checkpoint by a killed run are dropped
 
     # ------------------------------------------------------------- output
@@ -189,6 +248,25 @@ class SharpnessTracker:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.path, "w") as fh:
             fh.write(buf.getvalue())
+        if self.density_every is not None:
+            found = {
+                str(s): {
+                    "dim": d.dim,
+                    "steps": d.steps,
+                    "nodes": [x.tolist() for x in d.nodes],
+                    "weights": [w.tolist() for w in d.weights],
+                }
+                for s, d in self.densities.items()
+            }
+            with atomic_path(self.density_path, "w") as fh:
+                json.dump(found, fh)
+
+    @property
+    def density_path(self) -> Path | None:
+        """Where the densities are written: ``<path stem>_densities.json``."""
+        return (
+            None if self.path is None else self.path.with_name(f"{self.path.stem}_densities.json")
+        )
 
     def plot(self, path: str | Path, *, label: str = "sharpness", title: str | None = None):
         """Sharpness against steps with the threshold as a dashed line, as a PNG."""

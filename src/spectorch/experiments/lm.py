@@ -186,6 +186,9 @@ def run(
     checkpoint_every: int = 500,
     device: str | torch.device | None = None,
     progress: bool = True,
+    sharpness_every: int | None = None,
+    sharpness_sequences: int = 16,
+    sharpness_preconditioned: bool = False,
 ) -> TrainResult:
     """Train the language model of ``config``, writing ``out/step_<step>.pt`` every
     ``checkpoint_every`` steps (and at step 0 and the last step); resumes from the
@@ -193,6 +196,17 @@ def run(
     depends only on ``(seed, t)``. The settings saved (and compared on resume) include
     the SHA-256 of the text, so a run is never resumed on other text (another Python's
     standard library).
+
+    Args:
+        sharpness_every: also track the top Hessian eigenvalue every this many steps
+            (:class:`~spectorch.curvature.SharpnessTracker`, eval mode, on the first
+            ``sharpness_sequences`` training windows, in order), written to
+            ``out/sharpness.csv`` and saved in the checkpoints; ``None``: never.
+        sharpness_preconditioned: track AdamW's preconditioned sharpness, the top
+            eigenvalue of ``P⁻¹ H`` (:func:`~spectorch.curvature.adam_preconditioner`),
+            against Cohen et al.'s ``(2 + 2β₁) / ((1 − β₁) η)`` at the peak rate
+            ``config.lr`` (the schedule moves η, so the line is the warm-up's end),
+            from step ``sharpness_every`` on (``P`` exists only after a step).
 
     Raises:
         ValueError: on bad arguments, or a directory holding another run.
@@ -203,7 +217,15 @@ def run(
     if not isinstance(config, LMConfig):
         raise TypeError(f"config must be an LMConfig, got {type(config).__name__}")
     checks.positive_int("checkpoint_every", checkpoint_every)
+    if sharpness_every is not None:
+        checks.positive_int("sharpness_every", sharpness_every)
+        checks.positive_int("sharpness_sequences", sharpness_sequences)
     train, held, sha = corpus(config)
+    if sharpness_every is not None and sharpness_sequences > train.shape[0]:
+        raise ValueError(
+            f"sharpness_sequences={sharpness_sequences} exceeds the {train.shape[0]} "
+            "training windows"
+        )
     run_dir = RunDirectory(
         out,
         {**config.as_dict(), "corpus": "python-stdlib", "corpus_sha256": sha},
@@ -233,6 +255,12 @@ def run(
             where=f" at step {t} (lower the learning rate, now {lr:g})",
         )
 
+    callbacks = []
+    if sharpness_every is not None:
+        callbacks.append(
+            _tracker(model, opt, config, train[:sharpness_sequences], device, out,
+                     sharpness_every, sharpness_preconditioned)
+        )  # fmt: skip
     loop = Loop(
         step,
         config.steps,
@@ -241,6 +269,7 @@ def run(
         checkpoint_every=checkpoint_every,
         save_initial=True,
         schedulers=[scheduler],
+        callbacks=callbacks,
         diverge=DIVERGE,
         progress=progress,
         desc="lm train",
@@ -261,6 +290,43 @@ def run(
         resumed_from=done.resumed_from,
         held_out_loss=held_loss,
     )
+
+
+def _tracker(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    config: LMConfig,
+    windows: torch.Tensor,
+    device: torch.device,
+    out: str | os.PathLike,
+    every: int,
+    preconditioned: bool,
+) -> Any:
+    """The sharpness tracker of a run: the Hessian of the mean next-byte loss on fixed
+    windows (batches of 8: memory only), optionally preconditioned by AdamW's ``P``."""
+    from spectorch.curvature import (
+        HessianOperator,
+        SharpnessTracker,
+        adam_preconditioner,
+        adam_threshold,
+    )
+
+    data = [windows[i : i + 8].to(device) for i in range(0, windows.shape[0], 8)]
+    model.eval()  # the operator checks the mode it is built in; the tracker's is eval
+    H = HessianOperator(model, CausalLM(), data)
+    model.train()
+    precondition, threshold = None, None
+    if preconditioned:
+        beta1 = opt.param_groups[0]["betas"][0]
+        threshold = adam_threshold(config.lr, beta1)
+
+        def precondition() -> dict[str, torch.Tensor]:
+            return adam_preconditioner(opt, model.named_parameters())
+
+    return SharpnessTracker(
+        H, every=every, model=model, path=Path(out) / "sharpness.csv", seed=config.seed,
+        precondition=precondition, threshold=threshold, initial=not preconditioned,
+    )  # fmt: skip
 
 
 @torch.no_grad()

@@ -39,6 +39,7 @@ class TourConfig:
     cifar_density_images: int = option(128, "training images in each checkpoint's density")
     lm_steps: int = option(150, "training steps of the small GPT on Python's source")
     lm_lanczos_steps: int = option(20, "Lanczos steps of each GPT block density")
+    eos_steps: int = option(250, "full-batch GD steps of the edge-of-stability run (η = 3)")
     kernel_steps: int = option(1000, "training steps of each kernel objective")
     hydrogen_steps: int = option(3000, "NeuralEF steps on 2-D hydrogen")
     atari_frames: int = option(2000, "Space Invaders frames to collect")
@@ -149,6 +150,17 @@ def _curvature_spectra(out: Path, config: TourConfig, progress: bool) -> dict[st
     }
 
 
+def _edge_of_stability(out: Path, config: TourConfig, progress: bool) -> dict[str, Any]:
+    """Full-batch GD at η = 3 on digits with the sharpness tracked: it rises to 2/η and
+    hovers there (the short version of ``spectorch eos``)."""
+    from spectorch.experiments import eos
+
+    cfg = eos.EosConfig(lrs=(3.0,), steps=config.eos_steps, every=5,
+                        checkpoint_every=config.eos_steps)  # fmt: skip
+    summary = eos.run(out, cfg, progress=progress)
+    return {**summary["runs"][0], "figures": ["sharpness.png"]}
+
+
 def _spectral_inference(out: Path, config: TourConfig, progress: bool) -> dict[str, Any]:
     """A kernel run (each objective against eigh) and a short 2-D hydrogen run."""
     from spectorch.experiments import hydrogen, kernel
@@ -250,6 +262,7 @@ def run(
             lanczos_steps=config.lm_lanczos_steps,
             progress=progress,
         ),
+        "curvature_during_training": lambda: _edge_of_stability(out / "eos", config, progress),
         "spectral_inference": lambda: _spectral_inference(out / "spin", config, progress),
         "spectral_layers": lambda: pruning.run(
             out / "pruning", pruning.PruningConfig(epochs=config.pruning_epochs), progress=progress
@@ -322,6 +335,22 @@ def _summary_text(summary: dict[str, Any]) -> str:
                 f"distance between blocks {r['js_distance_mean']:.3f}"
             )
         lines.append(f"   figures: {', '.join('lm/' + f for f in lm['figures'])}")
+    ed = summary.get("curvature_during_training")
+    if ed:
+        if ed["first_crossing"] is None:
+            what = f"never crossed 2/η (max {ed['max_ratio_before']:.2f} of it)"
+        else:
+            what = (f"crossed 2/η at step {ed['first_crossing']}, then hovered at "
+                    f"{ed['mean_ratio']:.3f} of it on average ({ed['measurements']} "
+                    "measurements)")  # fmt: skip
+        lines += [
+            "",
+            "3b. Curvature during training: the edge of stability (Cohen et al. 2021)",
+            f"   tanh MLP, full-batch GD at η = {ed['lr']:g} on digits: the sharpness {what}; "
+            f"{ed['products_per_measurement']:.0f} products and "
+            f"{ed['cpu_seconds_per_measurement']:.2f}s per measurement",
+            "   figure: eos/sharpness.png",
+        ]
     si = summary.get("spectral_inference")
     if si:
         k = si["kernel"]
