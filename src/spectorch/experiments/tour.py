@@ -39,7 +39,7 @@ class TourConfig:
     cifar_density_images: int = option(128, "training images in each checkpoint's density")
     lm_steps: int = option(150, "training steps of the small GPT on Python's source")
     lm_lanczos_steps: int = option(20, "Lanczos steps of each GPT block density")
-    eos_steps: int = option(250, "full-batch GD steps of the edge-of-stability run (η = 3)")
+    eos_steps: int = option(500, "full-batch GD steps of the edge-of-stability run (η = 1.5)")
     kernel_steps: int = option(1000, "training steps of each kernel objective")
     hydrogen_steps: int = option(3000, "NeuralEF steps on 2-D hydrogen")
     atari_frames: int = option(2000, "Space Invaders frames to collect")
@@ -151,11 +151,11 @@ def _curvature_spectra(out: Path, config: TourConfig, progress: bool) -> dict[st
 
 
 def _edge_of_stability(out: Path, config: TourConfig, progress: bool) -> dict[str, Any]:
-    """Full-batch GD at η = 3 on digits with the sharpness tracked: it rises to 2/η and
+    """Full-batch GD at η = 1.5 on digits with the sharpness tracked: it rises to 2/η and
     hovers there (the short version of ``spectorch eos``)."""
     from spectorch.experiments import eos
 
-    cfg = eos.EosConfig(lrs=(3.0,), steps=config.eos_steps, every=5,
+    cfg = eos.EosConfig(lrs=(1.5,), steps=config.eos_steps, every=5,
                         checkpoint_every=config.eos_steps)  # fmt: skip
     summary = eos.run(out, cfg, progress=progress)
     return {**summary["runs"][0], "figures": ["sharpness.png"]}
