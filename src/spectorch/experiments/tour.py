@@ -417,6 +417,6 @@ def _summary_text(summary: dict[str, Any]) -> str:
         ]
     lines += ["", "time per section (wall clock):"]
     for name, seconds in summary.get("section_seconds", {}).items():
-        lines.append(f"   {name:20s} {seconds:7.1f}s")
-    lines.append(f"   {'total':20s} {summary['seconds']:7.1f}s")
+        lines.append(f"   {name:26s} {seconds:7.1f}s")
+    lines.append(f"   {'total':26s} {summary['seconds']:7.1f}s")
     return "\n".join(lines) + "\n"
