@@ -166,6 +166,8 @@ def test_lm_run_tracks_the_preconditioned_sharpness_and_resumes_it(tmp_path):
     assert int(last["step"]) == 4 and last["converged"] == "1"
     exact = float(top_eigenpairs(op, 1, seed=1, tol=1e-10).values[0])
     assert float(last["eig_1"]) == pytest.approx(exact, rel=1e-3)
+    with pytest.raises(ValueError, match="without sharpness_every"):
+        lm.run(tmp_path / "d", config, progress=False, sharpness_preconditioned=True)
     with pytest.raises(ValueError, match="sharpness_sequences"):
         lm.run(tmp_path / "c", config, progress=False, sharpness_every=1,
                sharpness_sequences=10**6)  # fmt: skip
@@ -181,6 +183,8 @@ def test_lm_train_then_density_of_a_checkpoint_from_the_command_line(tmp_path):
     assert "held-out" in r.stdout and f"spectorch density {out}" in r.stdout
     rows = (out / "sharpness.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows] == ["step", "0", "2"]  # the Hessian's, from 0
+    r = run("lm", "train", "--out", str(tmp_path / "x"), "--preconditioned-sharpness")
+    assert r.returncode == 2 and "needs --sharpness-every" in r.stderr
     dens = tmp_path / "density"
     blocks = ("attn=transformer.h.*.attn.*", "mlp=transformer.h.*.mlp.*")
     r = run("density", str(out / "step_0000002.pt"), "--steps", "8", "--draws", "2",

@@ -950,6 +950,8 @@ def _cmd_lm_train(args: argparse.Namespace) -> int:
     from spectorch.experiments import lm
 
     config = _config(lm.LMConfig, args)
+    if args.preconditioned_sharpness and args.sharpness_every is None:
+        raise CLIError("--preconditioned-sharpness needs --sharpness-every N")
     out = Path(args.out)
     print(
         f"spectorch lm train: {config.arch} GPT, {config.layers} layers of width "

@@ -220,6 +220,11 @@ def run(
     if sharpness_every is not None:
         checks.positive_int("sharpness_every", sharpness_every)
         checks.positive_int("sharpness_sequences", sharpness_sequences)
+    elif sharpness_preconditioned:
+        raise ValueError(
+            "sharpness_preconditioned=True tracks nothing without sharpness_every; give "
+            "the steps between measurements"
+        )
     train, held, sha = corpus(config)
     if sharpness_every is not None and sharpness_sequences > train.shape[0]:
         raise ValueError(
