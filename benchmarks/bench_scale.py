@@ -66,9 +66,9 @@ FAMILIES = ("mlp", "cnn", "gpt")
 PEERS = ("hessian-eigenthings", "pyhessian", "pyhessian-loader", "curvlinops")
 #: samples (sequences of 64 bytes for the GPT) and Lanczos steps per size
 SAMPLES = {
-    "mlp": {"1e4": 1797, "1e5": 1797, "1e6": 1797, "1e7": 1797, "1e8": 512},
-    "cnn": {"1e4": 512, "1e5": 256, "1e6": 64, "1e7": 32, "1e8": 1},
-    "gpt": {"1e4": 16, "1e5": 16, "1e6": 16, "1e7": 32, "1e8": 24},
+    "mlp": {"1e4": 1797, "1e5": 1797, "1e6": 1797, "1e7": 1797, "1e8": 1797},
+    "cnn": {"1e4": 512, "1e5": 256, "1e6": 64, "1e7": 32, "1e8": 32},
+    "gpt": {"1e4": 16, "1e5": 16, "1e6": 16, "1e7": 32, "1e8": 32},
 }
 STEPS = {"1e4": 30, "1e5": 30, "1e6": 30, "1e7": 20, "1e8": 8}
 

@@ -159,6 +159,16 @@ def test_probes_per_pass_gives_the_same_draws():
     assert a.trace().value == pytest.approx(b.trace().value, rel=1e-12)
 
 
+def test_reused_basis_keeps_the_carried_probe():
+    # one draw per pass reuses one basis: draw k's deflated trace sample needs draw
+    # k-1's first two rows, carried over from the previous pass that the next overwrites
+    A = matrix_with_spectrum(_spectrum(60))
+    one = spectral_density(A, steps=15, draws=5, seed=3, progress=False)
+    all_ = spectral_density(A, steps=15, draws=5, seed=3, probes_per_pass=5, progress=False)
+    assert len(one.trace_samples) == 4
+    np.testing.assert_allclose(one.trace_samples, all_.trace_samples, rtol=1e-12)
+
+
 def test_outputs_are_the_originals_files(tmp_path):
     A = matrix_with_spectrum(_spectrum(60))
     dens = spectral_density(A, steps=12, draws=3, seed=4, out=tmp_path / "run", progress=False)

@@ -355,3 +355,37 @@ def test_products_written_into_a_kept_vector_change_nothing(basis, b, tmp_path):
         torch.testing.assert_close(x.alphas, y.alphas, rtol=0, atol=0)
         torch.testing.assert_close(x.betas, y.betas, rtol=0, atol=0)
         torch.testing.assert_close(x.basis, y.basis, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("basis", ["memory", "float32"])
+def test_workspace_keeps_the_basis_and_changes_nothing(spectrum, basis):
+    A = matrix_with_spectrum(spectrum)
+    n = A.shape[0]
+    kept = torch.float64 if basis == "memory" else torch.float32
+    space = torch.full((2, 12, n), float("nan"), dtype=kept)
+    for seed in (1, 2):  # the second run reuses (overwrites) the first one's rows
+        starts = random_start(n, num=2, generator=torch.Generator().manual_seed(seed))
+        fresh = lanczos_block(A, 12, starts, basis=basis)
+        reused = lanczos_block(A, 12, starts, basis=basis, workspace=space)
+        for a, b in zip(fresh, reused, strict=True):
+            assert torch.equal(a.alphas, b.alphas) and torch.equal(a.betas, b.betas)
+            assert torch.equal(a.basis, b.basis)
+            assert b.basis.untyped_storage().data_ptr() == space.untyped_storage().data_ptr()
+        torch.testing.assert_close(space[1], reused[1].basis, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"workspace": torch.empty(1, 5, 60, dtype=torch.float64)}, r"shape \(2, 6, 60\)"),
+        ({"workspace": torch.empty(2, 6, 60, dtype=torch.float32)}, "dtype torch.float64"),
+        ({"workspace": torch.empty(2, 60, 6, dtype=torch.float64).mT}, "not contiguous"),
+        ({"workspace": "rows"}, "workspace must be a torch.Tensor"),
+        ({"workspace": torch.empty(2, 6, 60), "basis": "disk"}, "basis='disk' takes none"),
+    ],
+)
+def test_bad_workspace_is_refused(spectrum, kwargs, match):
+    A = matrix_with_spectrum(spectrum)
+    starts = random_start(60, num=2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises((ValueError, TypeError), match=match):
+        lanczos_block(A, 6, starts, **kwargs)

@@ -203,17 +203,27 @@ def spectral_density(
         check_symmetric(op, generator=draw_generator(seed, 2**31 - 1))
 
     carry: dict[int, tuple] = {}  # the previous group's last draw, for its probe
+    # one basis for all groups, reused (lanczos_block's workspace): a new one per draw
+    # would be fresh memory, a page fault per 4 KB page of every row (at 10⁸
+    # parameters more than the arithmetic on the row); the carried rows get their own
+    workspace = carried = None
     total = len(indices)
     bar = tqdm(total=total, initial=total - len(todo), desc="draws", disable=not progress)
     try:
         for i in range(0, len(todo), probes_per_pass):
             group = todo[i : i + probes_per_pass]
-            starts = torch.cat(
-                [
-                    random_start(n, kind=start, generator=draw_generator(seed, k), num=1)
-                    for k in group
-                ]
-            )
+            starts = [
+                random_start(n, kind=start, generator=draw_generator(seed, k), num=1)
+                for k in group
+            ]
+            starts = starts[0] if len(starts) == 1 else torch.cat(starts)
+            if basis != "disk":
+                if workspace is None:
+                    kept = dtype if basis == "memory" else torch.float32
+                    shape = (len(group), steps, n)
+                    workspace = torch.empty(shape, dtype=kept, device=operator_device(op))
+                    carried = torch.empty(2, n, dtype=torch.float64, device=workspace.device)
+                space = workspace[: len(group)]  # the last group may be smaller
             t0 = time.perf_counter()
             results = lanczos_block(
                 op,
@@ -226,6 +236,7 @@ def spectral_density(
                 reorth=reorth,
                 progress=progress,
                 desc=f"draw {group[0]}",
+                workspace=None if basis == "disk" else space,
             )
             seconds = (time.perf_counter() - t0) / len(group)
             try:
@@ -242,7 +253,10 @@ def spectral_density(
                         run.save_draw(k, res, T, save_vectors, seconds, sample)
                 last = results[-1]
                 if last.steps >= 2:
-                    carry = {group[-1]: (last.row(0), last.row(1), last.alphas[0], last.betas[0])}
+                    rows = (last.row(0), last.row(1))
+                    if carried is not None:  # the next group overwrites the workspace
+                        rows = (carried[0].copy_(rows[0]), carried[1].copy_(rows[1]))
+                    carry = {group[-1]: (*rows, last.alphas[0], last.betas[0])}
             finally:
                 for res in results:  # disk files not handed over to ``out``
                     if res.disk is not None and res.disk.path.name.endswith(".partial"):

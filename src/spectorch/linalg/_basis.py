@@ -125,6 +125,9 @@ class BlockBasis:
         directory: where ``"disk"`` puts its files (``lanczos_vec_<name>.npy.partial``);
             default a fresh temporary directory, removed with the files.
         names: one name per recurrence for its disk file.
+        out: with ``"memory"`` or ``"float32"``, a ``(b, steps, n)`` tensor of the
+            stored dtype to keep the rows in instead of a new one (checked by
+            :func:`~spectorch.linalg.lanczos_block`, which takes it as ``workspace``).
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class BlockBasis:
         mode: str = "memory",
         directory: str | os.PathLike | None = None,
         names: list[str] | None = None,
+        out: torch.Tensor | None = None,
     ) -> None:
         if mode not in BASIS_MODES:
             raise ValueError(f"basis must be one of {list(BASIS_MODES)}, got {mode!r}")
@@ -164,7 +168,7 @@ class BlockBasis:
         else:
             store = dtype if mode == "memory" else torch.float32
             # every row is written (push) before it is read
-            self.Q = torch.empty(b, steps, n, dtype=store, device=device)
+            self.Q = torch.empty(b, steps, n, dtype=store, device=device) if out is None else out
 
     def set(self, j: int, rows: torch.Tensor) -> None:
         """Store row ``j`` of every recurrence from ``rows`` of shape ``(b, n)``."""

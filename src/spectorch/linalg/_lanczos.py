@@ -220,6 +220,7 @@ def lanczos_block(
     reorth: str = "full",
     progress: bool = False,
     desc: str = "lanczos",
+    workspace: torch.Tensor | None = None,
 ) -> list[LanczosResult]:
     """Run independent Lanczos recurrences from the rows of ``starts`` side by side.
 
@@ -231,6 +232,15 @@ def lanczos_block(
         starts: start vectors as rows, shape ``(b, n)``; each is normalised here.
         basis_names: with ``basis="disk"``, the file of row ``d`` of ``starts`` is
             ``lanczos_vec_<basis_names[d]>.npy.partial`` in ``basis_dir``.
+        workspace: with ``basis="memory"`` or ``"float32"``, a contiguous tensor of
+            shape ``(b, steps, n)`` on the operator's device (``dtype``, or float32 for
+            ``"float32"``) to keep the basis in, instead of a new one per call. The
+            results' bases are views of it, so the next call that reuses it overwrites
+            them: for runs one after another whose bases are not kept (the draws of
+            :func:`~spectorch.density.spectral_density`). Above a few tens of MB a new
+            basis is fresh memory from the system, and writing a fresh page costs more
+            than a pass over a used one (a page fault each): at 10⁸ parameters about
+            0.5-1.2 s per basis row on the CPU measured here (docs/benchmarks.md).
 
     Returns:
         One :class:`LanczosResult` per row of ``starts``.
@@ -251,6 +261,9 @@ def lanczos_block(
         raise ValueError(f"reorth must be one of {list(REORTH_MODES)}, got {reorth!r}")
     device = operator_device(op)
     b = starts.shape[0]
+    if workspace is not None:
+        kept_dtype = torch.float32 if basis == "float32" else dtype
+        _check_workspace(workspace, (b, steps, n), kept_dtype, device, basis)
     # never the caller's tensor: "memory" mode writes q0 / norms into its own rows, the
     # other modes divide a copy in place
     q0 = starts.to(device=device, dtype=dtype, copy=basis != "memory")
@@ -258,7 +271,15 @@ def lanczos_block(
     if not torch.all(torch.isfinite(norms) & (norms > 0)):
         raise ValueError("every start vector must be finite and non-zero")
     store = BlockBasis(
-        b, steps, n, dtype=dtype, device=device, mode=basis, directory=basis_dir, names=basis_names
+        b,
+        steps,
+        n,
+        dtype=dtype,
+        device=device,
+        mode=basis,
+        directory=basis_dir,
+        names=basis_names,
+        out=workspace,
     )
     q = store.push(0, q0, norms)  # in memory mode a view of the stored row
     # never read before it is written (β q_prev enters from step 1); in memory mode the
@@ -374,6 +395,26 @@ def lanczos_block(
             )
         )
     return results
+
+
+def _check_workspace(
+    workspace: Any, shape: tuple, dtype: torch.dtype, device: torch.device, basis: str
+) -> None:
+    if basis == "disk":
+        raise ValueError("workspace keeps the basis in memory; basis='disk' takes none")
+    if not isinstance(workspace, torch.Tensor):
+        raise TypeError(f"workspace must be a torch.Tensor or None, got {type(workspace).__name__}")
+    if (
+        tuple(workspace.shape) != shape
+        or workspace.dtype != dtype
+        or workspace.device != device
+        or not workspace.is_contiguous()
+    ):
+        raise ValueError(
+            f"workspace must be a contiguous tensor of shape {shape}, dtype {dtype} on "
+            f"{device}, got {tuple(workspace.shape)}, {workspace.dtype} on {workspace.device}"
+            f"{'' if workspace.is_contiguous() else ' (not contiguous)'}"
+        )
 
 
 def _floats(alpha: torch.Tensor, beta: torch.Tensor, j: int) -> tuple[list, list]:
