@@ -213,8 +213,7 @@ def spectral_density(
         for i in range(0, len(todo), probes_per_pass):
             group = todo[i : i + probes_per_pass]
             starts = [
-                random_start(n, kind=start, generator=draw_generator(seed, k), num=1)
-                for k in group
+                random_start(n, kind=start, generator=draw_generator(seed, k), num=1) for k in group
             ]
             starts = starts[0] if len(starts) == 1 else torch.cat(starts)
             if basis != "disk":
