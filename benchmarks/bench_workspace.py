@@ -4,8 +4,8 @@
 
 ``spectral_density`` runs its draws one after another (``probes_per_pass=1``) and
 keeps their bases in one ``lanczos_block(workspace=)`` tensor. Before, every draw had
-a new basis: above glibc's mmap threshold (32 MB at most) that is fresh memory from
-the kernel, and the first write of every 4 KB page is a page fault. Here the operator
+a new basis: glibc hands blocks of this size back to the kernel when they are freed,
+so a new one is fresh memory, and the first write of every 4 KB page is a page fault. Here the operator
 is diagonal with a kept output vector (its product is one element-wise multiplication
 into it), so the time per step is Lanczos's own work: the recurrence, the
 reorthogonalisation and the writing of the new basis row. For each size, ``--draws``
