@@ -5,10 +5,10 @@
 ``spectral_density`` runs its draws one after another (``probes_per_pass=1``) and
 keeps their bases in one ``lanczos_block(workspace=)`` tensor. Before, every draw had
 a new basis: glibc hands blocks of this size back to the kernel when they are freed,
-so a new one is fresh memory, and the first write of every 4 KB page is a page fault. Here the operator
-is diagonal with a kept output vector (its product is one element-wise multiplication
-into it), so the time per step is Lanczos's own work: the recurrence, the
-reorthogonalisation and the writing of the new basis row. For each size, ``--draws``
+so a new one is fresh memory, and the first write of every 4 KB page is a page
+fault. Here the operator is diagonal with a kept output vector (its product is one
+element-wise multiplication into it), so the time per step is Lanczos's own work: the
+recurrence, the reorthogonalisation and the writing of the new basis row. For each size, ``--draws``
 draws with a new basis each and the same draws in one reused workspace, interleaved
 over ``--rounds`` rounds (CPU time, one thread, medians); reported per step over the
 draws after the first (the first draw of a reused workspace faults its pages in too)
