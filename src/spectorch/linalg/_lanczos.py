@@ -239,8 +239,9 @@ def lanczos_block(
             them: for runs one after another whose bases are not kept (the draws of
             :func:`~spectorch.density.spectral_density`). Above a few tens of MB a new
             basis is fresh memory from the system, and writing a fresh page costs more
-            than a pass over a used one (a page fault each): at 10⁸ parameters about
-            0.5-1.2 s per basis row on the CPU measured here (docs/benchmarks.md).
+            than a pass over a used one (a page fault each): at 10⁸ parameters 0.5-2 s
+            per basis row on the CPU measured here, more the more the process holds
+            (docs/benchmarks.md).
 
     Returns:
         One :class:`LanczosResult` per row of ``starts``.
