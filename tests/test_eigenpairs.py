@@ -10,7 +10,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 
 from spectorch.curvature import HessianOperator
-from spectorch.linalg import Eigenpairs, MatrixOperator, top_eigenpairs
+from spectorch.linalg import Eigenpairs, MatrixOperator, default_basis_size, top_eigenpairs
 
 REL = 1e-10  # eigenvalues, relative to the largest magnitude
 
@@ -149,6 +149,55 @@ def test_hessian_eigenvectors_as_parameters():
     assert isinstance(plain, Eigenpairs)
     with pytest.raises(ValueError, match="no parameters"):
         plain.parameters(0)
+
+
+@pytest.mark.parametrize(("k", "basis_size"), [(1, None), (3, 8)])
+def test_workspace_keeps_the_basis_and_changes_nothing(k, basis_size):
+    # a basis of 8 for 3 pairs restarts many times and looks for missing copies; the
+    # workspace is filled with NaN first, so a row read before it is written shows
+    d = _spectrum(300, seed=2)
+    A = matrix_with_spectrum(d)
+    fresh = top_eigenpairs(A, k=k, basis_size=basis_size, seed=4, max_products=3000)
+    m = fresh.basis_size
+    assert m == (default_basis_size(k, 300) if basis_size is None else basis_size)
+    space = torch.full((m + 1, 300), float("nan"), dtype=torch.float64)
+    for _ in range(2):  # the second call reuses what the first left there
+        reused = top_eigenpairs(
+            A, k=k, basis_size=basis_size, seed=4, max_products=3000, workspace=space
+        )
+        assert torch.equal(reused.values, fresh.values)
+        assert torch.equal(reused.vectors, fresh.vectors)
+        assert torch.equal(reused.residuals, fresh.residuals)
+        assert (reused.products, reused.restarts) == (fresh.products, fresh.restarts)
+        assert not bool(torch.isnan(space[:2]).any())  # the basis was kept there
+        # the results never view the workspace: the next call cannot change them
+        assert reused.vectors.untyped_storage().data_ptr() != space.untyped_storage().data_ptr()
+    assert fresh.restarts > 0 or basis_size is None
+
+
+class _Counting:
+    def __init__(self, A):
+        self.A, self.shape, self.dtype, self.products = A, A.shape, A.dtype, 0
+
+    def matvec(self, v):
+        self.products += 1
+        return self.A @ v
+
+
+@pytest.mark.parametrize(
+    ("workspace", "match"),
+    [
+        (torch.empty(21, 6, dtype=torch.float64), r"shape \(7, 6\)"),
+        (torch.empty(7, 6, dtype=torch.float32), "dtype torch.float64"),
+        (torch.empty(6, 7, dtype=torch.float64).T, "not contiguous"),
+        ("rows", "workspace must be a torch.Tensor"),
+    ],
+)
+def test_bad_workspace_is_refused_before_any_product(workspace, match):
+    op = _Counting(torch.eye(6, dtype=torch.float64))
+    with pytest.raises((ValueError, TypeError), match=match):
+        top_eigenpairs(op, k=1, basis_size=6, workspace=workspace)
+    assert op.products == 0
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,38 @@ def test_warm_start_saves_products():
     assert second["products"] < cold["products"]
 
 
+def test_kept_basis_changes_no_row_and_is_one_tensor():
+    model, data = _setup()
+    H = HessianOperator(model, nn.CrossEntropyLoss(), data)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    plain, kept = SharpnessTracker(H, k=2), SharpnessTracker(H, k=2, keep_basis=True)
+    assert not plain.keep_basis  # off unless asked: the basis would be held all run
+    pointers = set()
+    for step in range(3):
+        a, b = plain.measure(step), kept.measure(step)
+        assert {k: v for k, v in a.items() if k != "cpu_seconds"} == {
+            k: v for k, v in b.items() if k != "cpu_seconds"
+        }
+        assert torch.equal(plain.vectors, kept.vectors)
+        pointers.add(kept._workspace.data_ptr())
+        assert plain._workspace is None
+        opt.zero_grad()
+        nn.CrossEntropyLoss()(model(data[0][0]), data[0][1]).backward()
+        opt.step()
+    assert len(pointers) == 1  # one basis for every measurement
+    n = sum(p.numel() for p in model.parameters())
+    assert tuple(kept._workspace.shape) == (min(n, 22) + 1, n)
+    # another operator of another size: a new basis of its size
+    other, _ = _setup(1)
+    other[2] = nn.Linear(8, 2).double()
+    H2 = HessianOperator(other, nn.CrossEntropyLoss(), [(data[0][0], data[0][1] % 2)])
+    kept.operator = H2
+    row = kept.measure(3)
+    dense = torch.linalg.eigvalsh(H2.to_dense()).flip(0)[:2]
+    assert [row["eig_1"], row["eig_2"]] == pytest.approx(dense.tolist(), rel=1e-9)
+    assert kept._workspace.shape[1] == H2.shape[0] != n
+
+
 def test_csv_resumes_with_training_after_a_kill(tmp_path):
     def run(directory, kill=None, epochs=6):
         model, data = _setup()
@@ -158,3 +190,5 @@ def test_bad_tracker_arguments():
         gd_threshold(0.0)
     with pytest.raises(TypeError, match="operator must be an operator"):
         SharpnessTracker(torch.eye(3))
+    with pytest.raises(TypeError, match="keep_basis must be a bool"):
+        SharpnessTracker(H, keep_basis="yes")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "buffer",
     "choice",
     "finite",
     "int_at_least",
@@ -121,4 +122,27 @@ def choice(name: str, value: Any, choices: Collection[Any]) -> Any:
     if not ok:
         shown = sorted(choices) if all(isinstance(c, str) for c in choices) else list(choices)
         raise ValueError(f"{name} must be one of {shown}, got {value!r}")
+    return value
+
+
+def buffer(name: str, value: Any, shape: tuple, dtype: Any, device: Any) -> Any:
+    """``value``, if it is a contiguous tensor of exactly this shape, dtype and device:
+    memory a caller lends to be written in place (a reused Lanczos basis)."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(value).__name__}")
+    device = torch.device(device)
+    same_device = value.device.type == device.type and device.index in (None, value.device.index)
+    if (
+        tuple(value.shape) != tuple(shape)
+        or value.dtype != dtype
+        or not same_device
+        or not value.is_contiguous()
+    ):
+        raise ValueError(
+            f"{name} must be a contiguous tensor of shape {tuple(shape)}, dtype {dtype} "
+            f"on {device}, got {tuple(value.shape)}, {value.dtype} on {value.device}"
+            f"{'' if value.is_contiguous() else ' (not contiguous)'}"
+        )
     return value

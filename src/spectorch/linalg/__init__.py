@@ -5,7 +5,7 @@ tridiagonalised, traced and turned into a spectral density.
 """
 
 from spectorch.linalg._basis import BASIS_MODES
-from spectorch.linalg._eigenpairs import WHICH, Eigenpairs, top_eigenpairs
+from spectorch.linalg._eigenpairs import WHICH, Eigenpairs, default_basis_size, top_eigenpairs
 from spectorch.linalg._lanczos import (
     REORTH_MODES,
     LanczosResult,
@@ -44,6 +44,7 @@ __all__ = [
     # extreme eigenpairs
     "WHICH",
     "Eigenpairs",
+    "default_basis_size",
     "top_eigenpairs",
     # quadrature and traces
     "TraceEstimate",

@@ -24,7 +24,7 @@ from spectorch import checks
 from spectorch.linalg._lanczos import make_generator, random_start
 from spectorch.linalg._operator import accepts_out, as_operator, operator_device
 
-__all__ = ["WHICH", "Eigenpairs", "top_eigenpairs"]
+__all__ = ["WHICH", "Eigenpairs", "default_basis_size", "top_eigenpairs"]
 
 #: which end of the spectrum: algebraically largest, smallest, or largest in magnitude
 WHICH = ("largest", "smallest", "magnitude")
@@ -98,6 +98,7 @@ def top_eigenpairs(
     verify: bool = True,
     progress: bool = False,
     dtype: torch.dtype = torch.float64,
+    workspace: torch.Tensor | None = None,
 ) -> Eigenpairs:
     """The ``k`` extreme eigenpairs of a symmetric operator, by thick-restart Lanczos.
 
@@ -140,6 +141,14 @@ def top_eigenpairs(
             instead of reporting the recurrence's estimates.
         progress: show a progress bar over the products.
         dtype: floating dtype of the recurrence, the basis and the results.
+        workspace: a contiguous tensor of shape ``(basis_size + 1, n)``, ``dtype``, on
+            the operator's device, to keep the basis in instead of a new one per call
+            (:func:`default_basis_size` gives the default ``basis_size``). Its contents
+            are overwritten; the results never view it. For calls one after another on
+            operators of one size (:class:`~spectorch.curvature.SharpnessTracker`
+            measures with one): a new basis is fresh memory from the system, whose
+            every page is a fault the first time it is written (see
+            :func:`~spectorch.linalg.lanczos_block`).
 
     Returns:
         An :class:`Eigenpairs`.
@@ -163,7 +172,7 @@ def top_eigenpairs(
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     if basis_size is None:
-        basis_size = min(n, max(2 * k + 1, k + 20))
+        basis_size = default_basis_size(k, n)
     else:
         basis_size = checks.int_in("basis_size", basis_size, min(k + 1, n), n)
     m = basis_size
@@ -178,11 +187,13 @@ def top_eigenpairs(
         max_products = checks.int_at_least("max_products", max_products, m)
     check = checks.nonnegative_int("check", check)
     device = operator_device(op)
+    if workspace is not None:
+        checks.buffer("workspace", workspace, (m + 1, n), dtype, device)
     generator = make_generator(generator, seed)
     v0 = _start_vector(start, n, dtype, generator).to(device)
     unflatten = getattr(op, "unflatten", None)
 
-    solver = _ThickRestart(op, n, m, dtype, device, generator)
+    solver = _ThickRestart(op, n, m, dtype, device, generator, workspace)
     solver.V[0] = v0
     bar = tqdm(total=max_products, desc="eigenpairs", disable=not progress, leave=False)
     checking = 0  # steps left of the look for a missing copy of a repeated eigenvalue
@@ -252,6 +263,12 @@ def top_eigenpairs(
     )
 
 
+def default_basis_size(k: int, n: int) -> int:
+    """The basis :func:`top_eigenpairs` keeps for ``k`` pairs of an ``n``-dimensional
+    operator when not told: ``max(2k + 1, k + 20)`` vectors, at most ``n``."""
+    return min(n, max(2 * k + 1, k + 20))
+
+
 def _order(theta: np.ndarray, which: str) -> np.ndarray:
     """Indices of the Ritz values, most wanted first."""
     if which == "largest":
@@ -295,10 +312,12 @@ def _products(op: Any, X: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class _ThickRestart:
     """The basis ``V`` (``m + 1`` rows), the projected matrix ``H`` and the products."""
 
-    def __init__(self, op, n, m, dtype, device, generator) -> None:
+    def __init__(self, op, n, m, dtype, device, generator, workspace=None) -> None:
         self.op, self.n, self.m, self.dtype = op, n, m, dtype
         self.generator = generator
-        self.V = torch.empty(m + 1, n, dtype=dtype, device=device)
+        if workspace is None:
+            workspace = torch.empty(m + 1, n, dtype=dtype, device=device)
+        self.V = workspace
         self.H = np.zeros((m + 1, m + 1))
         self.j = 0  # basis vectors so far; V[j] is the next Lanczos vector
         self.products = 0

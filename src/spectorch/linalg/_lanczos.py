@@ -403,19 +403,7 @@ def _check_workspace(
 ) -> None:
     if basis == "disk":
         raise ValueError("workspace keeps the basis in memory; basis='disk' takes none")
-    if not isinstance(workspace, torch.Tensor):
-        raise TypeError(f"workspace must be a torch.Tensor or None, got {type(workspace).__name__}")
-    if (
-        tuple(workspace.shape) != shape
-        or workspace.dtype != dtype
-        or workspace.device != device
-        or not workspace.is_contiguous()
-    ):
-        raise ValueError(
-            f"workspace must be a contiguous tensor of shape {shape}, dtype {dtype} on "
-            f"{device}, got {tuple(workspace.shape)}, {workspace.dtype} on {workspace.device}"
-            f"{'' if workspace.is_contiguous() else ' (not contiguous)'}"
-        )
+    checks.buffer("workspace", workspace, shape, dtype, device)
 
 
 def _floats(alpha: torch.Tensor, beta: torch.Tensor, j: int) -> tuple[list, list]:
