@@ -169,6 +169,43 @@ def test_reused_basis_keeps_the_carried_probe():
     np.testing.assert_allclose(one.trace_samples, all_.trace_samples, rtol=1e-12)
 
 
+@pytest.mark.parametrize(("basis", "kept", "per_pass"), [("memory", torch.float64, 2),
+                                                         ("float32", torch.float32, 1)])  # fmt: skip
+def test_caller_workspace_changes_nothing(basis, kept, per_pass):
+    # the workspace is filled with NaN: a row read before it is written would show
+    A = matrix_with_spectrum(_spectrum(60))
+    kw = dict(steps=15, draws=5, seed=3, basis=basis, probes_per_pass=per_pass, progress=False)
+    plain = spectral_density(A, **kw)
+    space = torch.full((per_pass, 15, 60), float("nan"), dtype=kept)
+    for _ in range(2):  # again with what the first call left there
+        dens = spectral_density(A, workspace=space, **kw)
+        for a, b in zip(plain.nodes + plain.weights, dens.nodes + dens.weights, strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(plain.trace_samples, dens.trace_samples)
+    assert not bool(torch.isnan(space[0, :2]).any())  # the bases were kept there
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"workspace": torch.empty(1, 14, 60, dtype=torch.float64)}, r"shape \(1, 15, 60\)"),
+        ({"workspace": torch.empty(2, 15, 60, dtype=torch.float64)}, r"shape \(1, 15, 60\)"),
+        ({"workspace": torch.empty(1, 15, 60, dtype=torch.float64), "basis": "float32"},
+         "dtype torch.float32"),
+        ({"workspace": torch.empty(1, 15, 60, dtype=torch.float64), "basis": "disk"},
+         "basis='disk' takes none"),
+        ({"workspace": torch.empty(1, 15, 60, dtype=torch.float64), "blocks": [[0, 1]]},
+         "blocks= runs one per block"),
+        ({"workspace": [1.0]}, "workspace must be a torch.Tensor"),
+    ],
+)  # fmt: skip
+def test_bad_workspace_is_refused_before_any_product(kwargs, match):
+    op = Counting(matrix_with_spectrum(_spectrum(60)))
+    with pytest.raises((ValueError, TypeError), match=match):
+        spectral_density(op, steps=15, draws=2, progress=False, **kwargs)
+    assert op.calls == 0
+
+
 def test_outputs_are_the_originals_files(tmp_path):
     A = matrix_with_spectrum(_spectrum(60))
     dens = spectral_density(A, steps=12, draws=3, seed=4, out=tmp_path / "run", progress=False)

@@ -83,7 +83,10 @@ def test_kept_basis_changes_no_row_and_is_one_tensor():
     model, data = _setup()
     H = HessianOperator(model, nn.CrossEntropyLoss(), data)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    plain, kept = SharpnessTracker(H, k=2), SharpnessTracker(H, k=2, keep_basis=True)
+    # densities every other measurement: 30 steps, more than the 22-vector basis of the
+    # eigenpairs, and both share the kept rows
+    kw = dict(k=2, density_every=2, density_steps=30)
+    plain, kept = SharpnessTracker(H, **kw), SharpnessTracker(H, keep_basis=True, **kw)
     assert not plain.keep_basis  # off unless asked: the basis would be held all run
     pointers = set()
     for step in range(3):
@@ -92,6 +95,10 @@ def test_kept_basis_changes_no_row_and_is_one_tensor():
             k: v for k, v in b.items() if k != "cpu_seconds"
         }
         assert torch.equal(plain.vectors, kept.vectors)
+        assert sorted(plain.densities) == sorted(kept.densities) == [0, 2][: step // 2 + 1]
+        for s_ in plain.densities:
+            for x, y in zip(plain.densities[s_].nodes, kept.densities[s_].nodes, strict=True):
+                assert (x == y).all()
         pointers.add(kept._workspace.data_ptr())
         assert plain._workspace is None
         opt.zero_grad()
@@ -99,7 +106,7 @@ def test_kept_basis_changes_no_row_and_is_one_tensor():
         opt.step()
     assert len(pointers) == 1  # one basis for every measurement
     n = sum(p.numel() for p in model.parameters())
-    assert tuple(kept._workspace.shape) == (min(n, 22) + 1, n)
+    assert tuple(kept._workspace.shape) == (30, n)  # the density's 30 rows
     # another operator of another size: a new basis of its size
     other, _ = _setup(1)
     other[2] = nn.Linear(8, 2).double()

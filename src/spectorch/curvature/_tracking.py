@@ -78,9 +78,10 @@ class SharpnessTracker:
         tol, max_products: as :func:`spectorch.linalg.top_eigenpairs`.
         initial: also measure at the start of a fresh run (step 0); ``False`` for a
             preconditioner that exists only after a step (Adam's).
-        keep_basis: keep the eigenpairs' basis (``max(2k + 1, k + 20) + 1`` float64
-            vectors of the parameters' length) between measurements instead of a new
-            one each time. A new one is fresh memory, whose every page is a fault the
+        keep_basis: keep the Lanczos basis (``max(2k + 1, k + 20) + 1`` float64
+            vectors of the parameters' length, or ``density_steps`` if more) between
+            measurements instead of a new one each time, for the eigenpairs and the
+            densities alike. A new one is fresh memory, whose every page is a fault the
             first time it is written: on the CPU measured here a kept basis makes the
             eigenpairs' own work (all but the products) 1.2-1.4x faster from 10^4 to
             10^6 parameters (benchmarks/bench_workspace.py), a few percent of a
@@ -164,6 +165,8 @@ class SharpnessTracker:
             start = self.vectors
             if start is not None and start.shape[1] != op.shape[0]:
                 start = None  # another model: a cold start
+            kept = self._basis(op) if self.keep_basis else None
+            m = default_basis_size(self.k, int(op.shape[0]))
             pairs = top_eigenpairs(
                 op,
                 self.k,
@@ -171,7 +174,7 @@ class SharpnessTracker:
                 seed=self.seed + step,
                 tol=self.tol,
                 max_products=self.max_products,
-                workspace=self._basis(op) if self.keep_basis else None,
+                workspace=None if kept is None else kept[: m + 1],
             )
             row: dict[str, float] = {"step": float(step)}
             for i in range(self.k):
@@ -196,6 +199,7 @@ class SharpnessTracker:
                     seed=self.seed + step,
                     check_symmetry=False,
                     progress=False,
+                    workspace=None if kept is None else kept[:steps].view(1, steps, -1),
                 )
                 row["products"] += steps * self.density_draws
             row["cpu_seconds"] = time.process_time() - t0
@@ -211,16 +215,20 @@ class SharpnessTracker:
         return row
 
     def _basis(self, op: Any) -> torch.Tensor:
-        """The kept workspace for ``op``'s eigenpairs if it fits, else a new one."""
+        """The kept rows for ``op``'s Lanczos bases if they fit, else new ones: enough
+        for the eigenpairs' basis and, with ``density_every``, a density's (the two run
+        one after the other, so they share the rows)."""
         n = int(op.shape[0])
-        shape = (default_basis_size(self.k, n) + 1, n)
+        rows = default_basis_size(self.k, n) + 1
+        if self.density_every is not None:
+            rows = max(rows, min(self.density_steps, n))
         device = operator_device(op)
         if self._workspace is not None:
             try:
-                return checks.buffer("workspace", self._workspace, shape, torch.float64, device)
+                return checks.buffer("workspace", self._workspace, (rows, n), torch.float64, device)
             except ValueError:
                 self._workspace = None  # another operator: freed before the new one is made
-        self._workspace = torch.empty(shape, dtype=torch.float64, device=device)
+        self._workspace = torch.empty(rows, n, dtype=torch.float64, device=device)
         return self._workspace
 
     # ------------------------------------------------------------- callbacks

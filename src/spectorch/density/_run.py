@@ -73,6 +73,7 @@ def spectral_density(
     progress: bool = True,
     metadata: dict[str, Any] | None = None,
     blocks: Any = None,
+    workspace: torch.Tensor | None = None,
 ) -> Any:
     r"""Estimate the eigenvalue density of a symmetric operator by stochastic Lanczos
     quadrature (Ghorbani, Krishnan & Xiao 2019; Lin, Saad & Yang 2016).
@@ -118,6 +119,14 @@ def spectral_density(
             The full density is written to ``out``, each block's to
             ``out/blocks/<name>/``; a block smaller than ``steps`` runs as many steps
             as it has dimensions (said in its manifest and the log).
+        workspace: with ``basis="memory"`` or ``"float32"``, a contiguous tensor of
+            shape ``(probes_per_pass, steps, n)`` on the operator's device (``dtype``,
+            or float32 for ``"float32"``) to keep the bases in, instead of one made by
+            this call (see :func:`~spectorch.linalg.lanczos_block`): for densities
+            measured again and again on one operator, as
+            :class:`~spectorch.curvature.SharpnessTracker` does with ``keep_basis``.
+            Its contents are overwritten; the result never views it. Not with
+            ``blocks`` (each block has its own size).
 
     Returns:
         The :class:`SpectralDensity` of all ``draws`` draws; with ``blocks``, a dict
@@ -136,6 +145,8 @@ def spectral_density(
         0.5
     """
     if blocks is not None:
+        if workspace is not None:
+            raise ValueError("workspace is for one operator; blocks= runs one per block")
         return _block_densities(
             op,
             blocks,
@@ -170,6 +181,12 @@ def spectral_density(
         raise ValueError("basis='disk' stores float64 vectors; use it with dtype=float64")
     if reorth not in REORTH_MODES:
         raise ValueError(f"reorth must be one of {list(REORTH_MODES)}, got {reorth!r}")
+    if workspace is not None:
+        if basis == "disk":
+            raise ValueError("workspace keeps the bases in memory; basis='disk' takes none")
+        kept = dtype if basis == "memory" else torch.float32
+        shape = (probes_per_pass, steps, n)
+        checks.buffer("workspace", workspace, shape, kept, operator_device(op))
 
     describe = getattr(op, "describe", None)
     settings = {
@@ -206,7 +223,7 @@ def spectral_density(
     # one basis for all groups, reused (lanczos_block's workspace): a new one per draw
     # would be fresh memory, a page fault per 4 KB page of every row (at 10⁸
     # parameters more than the arithmetic on the row); the carried rows get their own
-    workspace = carried = None
+    carried = None
     total = len(indices)
     bar = tqdm(total=total, initial=total - len(todo), desc="draws", disable=not progress)
     try:
@@ -221,6 +238,7 @@ def spectral_density(
                     kept = dtype if basis == "memory" else torch.float32
                     shape = (len(group), steps, n)
                     workspace = torch.empty(shape, dtype=kept, device=operator_device(op))
+                if carried is None:
                     carried = torch.empty(2, n, dtype=torch.float64, device=workspace.device)
                 space = workspace[: len(group)]  # the last group may be smaller
             t0 = time.perf_counter()
