@@ -169,8 +169,9 @@ def test_reused_basis_keeps_the_carried_probe():
     np.testing.assert_allclose(one.trace_samples, all_.trace_samples, rtol=1e-12)
 
 
-@pytest.mark.parametrize(("basis", "kept", "per_pass"), [("memory", torch.float64, 2),
-                                                         ("float32", torch.float32, 1)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("basis", "kept", "per_pass"), [("memory", torch.float64, 2), ("float32", torch.float32, 1)]
+)
 def test_caller_workspace_changes_nothing(basis, kept, per_pass):
     # the workspace is filled with NaN: a row read before it is written would show
     A = matrix_with_spectrum(_spectrum(60))
