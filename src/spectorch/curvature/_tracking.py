@@ -147,8 +147,9 @@ class SharpnessTracker:
         self.vectors: torch.Tensor | None = None
         #: step → the density measured there (with ``density_every``)
         self.densities: dict[int, Any] = {}
-        # the eigenpairs' basis, kept between measurements (top_eigenpairs' workspace):
-        # a new one each time is fresh memory, a page fault per page written
+        # with keep_basis, the rows of the eigenpairs' and densities' Lanczos bases, kept
+        # between measurements: a new basis each time is fresh memory, a page fault per
+        # page written
         self._workspace: torch.Tensor | None = None
 
     # ------------------------------------------------------------- measuring
