@@ -83,8 +83,8 @@ class SharpnessTracker:
             measurements instead of a new one each time, for the eigenpairs and the
             densities alike. A new one is fresh memory, whose every page is a fault the
             first time it is written: on the CPU measured here a kept basis makes the
-            eigenpairs' own work (all but the products) 1.2-1.4x faster from 10^4 to
-            10^6 parameters (benchmarks/bench_workspace.py), a few percent of a
+            eigenpairs' own work (all but the products) 1.10-1.33x faster from 10^4 to
+            10^7 parameters (benchmarks/bench_workspace.py), a few percent of a
             measurement whose products are a network's. The memory is then held for
             the whole run, training included, so it is off by default; a GPU's caching
             allocator reuses a freed basis anyway.
