@@ -184,6 +184,15 @@ class _Counting:
         return self.A @ v
 
 
+def test_default_basis_size_checks_its_arguments():
+    assert default_basis_size(1, 300) == 21 and default_basis_size(30, 300) == 61
+    assert default_basis_size(3, 10) == 10  # at most n
+    with pytest.raises(ValueError, match=r"k must be an int in \[1, 10\]"):
+        default_basis_size(0, 10)
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        default_basis_size(1, 0)
+
+
 @pytest.mark.parametrize(
     ("workspace", "match"),
     [

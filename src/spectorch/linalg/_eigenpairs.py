@@ -266,6 +266,8 @@ def top_eigenpairs(
 def default_basis_size(k: int, n: int) -> int:
     """The basis :func:`top_eigenpairs` keeps for ``k`` pairs of an ``n``-dimensional
     operator when not told: ``max(2k + 1, k + 20)`` vectors, at most ``n``."""
+    n = checks.positive_int("n", n)
+    k = checks.int_in("k", k, 1, n)
     return min(n, max(2 * k + 1, k + 20))
 
 
