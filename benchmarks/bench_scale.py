@@ -401,7 +401,14 @@ def main() -> None:
 
 
 def _run_row(family: str, size: str, args: argparse.Namespace) -> dict:
-    base = [sys.executable, __file__, "--row", f"{family}:{size}", "--rounds", str(args.rounds),
+    return run_row(__file__, family, size, args)
+
+
+def run_row(script: str, family: str, size: str, args: argparse.Namespace) -> dict:
+    """One row of ``script`` (this file or another benchmark with the same ``--row``,
+    ``--rounds``, ``--peers`` and ``--memory`` options): timed in one process, its
+    memory measured in a second one with a fixed mmap threshold, merged."""
+    base = [sys.executable, script, "--row", f"{family}:{size}", "--rounds", str(args.rounds),
             "--peers", args.peers]  # fmt: skip
     t0 = time.time()
     timed = subprocess.run(base, capture_output=True, text=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from conftest import cnn, flat_params, forward_flat, inputs_for, mlp, targets_for
@@ -106,6 +108,67 @@ def test_products_written_into_out(kind, hvp):
         op.matvec(v, out=v)
     with pytest.raises(TypeError, match=r"out must be a torch\.Tensor or None"):
         op.matvec(v, out=[0.0])
+
+
+@pytest.mark.parametrize(("kind", "options"), [
+    ("hessian", {"cache_graphs": False}),
+    ("ggn", {"hvp": "forward"}),
+])  # fmt: skip
+def test_compiled_products_equal_dense_matrix(kind, options):
+    # the Hessian on two batch sizes: one compiled program each (the second with a
+    # dynamic batch size), the same exact average; the GGN on one batch (compiling
+    # costs seconds per program)
+    model, loss, X, y, _ = _problem("mlp", "ce")
+    data = [(X[:6], y[:6]), (X[6:], y[6:])] if kind == "hessian" else [(X, y)]
+    expected = DENSE[kind](model, loss, X, y)
+    op = make_operator(kind, model, loss, data, compile=True, **options)
+    v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager warns
+        _assert_close(op.matvec(v), expected @ v)
+        _assert_close(op.to_dense(chunk=7), expected)  # matmat: the probes one by one
+    assert op.compiled and op.compile_error is None and op.describe()["compile"] is True
+    # the products go through the compiled program, not the eager route
+    calls = []
+    program = op._compiled_product
+    op._compiled_product = lambda *args: calls.append(1) or program(*args)
+    op.matvec(v)
+    assert len(calls) == len(data)
+    # the parameters are the program's inputs: a step of an optimiser changes the products
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    eager = make_operator(kind, model, loss, data, **options)
+    _assert_close(op.matvec(v), eager.matvec(v))
+    assert len(calls) == 2 * len(data)
+
+
+def test_compile_failure_falls_back_to_eager_and_says_so(monkeypatch):
+    model, loss, X, y, data = _problem("mlp", "ce")
+    expected = _dense_hessian(model, loss, X, y)
+
+    def broken(fn, **options):
+        def run(*args):
+            raise RuntimeError("no C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    op = HessianOperator(model, loss, data, cache_graphs=False, compile=True)
+    v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C\\+\\+ compiler"):
+        _assert_close(op.matvec(v), expected @ v)
+    assert not op.compiled and "no C++ compiler" in op.compile_error
+    assert op.describe()["compile"].startswith("failed, eager (RuntimeError: no C++")
+    _assert_close(op.matvec(v), expected @ v)  # eagerly from then on, no second warning
+
+
+def test_compile_argument_is_checked():
+    model, loss, _, _, data = _problem("mlp", "ce")
+    with pytest.raises(TypeError, match="compile must be True or False, got 'yes'"):
+        HessianOperator(model, loss, data, compile="yes")
+    with pytest.raises(ValueError, match="compile=True goes with hvp='reverse' or 'forward'"):
+        HessianOperator(model, loss, data, hvp="finite-difference", compile=True)
 
 
 def test_ggn_equals_hessian_for_linear_model_with_mse():
