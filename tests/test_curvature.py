@@ -110,28 +110,33 @@ def test_products_written_into_out(kind, hvp):
         op.matvec(v, out=[0.0])
 
 
-@pytest.mark.parametrize(("kind", "options"), [
-    ("hessian", {"cache_graphs": False}),
-    ("ggn", {"hvp": "forward"}),
+@pytest.mark.parametrize(("kind", "options", "block"), [
+    ("hessian", {"cache_graphs": False}, False),
+    ("hessian", {"cache_graphs": False}, True),
+    ("ggn", {"hvp": "forward"}, False),
 ])  # fmt: skip
-def test_compiled_products_equal_dense_matrix(kind, options):
+def test_compiled_products_equal_dense_matrix(kind, options, block):
     # the Hessian on two batch sizes: one compiled program each (the second with a
-    # dynamic batch size), the same exact average; the GGN on one batch (compiling
-    # costs seconds per program)
+    # dynamic batch size), the same exact average; the block's vmapped program and the
+    # GGN on one batch (compiling costs seconds per program)
     model, loss, X, y, _ = _problem("mlp", "ce")
-    data = [(X[:6], y[:6]), (X[6:], y[6:])] if kind == "hessian" else [(X, y)]
+    two = kind == "hessian" and not block
+    data = [(X[:6], y[:6]), (X[6:], y[6:])] if two else [(X, y)]
     expected = DENSE[kind](model, loss, X, y)
     op = make_operator(kind, model, loss, data, compile=True, **options)
     v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager warns
         _assert_close(op.matvec(v), expected @ v)
-        _assert_close(op.to_dense(chunk=7), expected)  # matmat: the probes one by one
+        if block:
+            V = torch.randn(op.shape[0], 3, generator=torch.Generator().manual_seed(1))
+            _assert_close(op.matmat(V.double()), expected @ V.double())
     assert op.compiled and op.compile_error is None and op.describe()["compile"] is True
+    assert sorted(op._programs) == (["block", "single"] if block else ["single"])
     # the products go through the compiled program, not the eager route
     calls = []
-    program = op._compiled_product
-    op._compiled_product = lambda *args: calls.append(1) or program(*args)
+    program = op._programs["single"]
+    op._programs["single"] = lambda *args: calls.append(1) or program(*args)
     op.matvec(v)
     assert len(calls) == len(data)
     # the parameters are the program's inputs: a step of an optimiser changes the products

@@ -256,7 +256,8 @@ class CurvatureOperator:
         once per column, a loop of ``k`` second backward passes (measured as fast as
         ``k`` separate kept-graph products, and faster on the CPU than vmapping the
         second backward pass); the forward-mode Hessian, the GGN and the Fisher map
-        the columns with ``torch.func.vmap``, one vectorised product per batch.
+        the columns with ``torch.func.vmap``, one vectorised product per batch, and
+        so does a compiled product (``compile=True``), in one compiled program.
         ``out``: as in :meth:`matvec`, shape ``(P, k)`` (any strides).
         """
         if not isinstance(V, torch.Tensor):
@@ -742,7 +743,8 @@ class _SecondOrderOperator(CurvatureOperator):
         self.compiled = compile
         #: why compiling failed, if it did
         self.compile_error: str | None = None
-        self._compiled_product: Callable | None = None
+        #: the compiled products, by kind (see _program)
+        self._programs: dict[str, Callable] = {}
         super().__init__(*args, **kwargs)
         self._settings["hvp"] = hvp
         self._settings["closed_form"] = closed_form
@@ -785,33 +787,21 @@ class _SecondOrderOperator(CurvatureOperator):
         return self._retry(lambda: vmap(self._hvp(params, batch))(*tangents))
 
     def _compiled(self, params, batch, tangents) -> tuple[torch.Tensor, ...] | None:
-        """The products of ``tangents`` (stacked) by the compiled ``torch.func``
-        product, one probe after another; ``None`` (and eager from then on, with a
-        warning) if ``torch.compile`` fails. The compiled program takes the parameters,
-        the batch and one tangent as inputs, so one compilation serves every product
-        and every batch of that shape."""
-        if self._compiled_product is None:
-
-            def product(params, batch, tangent):
-                return self._hvp(params, batch)(*tangent)
-
-            # torch.compile keeps its programs, and its limit of eight, per code object:
-            # a copy of the code per operator, so that one operator's programs neither
-            # serve another's model nor use up its room (past the limit the products
-            # would run eagerly, silently)
-            own = product.__code__.replace(co_name=f"{self.name}_product_{id(self):x}")
-            product = types.FunctionType(own, product.__globals__, own.co_name, None,
-                                         product.__closure__)  # fmt: skip
-            self._compiled_product = torch.compile(product, fullgraph=True)
+        """The products of ``tangents`` (stacked) by a compiled ``torch.func``
+        product; ``None`` (and eager from then on, with a warning) if ``torch.compile``
+        fails. One probe goes through a program of one tangent, several through one
+        that vmaps the product over them (the gradient's graph built once for all);
+        each program takes the parameters, the batch and the tangents as inputs, so
+        one compilation serves every product and every batch of that shape."""
+        block = tangents[0].shape[0] > 1
         try:
             # a BatchLoss's count, known only once evaluated, cannot be read inside
             if self._size is None:
                 with torch.no_grad():
                     self._size = int(self.objective.evaluate(self._bound(params), batch)[1])
-            rows = [
-                self._compiled_product(params, batch, tuple(t[j] for t in tangents))
-                for j in range(tangents[0].shape[0])
-            ]
+            if block:
+                return self._program("block")(params, batch, tangents)
+            prods = self._program("single")(params, batch, tuple(t[0] for t in tangents))
         except Exception as exc:  # torch.compile's failures have many types
             if "scaled_dot_product" in str(exc):
                 raise  # the attention kernel's own fallback (_with_attention_fallback)
@@ -825,7 +815,30 @@ class _SecondOrderOperator(CurvatureOperator):
                 stacklevel=4,
             )
             return None
-        return tuple(torch.stack(col) for col in zip(*rows, strict=True))
+        return tuple(p.unsqueeze(0) for p in prods)
+
+    def _program(self, kind: str) -> Callable:
+        """The compiled product of one tangent (``"single"``) or of stacked ones
+        (``"block"``), made at its first use."""
+        if kind not in self._programs:
+            if kind == "single":
+
+                def program(params, batch, tangent):
+                    return self._hvp(params, batch)(*tangent)
+            else:
+
+                def program(params, batch, tangents):
+                    return vmap(self._hvp(params, batch))(*tangents)
+
+            # torch.compile keeps its programs, and its limit of eight, per code object:
+            # a copy of the code per operator, so that one operator's programs neither
+            # serve another's model nor use up its room (past the limit the products
+            # would run eagerly, silently)
+            own = program.__code__.replace(co_name=f"{self.name}_{kind}_{id(self):x}")
+            program = types.FunctionType(own, program.__globals__, own.co_name, None,
+                                         program.__closure__)  # fmt: skip
+            self._programs[kind] = torch.compile(program, fullgraph=True)
+        return self._programs[kind]
 
     def _retry(self, compute: Callable):
         try:
