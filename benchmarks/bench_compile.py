@@ -101,11 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmarks/out/compile")
     parser.add_argument("--rows", default=ROWS, help="family:size,... (sizes 1e4-1e8)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--peers", default=",".join(bench_scale.PEERS))
-    parser.add_argument("--report", action="store_true", help="only print the table")
-    parser.add_argument("--row", help=argparse.SUPPRESS)
-    parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
+    bench_scale.row_options(parser)
     args = parser.parse_args()
     peers = [p for p in args.peers.split(",") if p]
     if args.row:

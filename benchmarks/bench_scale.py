@@ -358,13 +358,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/out/scale")
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--sizes", default=",".join(SIZES))
-    parser.add_argument(
-        "--rounds", type=int, default=5, help="interleaved product rounds (5; 3 from 1e7 on)"
-    )
-    parser.add_argument("--peers", default=",".join(PEERS))
-    parser.add_argument("--report", action="store_true", help="only print the tables")
-    parser.add_argument("--row", help=argparse.SUPPRESS)
-    parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
+    row_options(parser)
     args = parser.parse_args()
     peers = [p for p in args.peers.split(",") if p]
     if args.row:
@@ -398,6 +392,18 @@ def main() -> None:
                 done[(family, size)] = row
                 print(f"{family} {size}: done")
     report([done[k] for k in sorted(done, key=lambda k: (FAMILIES.index(k[0]), float(k[1])))])
+
+
+def row_options(parser: argparse.ArgumentParser) -> None:
+    """The options :func:`run_row` passes to a benchmark's row processes, and
+    ``--report``."""
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved product rounds (5; 3 from 1e7 on)"
+    )
+    parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument("--report", action="store_true", help="only print the tables")
+    parser.add_argument("--row", help=argparse.SUPPRESS)
+    parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
 
 
 def _run_row(family: str, size: str, args: argparse.Namespace) -> dict:
