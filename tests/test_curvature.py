@@ -339,8 +339,85 @@ def test_cached_graphs_give_the_same_products_and_follow_the_model():
         for p in model.parameters():
             p.mul_(1.5)
     _assert_close(op.matvec(v), _dense_hessian(model, loss, X, y) @ v)
-    with pytest.raises(ValueError, match="cache_graphs=True needs hvp='reverse'"):
-        HessianOperator(model, loss, data, cache_graphs=True, hvp="forward")
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+@pytest.mark.parametrize("loss_name", sorted(LOSSES))
+def test_kept_linearisations_equal_dense_matrix(model_name, loss_name):
+    model, loss, X, y, data = _problem(model_name, loss_name)
+    op = HessianOperator(model, loss, data, hvp="forward", cache_graphs=True)
+    expected = _dense_hessian(model, loss, X, y)
+    v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for _ in range(2):  # the second product runs the kept linearisations
+        _assert_close(op.matvec(v), expected @ v)
+    assert len(op._graphs) == len(data) and op.cache_bytes > 0
+    _assert_close(op.to_dense(chunk=5), expected)  # blocks of probes
+    if loss_name == "mse":  # make_fx cannot trace mse_loss's forward-mode rule
+        assert op._reverse and not op._linear_programs
+        return
+    # batches of 5, 1 and 7 rows: one trace per shape, the kept values per batch
+    assert not op._reverse and len(op._linear_programs) == 3
+    with torch.no_grad():  # an optimiser step: new values, the same traces
+        for p in model.parameters():
+            p.mul_(1.5)
+    _assert_close(op.matvec(v), _dense_hessian(model, loss, X, y) @ v)
+    assert len(op._linear_programs) == 3
+
+
+def test_kept_linearisations_of_a_causal_lm_and_of_batchnorm():
+    from spectorch.curvature import CausalLM
+    from spectorch.nn import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    lm = GPT(GPTConfig(n_positions=6, n_layer=1, n_head=2, n_embd=8)).double().eval()
+    ids = torch.randint(0, 256, (5, 6))
+    data = [ids[:3], ids[3:]]
+    expected = HessianOperator(lm, CausalLM(), data, cache_graphs=False)
+    kept = HessianOperator(lm, CausalLM(), data, hvp="forward", cache_graphs=True)
+    V = torch.randn(kept.shape[0], 3, generator=torch.Generator().manual_seed(1),
+                    dtype=torch.float64)  # fmt: skip
+    reference = expected.matmat(V)
+    for _ in range(2):
+        _assert_close(kept.matmat(V), reference)
+    assert kept.linearize_error is None and "cache_graphs" not in kept.describe()
+    # eval-mode BatchNorm: its running statistics are inputs of the trace, not constants
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2))
+    model = model.double().eval()
+    X, y = torch.randn(10, 3, dtype=torch.float64), torch.randint(0, 2, (10,))
+    op = HessianOperator(model, nn.CrossEntropyLoss(), [(X, y)], hvp="forward",
+                         cache_graphs=True)  # fmt: skip
+    v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    _assert_close(op.matvec(v), _dense_hessian(model, nn.CrossEntropyLoss(), X, y) @ v)
+    with torch.no_grad():  # new running statistics, parameters untouched
+        model[1].running_mean.add_(0.5)
+        model[1].running_var.mul_(2.0)
+    _assert_close(op.matvec(v), _dense_hessian(model, nn.CrossEntropyLoss(), X, y) @ v)
+
+
+def test_untraceable_model_gets_eager_products_and_says_so():
+    class Branchy(nn.Module):  # control flow on a value: make_fx cannot trace it
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x):
+            h = self.lin(x)
+            return h.tanh() if float(h.detach().sum()) > 0 else h.sin()
+
+    torch.manual_seed(0)
+    model = Branchy().double()
+    X, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
+    op = HessianOperator(model, nn.CrossEntropyLoss(), [(X, y)], hvp="forward",
+                         cache_graphs=True)  # fmt: skip
+    v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="could not be traced"):
+        hv = op.matvec(v)
+    _assert_close(hv, _dense_hessian(model, nn.CrossEntropyLoss(), X, y) @ v)
+    assert not op.caching and not op._graphs
+    assert op.describe()["cache_graphs"].startswith("failed, not kept")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        _assert_close(op.matvec(v), hv)
 
 
 @pytest.mark.gpu
