@@ -866,11 +866,11 @@ class HessianOperator(_SecondOrderOperator):
 
     Args:
         cache_graphs: keep each batch's gradient graph between products
-            (``hvp="reverse"`` only), so that every later product is a single second
-            backward pass (docs/benchmarks.md has the measured gain) and the data is not
-            read again. ``"auto"`` (the default) keeps them while the graphs of all live
-            operators together fit in a quarter of the memory available at
-            construction (within the process's cgroup limit on the CPU), counted from
+            (``hvp="reverse"``; forward mode: below), so that every later product is a
+            single second backward pass (docs/benchmarks.md has the measured gain) and
+            the data is not read again. ``"auto"`` (the default) keeps them while the
+            graphs of all live operators together fit in a quarter of the memory
+            available at construction (within the process's cgroup limit on the CPU), counted from
             the tensors the graphs save (:attr:`cache_bytes`), and gives up for good
             otherwise; ``True`` keeps them whatever the size; ``False`` never. The
             cached batches are those of the first pass; an in-place change of a
