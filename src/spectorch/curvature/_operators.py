@@ -870,9 +870,9 @@ class HessianOperator(_SecondOrderOperator):
             single second backward pass (docs/benchmarks.md has the measured gain) and
             the data is not read again. ``"auto"`` (the default) keeps them while the
             graphs of all live operators together fit in a quarter of the memory
-            available at construction (within the process's cgroup limit on the CPU), counted from
-            the tensors the graphs save (:attr:`cache_bytes`), and gives up for good
-            otherwise; ``True`` keeps them whatever the size; ``False`` never. The
+            available at construction (within the process's cgroup limit on the
+            CPU), counted from the tensors the graphs save (:attr:`cache_bytes`), and
+            gives up for good otherwise; ``True`` keeps them whatever the size; ``False`` never. The
             cached batches are those of the first pass; an in-place change of a
             parameter or buffer drops the cache. With ``hvp="forward"``,
             ``cache_graphs=True`` keeps each batch's *linearisation* instead: the
