@@ -24,7 +24,9 @@ product's relative difference from the kept graph's. spectorch's products are ti
 Lanczos calls them (``matvec(v, out=)``, a float64 vector kept between calls), which
 leaves out the fresh float64 result a standalone ``matvec(v)`` allocates
 (``bench_product_out.py``). ``--compile`` adds ``torch.compile`` of ``linearize``'s
-product; ``--no-func-linearize`` leaves ``linearize`` out.
+product; ``--no-func-linearize`` leaves ``linearize`` out; ``--steps N`` also times
+one Lanczos run of ``N`` steps per round with each of spectorch's operators (step and
+step / product).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_scale
 
 from spectorch.curvature import HessianOperator
+from spectorch.linalg import lanczos
 
 
 def _rss_mb() -> float:
@@ -58,6 +61,9 @@ def main() -> None:
     parser.add_argument("--size", default="1e5", choices=bench_scale.SIZES)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="also time one Lanczos run of this many steps with each of "
+                        "spectorch's operators, in every round (0: none)")  # fmt: skip
     parser.add_argument("--no-func-linearize", action="store_true",
                         help="leave torch.func.linearize out (its trace holds several "
                         "times the kept graph's memory)")  # fmt: skip
@@ -90,6 +96,7 @@ def main() -> None:
                 "mb": op.cache_bytes / 2**20,
                 "f": lambda op=op, out=out: op.matvec(v64, out=out),
                 "flat": out.clone(),
+                "op": op,
             }
         try:
             libs = bench_scale.libraries(model, peer_model, batch, loss, args.family, 1,
@@ -132,11 +139,16 @@ def main() -> None:
                 "flat": flat(first),
             }
         times: dict[str, list[float]] = {name: [] for name in rows}
+        steps: dict[str, list[float]] = {name: [] for name in rows if "op" in rows[name]}
         for _ in range(args.rounds):
             for name, row in rows.items():
                 t0 = time.process_time()
                 row["f"]()
                 times[name].append(time.process_time() - t0)
+            for name in steps if args.steps else ():
+                t0 = time.process_time()
+                lanczos(rows[name]["op"], args.steps, seed=0)
+                steps[name].append((time.process_time() - t0) / args.steps)
 
     ref = rows["kept graph"]["flat"]
     base = statistics.median(times["kept graph"])
@@ -152,6 +164,13 @@ def main() -> None:
         diff = float((row["flat"] - ref).norm() / ref.norm())
         print(f"| {name} | {1000 * t:,.1f} | {base / t:.2f} | {row['mb']:,.0f} "
               f"| {row['once']:.1f} | {diff:.1e} |")  # fmt: skip
+    if args.steps:
+        print(f"\nLanczos, {args.steps} steps, full reorthogonalisation, one run per round:")
+        print("| method | step (ms) | step / product |")
+        print("|---|---:|---:|")
+        for name, per in steps.items():
+            step = statistics.median(per)
+            print(f"| {name} | {1000 * step:,.1f} | {step / statistics.median(times[name]):.2f} |")
 
 
 if __name__ == "__main__":
