@@ -1363,17 +1363,23 @@ def _check_reiterable(data: Any) -> None:
         )
 
 
-def _to_device(x: Any, device: torch.device) -> Any:
+def _map_tensors(x: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """``x`` (a tensor, or tuples, lists and mappings of them) with ``fn`` applied to
+    each of its tensors, in order, the structure kept."""
     if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
+        return fn(x)
     if isinstance(x, (tuple, list)):
-        return type(x)(_to_device(e, device) for e in x)
+        return type(x)(_map_tensors(e, fn) for e in x)
     if isinstance(x, Mapping):
         try:
-            return type(x)({k: _to_device(v, device) for k, v in x.items()})
+            return type(x)({k: _map_tensors(v, fn) for k, v in x.items()})
         except TypeError:  # a mapping type that cannot be rebuilt from a dict
-            return {k: _to_device(v, device) for k, v in x.items()}
+            return {k: _map_tensors(v, fn) for k, v in x.items()}
     return x
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    return _map_tensors(x, lambda t: t.to(device, non_blocking=True))
 
 
 #: functions whose forward-mode second derivative make_fx cannot trace (it crashes)
@@ -1397,26 +1403,15 @@ class _Calls(torch.overrides.TorchFunctionMode):
 
 
 def _tensor_leaves(batch: Any) -> list[torch.Tensor]:
-    """The tensors of a batch (a tensor, or tuples, lists and mappings of them), in
-    the order :func:`_rebuild` takes them back."""
-    if isinstance(batch, torch.Tensor):
-        return [batch]
-    if isinstance(batch, (tuple, list)):
-        return [t for e in batch for t in _tensor_leaves(e)]
-    if isinstance(batch, Mapping):
-        return [t for v in batch.values() for t in _tensor_leaves(v)]
-    return []
+    """The tensors of a batch, in the order :func:`_rebuild` takes them back."""
+    leaves: list[torch.Tensor] = []
+    _map_tensors(batch, leaves.append)
+    return leaves
 
 
 def _rebuild(batch: Any, leaves: list) -> Any:
     """``batch`` with its tensors replaced, in order, by ``leaves`` (consumed)."""
-    if isinstance(batch, torch.Tensor):
-        return leaves.pop(0)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_rebuild(e, leaves) for e in batch)
-    if isinstance(batch, Mapping):
-        return {k: _rebuild(v, leaves) for k, v in batch.items()}
-    return batch
+    return _map_tensors(batch, lambda _: leaves.pop(0))
 
 
 def _structure(batch: Any) -> str:
