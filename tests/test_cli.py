@@ -124,6 +124,26 @@ def test_density_blocks_from_the_command_line(tmp_path, entry):
     assert "selects no trainable parameter" in r.stderr and not (tmp_path / "bad").exists()
 
 
+def test_density_with_kept_linearisations_from_the_command_line(tmp_path, entry):
+    """``--hvp forward --cache-graphs yes``: the same tridiagonals as the default
+    products (float32 round-off apart), the choice in the manifest, and a run made
+    with other products is not resumed."""
+    base = ("density", f"{entry}:problem", "--steps", "8", "--draws", "2", "--quiet")
+    r = run(*base, "--out", str(tmp_path / "default"))
+    assert r.returncode == 0, r.stderr
+    kept = ("--hvp", "forward", "--cache-graphs", "yes")
+    r = run(*base, *kept, "--out", str(tmp_path / "linearised"))
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "linearised" / "manifest.json").read_text())
+    assert manifest["operator"]["hvp"] == "forward"
+    for k in range(2):
+        a = np.load(tmp_path / "default" / f"tridiag_{k}.npy")
+        b = np.load(tmp_path / "linearised" / f"tridiag_{k}.npy")
+        assert np.abs(a - b).max() < 1e-5 * np.abs(a).max()
+    r = run(*base, *kept, "--out", str(tmp_path / "default"))
+    assert r.returncode == 2 and "operator.hvp: 'reverse' there, 'forward' now" in r.stderr
+
+
 @pytest.mark.parametrize(
     ("entry_spec", "extra", "message"),
     [
@@ -137,6 +157,21 @@ def test_density_blocks_from_the_command_line(tmp_path, entry):
         ("{entry}:problem", ("--steps", "1000"), "exceeds the number of parameters 51"),
         ("{entry}:problem", ("--device", "cuda"), "CUDA is not available"),
         ("{entry}:problem", ("--draws", "10", "--draw-index", "1"), "either --draws N or"),
+        (
+            "{entry}:problem",
+            ("--operator", "fisher", "--hvp", "forward"),
+            "--operator fisher does not take --hvp forward",
+        ),
+        (
+            "{entry}:problem",
+            ("--operator", "ggn", "--hvp", "finite-difference", "--cache-graphs", "no"),
+            "--operator ggn does not take --hvp finite-difference, --cache-graphs",
+        ),
+        (
+            "{entry}:problem",
+            ("--hvp", "finite-difference", "--compile"),
+            "--hvp finite-difference keeps no graphs and is not compiled",
+        ),
     ],
 )
 def test_user_errors_are_one_line_and_leave_nothing(tmp_path, entry, entry_spec, extra, message):

@@ -153,6 +153,7 @@ def _cmd_density(args: argparse.Namespace) -> int:
     if args.draw_index is not None and args.draws is not None:
         raise CLIError("give either --draws N or --draw-index K, not both")
     draws = [args.draw_index] if args.draw_index is not None else (args.draws or 10)
+    options = _operator_options(args)
 
     blocks = _parse_blocks(args.blocks)
     if args.shard and not distributed.launched():
@@ -164,7 +165,7 @@ def _cmd_density(args: argparse.Namespace) -> int:
         device = _device(args.device)
         model, loss, data, _, problem = _problem(args.entry, sequences=args.sequences)
         model.to(device)
-        op = make_operator(args.operator, model, loss, data)
+        op = make_operator(args.operator, model, loss, data, **options)
         _check_steps(args, op)
         if blocks is not None:
             from spectorch.curvature import parameter_blocks
@@ -192,7 +193,8 @@ def _cmd_density(args: argparse.Namespace) -> int:
         if not sharded:
             data = distributed.shard(data, ctx.rank, ctx.world_size)
         model.to(ctx.device)
-        with distributed.DistributedOperator(make_operator(args.operator, model, loss, data)) as op:
+        local = make_operator(args.operator, model, loss, data, **options)
+        with distributed.DistributedOperator(local) as op:
             if not op.is_root:
                 op.serve()
                 return 0
@@ -200,6 +202,39 @@ def _cmd_density(args: argparse.Namespace) -> int:
             return _density_run(args, op, out, draws, world_size=ctx.world_size, problem=problem)
     finally:
         distributed.teardown()
+
+
+# the product options each operator of `spectorch density` takes (--hvp values, then flags)
+_PRODUCT_OPTIONS = {
+    "hessian": (("reverse", "forward", "finite-difference"), ("--cache-graphs", "--compile")),
+    "ggn": (("reverse", "forward"), ("--compile",)),
+    "fisher": ((), ()),
+}
+
+
+def _operator_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--hvp``, ``--cache-graphs`` and ``--compile`` as the operator's keywords, checked
+    against ``--operator`` before any work; a flag not given keeps the operator's default."""
+    hvps, flags = _PRODUCT_OPTIONS.get(args.operator, ((), ()))
+    given = {"--cache-graphs": args.cache_graphs is not None, "--compile": args.compile}
+    refused = [flag for flag, on in given.items() if on and flag not in flags]
+    if args.hvp is not None and args.hvp not in hvps:
+        refused.insert(0, f"--hvp {args.hvp}")
+    if refused:
+        raise CLIError(f"--operator {args.operator} does not take {', '.join(refused)}")
+    if args.hvp == "finite-difference" and (args.cache_graphs == "yes" or args.compile):
+        raise CLIError(
+            "--hvp finite-difference keeps no graphs and is not compiled: drop "
+            "--cache-graphs yes and --compile"
+        )
+    options: dict[str, Any] = {}
+    if args.hvp is not None:
+        options["hvp"] = args.hvp
+    if args.cache_graphs is not None:
+        options["cache_graphs"] = {"auto": "auto", "yes": True, "no": False}[args.cache_graphs]
+    if args.compile:
+        options["compile"] = True
+    return options
 
 
 def _check_shard(args: argparse.Namespace) -> None:
@@ -215,6 +250,9 @@ def _check_shard(args: argparse.Namespace) -> None:
             ("--probes-per-pass", args.probes_per_pass != 1),
             ("--basis", args.basis != "memory"),
             ("--reorth partial", args.reorth != "full"),
+            ("--hvp", args.hvp is not None),
+            ("--cache-graphs", args.cache_graphs is not None),
+            ("--compile", args.compile),
         )
         if bad
     ]
@@ -1221,6 +1259,28 @@ def _add_density(sub: Any) -> None:
         help="with a language-model checkpoint: training windows in the loss (16)",
     )
     dens.add_argument("--operator", choices=sorted(OPERATORS), default="hessian")
+    dens.add_argument(
+        "--hvp",
+        choices=("reverse", "forward", "finite-difference"),
+        default=None,
+        help="how the loss is differentiated twice (the operator's default: reverse): "
+        "reverse-over-reverse, forward-over-reverse, or central differences of gradients "
+        "(Hessian only; for kernels without a double backward)",
+    )
+    dens.add_argument(
+        "--cache-graphs",
+        choices=("auto", "yes", "no"),
+        default=None,
+        help="Hessian: keep each batch's gradient graph between products (auto: while they "
+        "fit in a quarter of the memory); with --hvp forward, yes keeps each batch's "
+        "traced linearisation instead (faster products on transformers, 2-3x the memory)",
+    )
+    dens.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the products that build their graphs anew through torch.compile "
+        "(Hessian, GGN; a compilation at the first product)",
+    )
     dens.add_argument("--steps", type=_positive_int, default=90, help="Lanczos steps per draw (90)")
     dens.add_argument("--draws", type=_positive_int, default=None, help="independent draws (10)")
     dens.add_argument(
