@@ -115,7 +115,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.jsonl"
-    settings = {"rounds": args.rounds, "peers": peers, "torch": torch.__version__}
+    settings = bench_scale.settings_of(args, peers)
     done = bench_scale._read(path, settings)
     if not args.report:
         for family, size in rows:

@@ -31,7 +31,11 @@ run and those timed alone differ by more than the step's own work, so spectorch'
 products inside its runs are timed too: "own work" is the run less those products,
 per step, and "1 + own/product" the step/product that work makes, free of that noise.
 Peak memory is the resident set above the start, sampled every 2 ms, in a second
-process per row with a fixed glibc mmap threshold.
+process per row with a fixed glibc mmap threshold. ``--allocator keep`` times the rows
+with glibc serving every allocation from its heap and keeping what is freed, so a
+product's temporaries reuse memory already written instead of fresh pages (the remedy
+``bench_held_memory.py`` measures for the 10^8 rows); its rows are kept apart from the
+default's in the results file.
 
 Peers are skipped when not installed: ``pip install --pre hessian-eigenthings
 pyhessian curvlinops-for-pytorch``.
@@ -377,7 +381,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.jsonl"
-    settings = {"rounds": args.rounds, "peers": peers, "torch": torch.__version__}
+    settings = settings_of(args, peers)
     done = _read(path, settings)
     if not args.report:
         for size in sizes:
@@ -402,8 +406,31 @@ def row_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--report", action="store_true", help="only print the tables")
+    parser.add_argument(
+        "--allocator",
+        choices=list(ALLOCATORS),
+        default="default",
+        help="the timing processes' glibc malloc: 'default', or 'keep' (every allocation "
+        "from the heap, freed memory kept for reuse: GLIBC_TUNABLES=" + ALLOCATORS["keep"] + ")",
+    )
     parser.add_argument("--row", help=argparse.SUPPRESS)
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
+
+
+# glibc settings for the timing processes (``--allocator``); "keep" is what
+# bench_held_memory.py measures: a product's temporaries reuse memory already written
+ALLOCATORS = {
+    "default": "",
+    "keep": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776",
+}
+
+
+def settings_of(args: argparse.Namespace, peers: list[str]) -> dict:
+    """What a results line must match to be reused: rows measured otherwise rerun."""
+    settings = {"rounds": args.rounds, "peers": peers, "torch": torch.__version__}
+    if args.allocator != "default":  # earlier results, without the key, are "default"
+        settings["allocator"] = args.allocator
+    return settings
 
 
 def _run_row(family: str, size: str, args: argparse.Namespace) -> dict:
@@ -417,7 +444,10 @@ def run_row(script: str, family: str, size: str, args: argparse.Namespace) -> di
     base = [sys.executable, script, "--row", f"{family}:{size}", "--rounds", str(args.rounds),
             "--peers", args.peers]  # fmt: skip
     t0 = time.time()
-    timed = subprocess.run(base, capture_output=True, text=True)
+    env = dict(os.environ)
+    if ALLOCATORS[args.allocator]:
+        env["GLIBC_TUNABLES"] = ALLOCATORS[args.allocator]
+    timed = subprocess.run(base, capture_output=True, text=True, env=env)
     if timed.returncode != 0:
         raise SystemExit(f"{family} {size} failed:\n{timed.stderr[-3000:]}")
     row = json.loads(timed.stdout.strip().splitlines()[-1])
@@ -428,6 +458,7 @@ def run_row(script: str, family: str, size: str, args: argparse.Namespace) -> di
     for name, m in json.loads(mem.stdout.strip().splitlines()[-1]).items():
         row["results"].setdefault(name, {}).update(m)
     row["wall_s"] = time.time() - t0
+    row["allocator"] = args.allocator
     return row
 
 
