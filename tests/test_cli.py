@@ -360,6 +360,19 @@ def test_eigenpairs_and_landscape_from_the_command_line(tmp_path, entry):
     assert all(found["converged"])
     saved = torch.load(tmp_path / "eig" / "eigenvectors.pt")
     assert saved["vectors"].shape == (2, 51)
+    # the same eigenpairs from kept linearisations; a product option the operator does
+    # not take is refused before any work
+    lin = tmp_path / "eig-lin"
+    r = run("eigenpairs", f"{entry}:problem", "-k", "2", "--out", str(lin), "--quiet",
+            "--hvp", "forward", "--cache-graphs", "yes")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    found = json.loads((lin / "eigenpairs.json").read_text())
+    assert found["operator"]["hvp"] == "forward"
+    np.testing.assert_allclose(found["eigenvalues"], dense.numpy(), rtol=1e-4)
+    r = run("eigenpairs", f"{entry}:problem", "--operator", "fisher", "--compile",
+            "--out", str(tmp_path / "no"))  # fmt: skip
+    assert r.returncode == 2 and "--operator fisher does not take --compile" in r.stderr
+    assert not (tmp_path / "no").exists()
     r = run("landscape", f"{entry}:problem", "--dims", "2", "--points", "5", "--quiet",
             "--out", str(tmp_path / "land"))  # fmt: skip
     assert r.returncode == 0, r.stderr

@@ -204,7 +204,7 @@ def _cmd_density(args: argparse.Namespace) -> int:
         distributed.teardown()
 
 
-# the product options each operator of `spectorch density` takes (--hvp values, then flags)
+# the product options each operator takes on the command line (--hvp values, then flags)
 _PRODUCT_OPTIONS = {
     "hessian": (("reverse", "forward", "finite-difference"), ("--cache-graphs", "--compile")),
     "ggn": (("reverse", "forward"), ("--compile",)),
@@ -1092,9 +1092,10 @@ def build_parser(only: str | None = None, *, full: bool = True) -> argparse.Argu
 def _operator_for(args: argparse.Namespace) -> Any:
     from spectorch.curvature import make_operator
 
+    options = _operator_options(args)  # before the problem is built
     model, loss, data, _, _ = _problem(args.entry, sequences=args.sequences)
     model.to(_device(args.device))
-    return make_operator(args.operator, model, loss, data)
+    return make_operator(args.operator, model, loss, data, **options)
 
 
 def _cmd_eigenpairs(args: argparse.Namespace) -> int:
@@ -1137,6 +1138,7 @@ def _add_problem_options(parser: Any) -> None:
     parser.add_argument("--sequences", type=_positive_int, default=None,
                         help="with a language-model checkpoint: training windows (16)")  # fmt: skip
     parser.add_argument("--operator", choices=sorted(OPERATORS), default="hessian")
+    _add_product_options(parser)
     parser.add_argument("--seed", type=_nonnegative_int, default=0)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--out", required=True, help="output directory")
@@ -1259,28 +1261,7 @@ def _add_density(sub: Any) -> None:
         help="with a language-model checkpoint: training windows in the loss (16)",
     )
     dens.add_argument("--operator", choices=sorted(OPERATORS), default="hessian")
-    dens.add_argument(
-        "--hvp",
-        choices=("reverse", "forward", "finite-difference"),
-        default=None,
-        help="how the loss is differentiated twice (the operator's default: reverse): "
-        "reverse-over-reverse, forward-over-reverse, or central differences of gradients "
-        "(Hessian only; for kernels without a double backward)",
-    )
-    dens.add_argument(
-        "--cache-graphs",
-        choices=("auto", "yes", "no"),
-        default=None,
-        help="Hessian: keep each batch's gradient graph between products (auto: while they "
-        "fit in a quarter of the memory); with --hvp forward, yes keeps each batch's "
-        "traced linearisation instead (faster products on transformers, 2-3x the memory)",
-    )
-    dens.add_argument(
-        "--compile",
-        action="store_true",
-        help="run the products that build their graphs anew through torch.compile "
-        "(Hessian, GGN; a compilation at the first product)",
-    )
+    _add_product_options(dens)
     dens.add_argument("--steps", type=_positive_int, default=90, help="Lanczos steps per draw (90)")
     dens.add_argument("--draws", type=_positive_int, default=None, help="independent draws (10)")
     dens.add_argument(
@@ -1352,6 +1333,33 @@ def _add_density(sub: Any) -> None:
     dens.add_argument("--out", default="spectorch-out/density", help="output directory")
     dens.add_argument("--quiet", action="store_true", help="no progress bars")
     dens.set_defaults(func=_cmd_density)
+
+
+def _add_product_options(parser: argparse.ArgumentParser) -> None:
+    """``--hvp``, ``--cache-graphs`` and ``--compile``: the operator's product options
+    (:func:`_operator_options` checks them against ``--operator``)."""
+    parser.add_argument(
+        "--hvp",
+        choices=("reverse", "forward", "finite-difference"),
+        default=None,
+        help="how the loss is differentiated twice (the operator's default: reverse): "
+        "reverse-over-reverse, forward-over-reverse, or central differences of gradients "
+        "(Hessian only; for kernels without a double backward)",
+    )
+    parser.add_argument(
+        "--cache-graphs",
+        choices=("auto", "yes", "no"),
+        default=None,
+        help="Hessian: keep each batch's gradient graph between products (auto: while they "
+        "fit in a quarter of the memory); with --hvp forward, yes keeps each batch's "
+        "traced linearisation instead (faster products on transformers, 2-3x the memory)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the products that build their graphs anew through torch.compile "
+        "(Hessian, GGN; a compilation at the first product)",
+    )
 
 
 def _add_width(parser: argparse.ArgumentParser) -> None:
