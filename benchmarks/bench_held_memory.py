@@ -32,14 +32,11 @@ import bench_scale
 from spectorch.curvature import HessianOperator
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--digits", type=int, default=512)
-    parser.add_argument("--rows", type=int, default=7)
-    parser.add_argument("--repeat", type=int, default=2)
-    args = parser.parse_args()
+def kept_mlp(digits: int) -> tuple[HessianOperator, torch.Tensor, torch.Tensor, dict]:
+    """``bench_scale.py``'s 10^8-parameter MLP on ``digits`` digits, one thread: its
+    Hessian with the graph built and kept, a unit probe and a result vector."""
     torch.set_num_threads(1)
-    bench_scale.SAMPLES["mlp"]["1e8"] = args.digits
+    bench_scale.SAMPLES["mlp"]["1e8"] = digits
     model, _, batch, loss, desc = bench_scale.build("mlp", "1e8")
     op = HessianOperator(model, loss, [batch])
     n = op.shape[0]
@@ -47,6 +44,19 @@ def main() -> None:
     v /= v.norm()
     out = torch.empty(n, dtype=torch.float64)
     op.matvec(v, out=out)  # builds and keeps the graph
+    return op, v, out, desc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--digits", type=int, default=512)
+    parser.add_argument("--rows", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    if args.rows < 2:  # a pass over the rows before the last, and a held row as v
+        parser.error(f"--rows must be at least 2, got {args.rows}")
+    op, v, out, desc = kept_mlp(args.digits)
+    n = op.shape[0]
     print(f"{desc['parameters']:,} parameters, {args.digits} digits; "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")  # fmt: skip
 

@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import bench_scale
+from bench_held_memory import kept_mlp
 
-from spectorch.curvature import HessianOperator
 from spectorch.linalg import lanczos
 
 
@@ -44,15 +43,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    bench_scale.SAMPLES["mlp"]["1e8"] = args.digits
-    model, _, batch, loss, desc = bench_scale.build("mlp", "1e8")
-    op = HessianOperator(model, loss, [batch])
-    n = op.shape[0]
-    v = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    v /= v.norm()
-    out = torch.empty(n, dtype=torch.float64)
-    op.matvec(v, out=out)  # builds and keeps the graph
+    op, v, out, desc = kept_mlp(args.digits)
     matvec, log = op.matvec, []
 
     def timed(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
