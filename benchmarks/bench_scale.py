@@ -77,7 +77,15 @@ SAMPLES = {
 STEPS = {"1e4": 30, "1e5": 30, "1e6": 30, "1e7": 20, "1e8": 8}
 
 
-def _cpu() -> float:
+#: where the rows run (``--device``): on the CPU the clock is CPU time, on a GPU the
+#: wall clock after synchronising the device
+DEVICE = torch.device("cpu")
+
+
+def _clock() -> float:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+        return time.perf_counter()
     return time.process_time()
 
 
@@ -167,10 +175,11 @@ def build(family: str, size: str) -> tuple[nn.Module, nn.Module, Any, Any, dict]
         batch, loss = ids, CausalLM()
         peer_model = Flat(model)
         what = f"{layers} layers, width {d}"
-    model.float().eval()
+    model.float().eval().to(DEVICE)
+    batch = batch.to(DEVICE) if family == "gpt" else tuple(b.to(DEVICE) for b in batch)
     params = sum(p.numel() for p in model.parameters())
     desc = {"family": family, "size": size, "parameters": params, "model": what,
-            "samples": samples, "steps": STEPS[size]}  # fmt: skip
+            "samples": samples, "steps": STEPS[size], "device": DEVICE.type}  # fmt: skip
     return model, peer_model, batch, loss, desc
 
 
@@ -180,7 +189,7 @@ def libraries(model, peer_model, batch, loss, family: str, steps: int, peers: li
     params = [p for p in model.parameters() if p.requires_grad]
     dim = sum(p.numel() for p in params)
     v64 = torch.randn(dim, generator=torch.Generator().manual_seed(0), dtype=F64)
-    v64 /= v64.norm()
+    v64 = (v64 / v64.norm()).to(DEVICE)
     v32 = v64.float()
     if family == "gpt":
         inputs, targets = batch, batch[:, 1:].reshape(-1)
@@ -219,7 +228,7 @@ def libraries(model, peer_model, batch, loss, family: str, steps: int, peers: li
                     return ce(m(x), t)
 
                 op = he.HessianOperator(peer_model, data, he_loss)
-                v0 = torch.randn(dim, generator=torch.Generator().manual_seed(1))
+                v0 = torch.randn(dim, generator=torch.Generator().manual_seed(1)).to(DEVICE)
                 libs[name] = {
                     "product": lambda op=op: op.matvec(v32),
                     "lanczos": lambda op=op, v0=v0: he.lanczos_tridiagonal(
@@ -231,15 +240,14 @@ def libraries(model, peer_model, batch, loss, family: str, steps: int, peers: li
                 from pyhessian.utils import hessian_vector_product
 
                 torch.eig = _torch_eig_stand_in  # torch.eig exists only to raise since 2.0
+                cuda = DEVICE.type == "cuda"
                 # PyHessian differentiates its gradient in .grad: none may be left there
                 peer_model.zero_grad(set_to_none=True)
                 if name == "pyhessian":  # data=: its gradient's graph kept for good
-                    c = pyhessian_hessian(peer_model, ce, data=(inputs, targets), cuda=False)
+                    c = pyhessian_hessian(peer_model, ce, data=(inputs, targets), cuda=cuda)
                     product = lambda c=c: hessian_vector_product(c.gradsH, c.params, vl)  # noqa: E731
                 else:  # dataloader=: the graph built again in every product
-                    c = pyhessian_hessian(
-                        peer_model, ce, dataloader=[(inputs, targets)], cuda=False
-                    )
+                    c = pyhessian_hessian(peer_model, ce, dataloader=[(inputs, targets)], cuda=cuda)
                     product = lambda c=c: c.dataloader_hv_product(vl)  # noqa: E731
                 libs[name] = {
                     "product": product,
@@ -270,31 +278,49 @@ def measure_row(family: str, size: str, rounds: int, peers: list[str], memory: b
     torch.set_num_threads(1)
     model, peer_model, batch, loss, desc = build(family, size)
     steps = desc["steps"]
-    kernel = sdpa_kernel(SDPBackend.MATH) if family == "gpt" else nullcontext()
-    with kernel:
+
+    def kernel() -> Any:
+        return sdpa_kernel(SDPBackend.MATH) if family == "gpt" else nullcontext()
+
+    with kernel():
         libs = libraries(model, peer_model, batch, loss, family, steps, peers)
         if memory:
             return {name: _memory(lib) for name, lib in libs.items()}
-        for lib in libs.values():  # warm-up; spectorch's graphs are kept from here on
-            if lib["product"] is not None:
-                lib["product"]()
+        # warm-up (spectorch's graphs are kept from here on; on a GPU a Lanczos run too,
+        # for the allocator and the kernels' first launches); a peer that fails is left
+        # out of the row and named in it
+        skipped = {}
+        for name, lib in list(libs.items()):
+            try:
+                if lib["product"] is not None:
+                    lib["product"]()
+                if DEVICE.type == "cuda" and lib.get("lanczos") is not None:
+                    lib["lanczos"]()
+            except Exception as e:
+                if name not in PEERS:
+                    raise
+                print(f"{name} failed: {e!r}: left out", file=sys.stderr)
+                skipped[name] = repr(e)[:300]
+                del libs[name]
         product = {name: [] for name, lib in libs.items() if lib["product"] is not None}
         step = {name: [] for name, lib in libs.items() if lib.get("lanczos") is not None}
         passes, own = {}, {name: [] for name in step if name.startswith("spectorch")}
         big = size in ("1e7", "1e8")
-        # Lanczos runs: as many rounds as products where they are cheap
+        # Lanczos runs: as many rounds as products where they are cheap (on a GPU, always)
         lanczos_rounds = 1 if big else 2 if size == "1e6" else rounds
+        if DEVICE.type == "cuda":
+            lanczos_rounds = rounds
         for r in range(min(rounds, 3) if big else rounds):
             for name in product:
-                t0 = _cpu()
+                t0 = _clock()
                 libs[name]["product"]()
-                product[name].append(_cpu() - t0)
+                product[name].append(_clock() - t0)
             if r < lanczos_rounds:
                 for name in step:
                     inner = _time_products(libs[libs[name].get("of", name)].get("op"))
-                    t0 = _cpu()
+                    t0 = _clock()
                     res = libs[name]["lanczos"]()
-                    step[name].append((_cpu() - t0) / steps)
+                    step[name].append((_clock() - t0) / steps)
                     if name.startswith("spectorch"):
                         passes[name] = {"passes": res.reorth_passes, "rows": res.reorth_rows}
                         # the step's own work: the run less the products it made
@@ -315,7 +341,11 @@ def measure_row(family: str, size: str, rounds: int, peers: list[str], memory: b
             r.update(passes[name])
         results[name] = r
     results["spectorch"]["cached"] = bool(libs["spectorch"]["op"].caching)
-    return desc | {"results": results}
+    if DEVICE.type == "cuda":  # the allocator's peak is exact: no second process
+        with kernel():
+            for name, lib in libs.items():
+                results[name].update(_memory(lib))
+    return desc | {"results": results} | ({"skipped": skipped} if skipped else {})
 
 
 def _time_products(op: Any) -> Any:
@@ -327,11 +357,11 @@ def _time_products(op: Any) -> Any:
     original = op.matvec
 
     def timed(v: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
-        t0 = _cpu()
+        t0 = _clock()
         try:
             return original(v, out=out)
         finally:
-            times.append(_cpu() - t0)
+            times.append(_clock() - t0)
 
     op.matvec = timed
 
@@ -346,11 +376,11 @@ def _memory(lib: dict) -> dict:
     out = {}
     if lib["product"] is not None:
         lib["product"]()
-        with PeakMemory(torch.device("cpu")) as mem:
+        with PeakMemory(DEVICE) as mem:
             lib["product"]()
         out["product_mb"] = mem.peak / 2**20
     if lib.get("lanczos") is not None:
-        with PeakMemory(torch.device("cpu")) as mem:
+        with PeakMemory(DEVICE) as mem:
             lib["lanczos"]()
         out["step_mb"] = mem.peak / 2**20
     return out
@@ -363,8 +393,23 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--sizes", default=",".join(SIZES))
     row_options(parser)
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the rows run: 'cpu' (CPU time, one thread) or 'cuda' (the first GPU; "
+        "wall time after synchronising, the allocator's peak memory)",
+    )
     args = parser.parse_args()
     peers = [p for p in args.peers.split(",") if p]
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is available to this torch")
+        if args.allocator != "default":
+            parser.error("--allocator: only 'default' with --device cuda (it sets the "
+                         "host's glibc malloc, which a GPU's products do not use)")  # fmt: skip
+        global DEVICE
+        DEVICE = torch.device("cuda")
     if args.row:
         family, size = args.row.split(":")
         row = measure_row(family, size, args.rounds, peers, args.memory)
@@ -430,6 +475,10 @@ def settings_of(args: argparse.Namespace, peers: list[str]) -> dict:
     settings = {"rounds": args.rounds, "peers": peers, "torch": torch.__version__}
     if args.allocator != "default":  # earlier results, without the key, are "default"
         settings["allocator"] = args.allocator
+    device = getattr(args, "device", "cpu")  # bench_compile.py has no --device
+    if device != "cpu":  # likewise: earlier results ran on the CPU
+        settings["device"] = device
+        settings["gpu"] = torch.cuda.get_device_name(0)
     return settings
 
 
@@ -443,6 +492,9 @@ def run_row(script: str, family: str, size: str, args: argparse.Namespace) -> di
     memory measured in a second one with a fixed mmap threshold, merged."""
     base = [sys.executable, script, "--row", f"{family}:{size}", "--rounds", str(args.rounds),
             "--peers", args.peers]  # fmt: skip
+    gpu = getattr(args, "device", "cpu") == "cuda"
+    if gpu:
+        base += ["--device", "cuda"]
     t0 = time.time()
     env = dict(os.environ)
     if ALLOCATORS[args.allocator]:
@@ -451,6 +503,10 @@ def run_row(script: str, family: str, size: str, args: argparse.Namespace) -> di
     if timed.returncode != 0:
         raise SystemExit(f"{family} {size} failed:\n{timed.stderr[-3000:]}")
     row = json.loads(timed.stdout.strip().splitlines()[-1])
+    if gpu:  # the row measured its memory itself, from the allocator
+        row["wall_s"] = time.time() - t0
+        row["allocator"] = args.allocator
+        return row
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     mem = subprocess.run([*base, "--memory"], capture_output=True, text=True, env=env)
     if mem.returncode != 0:
@@ -484,6 +540,9 @@ def _fmt(x: float | None, unit: str = "") -> str:
 
 
 def report(rows: list[dict]) -> None:
+    if any(row.get("device") == "cuda" for row in rows):
+        print("\nOn the GPU: times are wall time after synchronising the device, memory the "
+              "allocator's peak above the start (torch.cuda.max_memory_allocated)")  # fmt: skip
     print("\n### spectorch alone\n")
     print("'own work': the step less the product it made, timed inside the run "
           "(full / partial reorthogonalisation); 'data for 1.1': the samples (windows) at "
@@ -532,6 +591,9 @@ def report(rows: list[dict]) -> None:
                 f"{_ratio(x.get('product_mb'), ours.get('product_mb'))} | "
                 f"{_ratio(x.get('step_mb'), r['spectorch'].get('step_mb'))} |"
             )
+    for row in rows:
+        for name, error in row.get("skipped", {}).items():
+            print(f"\n{row['family']} {row['size']}: {name} failed, left out: {error}")
 
 
 def _enough(row: dict, r: dict) -> str:

@@ -11,7 +11,7 @@ from torch.distributed.fsdp import fully_shard
 from spectorch import distributed
 from spectorch.curvature import CausalLM, HessianOperator
 from spectorch.density import draw_generator
-from spectorch.linalg import lanczos
+from spectorch.linalg import lanczos, random_start
 from spectorch.nn import GPT, GPTConfig
 from spectorch.sharded import ShardedHessian, sharded_density, sharded_lanczos
 
@@ -27,10 +27,9 @@ mine = [ids[ctx.rank :: ctx.world_size]]  # the ranks' data are disjoint
 # the reference: one process, all the data, the exact product and the same start
 reference = HessianOperator(copy.deepcopy(model), CausalLM(), everything)
 g = draw_generator(0, 0)
-full = [torch.randint(0, 2, tuple(p.shape), generator=g).to(F64) * 2 - 1
-        for p in model.parameters()]  # fmt: skip
-start = torch.cat([f.reshape(-1) for f in full])
-start = start / start.norm()
+start = random_start(sum(p.numel() for p in model.parameters()), generator=g)
+full = [x.reshape(p.shape) for x, p in zip(start.split([p.numel() for p in model.parameters()]),
+                                            model.parameters(), strict=True)]  # fmt: skip
 exact = lanczos(reference, 12, start=start)
 hv = reference.matvec(start)
 fd_reference = HessianOperator(copy.deepcopy(model), CausalLM(), everything,
@@ -46,10 +45,12 @@ piece = piece / H.norm(piece)
 product = H.gather(H.matvec(piece))
 alphas, betas = sharded_lanczos(H, 12, piece)
 dens = sharded_density(H, steps=12, draws=1, seed=0, progress=False)
+sharded_start = H.gather(H.random_start(draw_generator(0, 0)))  # draw 0's, cut by parameter
 if ctx.rank == 0:
     result = {
         "dim": H.dim,
         "local_dim": H.local_dim,
+        "start_max_diff": float((sharded_start - start).abs().max()),
         "product_rel_error": float((product - hv).norm() / hv.norm()),
         "alphas": alphas.tolist(),
         "betas": betas.tolist(),

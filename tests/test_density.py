@@ -252,6 +252,25 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         spectral_density(A, steps=6, draws=1, seed=0, out=tmp_path, progress=False)
 
 
+def test_a_run_with_the_earlier_rademacher_signs_is_not_resumed(tmp_path):
+    # before issue 18's GPU round a Rademacher start took one random number per entry;
+    # its manifests have no start_signs, and their draws are other vectors
+    import json
+
+    A = matrix_with_spectrum(_spectrum(30))
+    spectral_density(A, steps=5, draws=1, seed=0, out=tmp_path, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["start_signs"] == "bits of 32-bit words"
+    del manifest["start_signs"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"start_signs: not set there, 'bits of 32-bit words' now"):
+        spectral_density(A, steps=5, draws=2, seed=0, out=tmp_path, progress=False)
+    # Gaussian starts are drawn as before: no such key
+    spectral_density(A, steps=5, draws=1, seed=0, start="gaussian", out=tmp_path / "g",
+                     progress=False)  # fmt: skip
+    assert "start_signs" not in json.loads((tmp_path / "g" / "manifest.json").read_text())
+
+
 def test_failure_before_any_draw_leaves_nothing(tmp_path):
     A = matrix_with_spectrum(_spectrum(30))
     B = A.clone()

@@ -15,6 +15,7 @@ from spectorch.linalg import (
     hutchinson_trace,
     lanczos,
     lanczos_block,
+    rademacher_signs,
     random_start,
 )
 
@@ -291,13 +292,30 @@ def test_operator_returning_its_input_is_not_modified_in_place():
     assert res.breakdown and res.steps == 1 and res.alphas.item() == pytest.approx(1.0)
 
 
-def test_random_start_values_are_two_bits_minus_one():
-    # written in place since issue 18; the values must be those of 2·bits − 1 as before
+def test_random_start_values_are_the_bits_of_32_bit_words():
+    # since issue 18 (GPU round) one CPU draw gives 32 entries: entry i is 2b - 1 for
+    # bit i % 32 of word i // 32 of torch.randint(0, 2**32), each row its own words
     g1, g2 = _generator(3), _generator(3)
     v = random_start(1001, generator=g1, num=2)
-    bits = torch.randint(0, 2, (2, 1001), generator=g2, dtype=torch.int8).to(torch.float64)
-    ref = 2 * bits - 1
+    words = torch.randint(0, 2**32, (2, 32), generator=g2)
+    bits = (words.unsqueeze(-1) >> torch.arange(32)) & 1  # (row, word, bit)
+    ref = (2 * bits - 1).reshape(2, 32 * 32)[:, :1001].to(torch.float64)
     assert torch.equal(v, ref / ref.norm(dim=-1, keepdim=True))
+    assert torch.equal(g1.get_state(), g2.get_state())  # no word drawn beyond them
+
+
+@pytest.mark.parametrize("sizes", [[1001], [5, 300, 1, 695], [32, 32, 937], [1000, 1]])
+def test_rademacher_signs_are_the_same_however_the_vector_is_cut(sizes):
+    # ShardedHessian draws one parameter at a time: its start must be random_start's
+    g = _generator(7)
+    pieces = list(rademacher_signs(sizes, g))
+    assert [len(x) for x in pieces] == sizes
+    whole = random_start(1001, generator=_generator(7))
+    signs = torch.cat(pieces).to(torch.float64)
+    assert torch.equal(signs / signs.norm(), whole)
+    g_whole = _generator(7)
+    random_start(1001, generator=g_whole)
+    assert torch.equal(g.get_state(), g_whole.get_state())
 
 
 def test_pythagorean_dgks_matches_the_measured_norm():

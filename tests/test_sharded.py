@@ -26,6 +26,8 @@ def test_fsdp2_sharded_equals_unsharded(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["local_dim"] < res["dim"]  # each rank holds a shard of the parameters
+    # the ranks draw the start one parameter at a time: random_start's vector all the same
+    assert res["start_max_diff"] < 1e-15
     # the finite-difference product equals the exact one to its truncation error
     assert res["product_rel_error"] < 1e-7
     # the sharded recurrence gives the one-process finite-difference tridiagonal

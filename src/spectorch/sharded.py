@@ -49,8 +49,8 @@ from tqdm.auto import tqdm
 from spectorch import checks
 from spectorch.curvature import Objective, Supervised
 from spectorch.density import SpectralDensity, draw_generator
-from spectorch.density._run import _RunDir
-from spectorch.linalg import LanczosResult
+from spectorch.density._run import START_SIGNS, _RunDir
+from spectorch.linalg import LanczosResult, rademacher_signs
 from spectorch.train._rundir import plain
 
 log = logging.getLogger("spectorch.density")
@@ -204,11 +204,12 @@ class ShardedHessian:
 
     def random_start(self, generator: torch.Generator) -> torch.Tensor:
         """A Rademacher start vector, unit norm, drawn parameter by parameter from
-        ``generator`` (the same full vector whatever the number of ranks; one
-        parameter's full tensor at a time is drawn on each rank)."""
+        ``generator``: :func:`~spectorch.linalg.random_start`'s vector of the same
+        generator, whatever the number of ranks (one parameter's full tensor at a time
+        is drawn on each rank)."""
+        signs = rademacher_signs([p.numel() for p in self.params], generator)
         full = [
-            torch.randint(0, 2, tuple(p.shape), generator=generator).to(torch.float64) * 2 - 1
-            for p in self.params
+            s.to(torch.float64).reshape(p.shape) for s, p in zip(signs, self.params, strict=True)
         ]
         v = self.shard_full(full)
         return v / self.norm(v)
@@ -344,7 +345,8 @@ def sharded_density(
     if steps > op.dim:
         raise ValueError(f"steps must be at most the operator's dimension {op.dim}, got {steps}")
     settings = {"dim": op.dim, "steps": int(steps), "seed": int(seed), "start": "rademacher",
-                "dtype": "float64", "operator": op.describe(), "basis": "sharded"}  # fmt: skip
+                "start_signs": START_SIGNS, "dtype": "float64", "operator": op.describe(),
+                "basis": "sharded"}  # fmt: skip
     if metadata and "problem" in metadata:
         settings["problem"] = plain(metadata["problem"])
     root = dist.get_rank(op.group) == 0

@@ -42,7 +42,11 @@ _FORMAT = "spectorch.density/1"
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 # A resumed run must have been started with the same settings as these, and on the
 # same problem (``metadata["problem"]``, when the caller names it).
-_RESUME_KEYS = ("dim", "steps", "seed", "start", "dtype", "operator")
+_RESUME_KEYS = ("dim", "steps", "seed", "start", "start_signs", "dtype", "operator")
+#: how a Rademacher start's signs come from the seed (:func:`rademacher_signs`); runs
+#: made before it (no such key, one random number per entry) are neither resumed nor
+#: combined with later ones
+START_SIGNS = "bits of 32-bit words"
 _PROBLEM = "problem"
 
 
@@ -198,6 +202,8 @@ def spectral_density(
         "operator": describe() if callable(describe) else {"operator": type(op).__name__},
         "basis": basis,
     }
+    if start == "rademacher":
+        settings["start_signs"] = START_SIGNS
     if reorth != "full":  # manifests of full reorthogonalisation stay as they were
         settings["reorth"] = reorth
     if metadata and _PROBLEM in metadata:
@@ -224,13 +230,15 @@ def spectral_density(
     # would be fresh memory, a page fault per 4 KB page of every row (at 10⁸
     # parameters more than the arithmetic on the row); the carried rows get their own
     carried = None
+    device = operator_device(op)  # the starts are built there, from words drawn on the CPU
     total = len(indices)
     bar = tqdm(total=total, initial=total - len(todo), desc="draws", disable=not progress)
     try:
         for i in range(0, len(todo), probes_per_pass):
             group = todo[i : i + probes_per_pass]
             starts = [
-                random_start(n, kind=start, generator=draw_generator(seed, k), num=1) for k in group
+                random_start(n, kind=start, generator=draw_generator(seed, k), num=1, device=device)
+                for k in group
             ]
             starts = starts[0] if len(starts) == 1 else torch.cat(starts)
             if basis != "disk":
@@ -329,8 +337,9 @@ def _regenerated_probe(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw ``k``'s probe when its vectors are not at hand (one draw per job, or a
     resume without saved vectors): regenerated from the seed, ``Az`` for one product."""
-    z = random_start(n, kind=start, generator=draw_generator(seed, k)) * float(n) ** 0.5
-    z = z.to(operator_device(op))
+    device = operator_device(op)
+    z = random_start(n, kind=start, generator=draw_generator(seed, k), device=device)
+    z *= float(n) ** 0.5
     Az = op.matvec(z.to(op.dtype)).to(torch.float64)
     return z, Az
 

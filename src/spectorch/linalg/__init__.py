@@ -11,6 +11,7 @@ from spectorch.linalg._lanczos import (
     LanczosResult,
     lanczos,
     lanczos_block,
+    rademacher_signs,
     random_start,
 )
 from spectorch.linalg._operator import (
@@ -40,6 +41,7 @@ __all__ = [
     "LanczosResult",
     "lanczos",
     "lanczos_block",
+    "rademacher_signs",
     "random_start",
     # extreme eigenpairs
     "WHICH",

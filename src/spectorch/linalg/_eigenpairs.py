@@ -386,7 +386,7 @@ class _ThickRestart:
 
     def _fresh(self, rows: int) -> torch.Tensor:
         """A random unit vector orthogonal to ``V[:rows]``."""
-        v = random_start(self.n, generator=self.generator, dtype=self.dtype).to(self.V.device)
+        v = random_start(self.n, generator=self.generator, dtype=self.dtype, device=self.V.device)
         self._orthogonalize(v, rows)
         self._orthogonalize(v, rows)
         return v / torch.linalg.vector_norm(v)

@@ -21,7 +21,14 @@ from spectorch.linalg._operator import (
 )
 from spectorch.linalg._quadrature import gauss_quadrature, tridiagonal_matrix
 
-__all__ = ["REORTH_MODES", "LanczosResult", "lanczos", "lanczos_block", "random_start"]
+__all__ = [
+    "REORTH_MODES",
+    "LanczosResult",
+    "lanczos",
+    "lanczos_block",
+    "rademacher_signs",
+    "random_start",
+]
 
 _STARTS = ("rademacher", "gaussian")
 #: how the Lanczos vectors are kept orthogonal: against the whole basis at every step,
@@ -97,25 +104,71 @@ def random_start(
     generator: torch.Generator | None = None,
     num: int | None = None,
     dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Unit-norm random start vector(s) of length ``n``, drawn on the CPU.
+    """Unit-norm random start vector(s) of length ``n``, drawn on the CPU, on ``device``
+    (the CPU by default).
 
     Drawing on the CPU from an explicit generator makes a seed give the same vector on
-    every device. ``num=None`` gives shape ``(n,)``, else ``(num, n)``.
+    every device. ``num=None`` gives shape ``(n,)``, else ``(num, n)``, the rows drawn
+    one after another. A Rademacher vector's signs are the bits of 32-bit random words
+    (:func:`rademacher_signs`), so the CPU draws one number per 32 entries and only
+    the words travel to ``device``, where they are unpacked: at 10⁸ entries a draw
+    of one number per entry took about a second on the CPU, several GPU products.
+    Gaussian starts are drawn in full on the CPU.
     """
     if kind not in _STARTS:
         raise ValueError(f"start must be one of {list(_STARTS)} or a tensor, got {kind!r}")
-    shape = (n,) if num is None else (num, n)
-    # one full-length tensor, worked in place: at 10^8 entries every fresh one costs
-    # more (page faults) than the arithmetic; the values are those of 2·bits − 1
+    rows = 1 if num is None else num
+    device = torch.device("cpu") if device is None else torch.device(device)
     if kind == "rademacher":
-        bits = torch.randint(0, 2, shape, generator=generator, dtype=torch.int8)
-        v = torch.empty(shape, dtype=dtype)
-        v.copy_(bits).mul_(2).sub_(1)
-        del bits
+        v = torch.empty(rows, n, dtype=dtype, device=device)
+        for row in v:  # the rows' words one after another, as one draw of them all
+            row.copy_(next(rademacher_signs([n], generator, device=device)))
     else:
-        v = torch.randn(shape, generator=generator, dtype=dtype)
-    return v.div_(v.norm(dim=-1, keepdim=True))
+        v = torch.randn(rows, n, generator=generator, dtype=dtype).to(device)
+    v = v.div_(v.norm(dim=-1, keepdim=True))
+    return v[0] if num is None else v
+
+
+#: random bits per number drawn for a Rademacher vector
+_WORD_BITS = 32
+
+
+def rademacher_signs(
+    sizes: list[int], generator: torch.Generator | None, *, device: Any = None
+) -> Any:
+    """The entries (``±1``, int8, on ``device``) of one Rademacher vector of length
+    ``sum(sizes)``, yielded in pieces of those sizes, which :func:`random_start`
+    normalises.
+
+    Entry ``i`` is ``2 b − 1`` for the bit ``i mod 32`` (least significant first) of
+    word ``⌊i / 32⌋``, the words drawn on the CPU by ``torch.randint(0, 2**32)`` from
+    ``generator``. A piece draws only the words it needs beyond the bits left over from
+    the previous one, so the pieces of a vector are the same however it is cut (one
+    parameter at a time, as :class:`~spectorch.sharded.ShardedHessian` draws it) and
+    leave the generator where one draw of the whole vector would.
+    """
+    device = torch.device("cpu") if device is None else torch.device(device)
+    byte_shifts = torch.tensor([0, 8, 16, 24], device=device)
+    bit_shifts = torch.arange(8, dtype=torch.uint8, device=device)
+    left = torch.empty(0, dtype=torch.int8, device=device)  # bits drawn, not yet used
+    for size in sizes:
+        need = size - left.numel()
+        if need > 0:
+            count = -(-need // _WORD_BITS)
+            words = torch.randint(0, 2**_WORD_BITS, (count,), generator=generator)
+            words = words.to(device)
+            # bytes, then bits, little end first: one byte per entry at most, never
+            # a full-length int64 temporary
+            octets = ((words.unsqueeze(-1) >> byte_shifts) & 255).to(torch.uint8)
+            del words
+            bits = ((octets.unsqueeze(-1) >> bit_shifts) & 1).view(-1).to(torch.int8)
+            del octets
+            bits = bits.mul_(2).sub_(1)
+            left = torch.cat([left, bits]) if left.numel() else bits
+        yield left[:size]
+        left = left[size:]
 
 
 def lanczos(
@@ -192,7 +245,7 @@ def lanczos(
             raise ValueError(f"start must have shape ({n},), got {tuple(start.shape)}")
         starts = start.reshape(1, n)
     else:
-        starts = _random_starts(n, 1, start, generator, seed, dtype)
+        starts = _random_starts(n, 1, start, generator, seed, dtype, operator_device(op))
     return lanczos_block(
         op,
         steps,
@@ -449,9 +502,10 @@ def _random_starts(
     generator: torch.Generator | None,
     seed: int | None,
     dtype: torch.dtype,
+    device: torch.device,
 ) -> torch.Tensor:
     generator = make_generator(generator, seed)
-    return random_start(n, kind=kind, generator=generator, num=num, dtype=dtype)
+    return random_start(n, kind=kind, generator=generator, num=num, dtype=dtype, device=device)
 
 
 class _Orthogonality:
