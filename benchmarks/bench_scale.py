@@ -37,8 +37,15 @@ product's temporaries reuse memory already written instead of fresh pages (the r
 ``bench_held_memory.py`` measures for the 10^8 rows); its rows are kept apart from the
 default's in the results file.
 
+``--device cuda`` runs the rows on the first GPU: times are wall time with the device
+synchronised before and after each timed call, every library runs one Lanczos run as
+a warm-up and the Lanczos runs are timed in every round, and peak memory is CUDA's
+allocator peak above the start of the call, in the same process (its rows are kept
+apart from the CPU's in the results file).
+
 Peers are skipped when not installed: ``pip install --pre hessian-eigenthings
-pyhessian curvlinops-for-pytorch``.
+pyhessian curvlinops-for-pytorch``; one that fails in its warm-up is left out of the
+row, and the row names it and the error.
 """
 
 from __future__ import annotations
