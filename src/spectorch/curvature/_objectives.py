@@ -153,19 +153,42 @@ def cross_entropy_derivatives(
     return _ce_gradient(logits, labels, w), lambda u: _ce_hessian_product(logits, w, u)
 
 
+def _softmax_product(p: torch.Tensor, w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``_ce_hessian_product`` from the softmax ``p`` itself, in the same chunks,
+    written into one tensor (no concatenation)."""
+    out = torch.empty_like(u)
+    for a, b in _spans(p.shape[0], p.shape[1]):
+        pa, ua = p[a:b], u[a:b]
+        torch.mul(pa, ua, out=out[a:b])
+        dot = out[a:b].sum(-1, keepdim=True)
+        torch.sub(ua, dot, out=out[a:b]).mul_(w[a:b] * pa)
+    return out
+
+
 class _CrossEntropyGrad(torch.autograd.Function):
-    """``weight_i (softmax(logits_i) − e_{label_i})``, differentiated in closed form."""
+    """``weight_i (softmax(logits_i) − e_{label_i})``, differentiated in closed form.
+
+    It keeps the softmax rather than the logits (the same size): a graph kept for
+    many products, or differentiated once per product, then computes the softmax once,
+    not at every product (the softmax was a tenth of an MLP's product on the digits,
+    ``benchmarks/bench_scale.py`` at 10^4 parameters)."""
 
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, labels: torch.Tensor, w: torch.Tensor):
-        ctx.save_for_backward(logits, w)
-        return _ce_gradient(logits.detach(), labels, w)
+        logits = logits.detach()
+        p = torch.empty_like(logits)
+        for a, b in _spans(logits.shape[0], logits.shape[1]):
+            torch.softmax(logits[a:b], dim=-1, out=p[a:b])
+        ctx.save_for_backward(p, w)
+        g = p.clone()
+        g[torch.arange(g.shape[0], device=g.device), labels.clamp(min=0)] -= 1.0
+        return g.mul_(w)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, u: torch.Tensor):
-        logits, w = ctx.saved_tensors
-        return _ce_hessian_product(logits, w, u), None, None
+        p, w = ctx.saved_tensors
+        return _softmax_product(p, w, u), None, None
 
 
 class _CrossEntropySum(torch.autograd.Function):

@@ -371,12 +371,17 @@ class CurvatureOperator:
         self._check_train_mode()
         k = V.shape[1]
         tangents = self._unflatten(self._tangent_rows(V))
-        params = self._params()
+        params = self._params_for_products()
         # written by the first batch's products, added to by the others
         if out is None:
             out = torch.empty(k, self._dim, dtype=self._dtype, device=self._device)
         count = 0
         first = True
+        # the running sum's total after each batch, on the device: read once at the
+        # end (one transfer, not a wait for the device per batch) to name the first
+        # batch whose product has NaN or inf entries
+        totals: list[torch.Tensor] = []
+        indices: list[int] = []
         for index, batch, size in self._batches():
             # a BatchLoss tells its count only when evaluated: the product sets _size
             self._index, self._size = index, size
@@ -400,12 +405,17 @@ class CurvatureOperator:
                 start += numel
             first = False
             # NaN or inf in this batch's product makes the running sum non-finite
-            if not math.isfinite(float(out.detach().sum())):
-                raise FloatingPointError(
-                    f"the {self.name} product of batch {index} has NaN or inf entries; check "
-                    "the model, loss and that batch for non-finite values"
-                )
+            totals.append(out.detach().sum())
+            indices.append(index)
             count += self._size
+        if totals:
+            finite = torch.isfinite(torch.stack(totals)).tolist()
+            if not all(finite):
+                raise FloatingPointError(
+                    f"the {self.name} product of batch {indices[finite.index(False)]} has "
+                    "NaN or inf entries; check the model, loss and that batch for "
+                    "non-finite values"
+                )
         if first:  # no batch: an empty sum
             out.zero_()
         return out, count
@@ -482,6 +492,11 @@ class CurvatureOperator:
             return int(self.objective.count(batch))
         except ValueError as exc:
             raise ValueError(f"batch {index}: {exc}") from exc
+
+    def _params_for_products(self) -> dict[str, torch.Tensor] | None:
+        """The parameters the products of :meth:`accumulate` take (an operator whose
+        products need none may give ``None``)."""
+        return self._params()
 
     def _params(self) -> dict[str, torch.Tensor]:
         named = dict(self.model.named_parameters())
@@ -924,7 +939,10 @@ class HessianOperator(_SecondOrderOperator):
             kwargs.setdefault("closed_form", False)
         self.cache_graphs = cache_graphs
         self._graphs: dict[int, tuple] = {}
-        self._graph_key: tuple | None = None
+        self._graph_key: list | None = None
+        #: the model's modules, walked at every product for the state key (listed
+        #: again when a submodule is replaced)
+        self._walk: list[nn.Module] | None = None
         self._cache_complete = False
         self._cache_bytes = 0
         #: per storage of the kept graphs, the [start, stop) bytes its saved views span
@@ -952,12 +970,35 @@ class HessianOperator(_SecondOrderOperator):
         if self.caching:
             # any in-place change of a parameter (an optimiser step) or of a buffer
             # (BatchNorm statistics) bumps its version and drops the kept graphs
-            tensors = [*self.model.parameters(), *self.model.buffers()]
-            key = tuple((t.data_ptr(), t._version) for t in tensors)
+            key = self._state_key()
             if key != self._graph_key:
+                self._walk = None  # a submodule may have been replaced: list them again
                 self._drop_cache()
-                self._graph_key = key
+                self._graph_key = self._state_key()
         return super().accumulate(V, batched=batched, out=out)
+
+    def _state_key(self) -> list:
+        """What the kept graphs were built from: every module's children (by
+        identity) and its parameters' and buffers' (data pointer, version). A walk over
+        a kept list of the modules, without ``named_modules``' prefixes and memo: a
+        third of the time, which matters where a product takes milliseconds (a
+        12-layer GPT: 0.16 ms against 0.53 ms a product)."""
+        if self._walk is None:
+            self._walk = list(self.model.modules())
+        key: list = []
+        for m in self._walk:
+            key.append(tuple(map(id, m._modules.values())))
+            for t in (*m._parameters.values(), *m._buffers.values()):
+                if t is not None:
+                    key.append((t.data_ptr(), t._version))
+        return key
+
+    def _params_for_products(self) -> dict[str, torch.Tensor] | None:
+        # every batch's graph kept: the products differentiate those graphs and never
+        # read the parameters, which take a walk over the model to list
+        if self._reverse and not self._finite and self.caching and self._cache_complete:
+            return None
+        return self._params()
 
     def _drop_cache(self) -> None:
         self._graphs.clear()
