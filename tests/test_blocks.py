@@ -82,6 +82,10 @@ def test_a_block_is_the_dense_principal_submatrix(operator):
         block = full.restrict(spec)
         idx = _coordinates(model, block.param_names)
         torch.testing.assert_close(block.to_dense(), dense[idx][:, idx], rtol=1e-12, atol=1e-14)
+        # a product is a value: not tied to a graph through the parameters held fixed
+        v = torch.ones(block.shape[0], dtype=torch.float64)
+        assert not block.matvec(v).requires_grad
+        assert not block.matmat(torch.ones(block.shape[0], 2, dtype=torch.float64)).requires_grad
     # the settings carry over
     if operator is HessianOperator:
         h = HessianOperator(model, nn.CrossEntropyLoss(), data, hvp="forward", cache_graphs=False)

@@ -75,6 +75,24 @@ KINDS = [
 ]
 
 
+def test_kept_graphs_follow_a_replaced_parameter_or_submodule():
+    # the state key walks a kept list of the modules: a Parameter object put in place
+    # of another, or a new submodule, must drop the kept graphs all the same
+    model, loss, X, y, data = _problem("mlp", "ce")
+    op = HessianOperator(model, loss, data, cache_graphs=True)
+    v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    _assert_close(op.matvec(v), _dense_hessian(model, loss, X, y) @ v)
+    model[2].weight = nn.Parameter(model[2].weight.detach() * 2.0)  # a new Parameter
+    _assert_close(op.matvec(v), _dense_hessian(model, loss, X, y) @ v)
+    torch.manual_seed(5)
+    model[0] = nn.Linear(5, 6).double()  # a new submodule, the same parameter names
+    _assert_close(op.matvec(v), _dense_hessian(model, loss, X, y) @ v)
+    # and a kept graph of every batch is reused as it is while nothing changes
+    before = dict(op._graphs)
+    op.matvec(v)
+    assert all(op._graphs[k] is before[k] for k in before)
+
+
 @pytest.mark.parametrize(("kind", "hvp"), KINDS)
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 @pytest.mark.parametrize("loss_name", sorted(LOSSES))

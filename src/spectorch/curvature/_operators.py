@@ -370,7 +370,12 @@ class CurvatureOperator:
         """
         self._check_train_mode()
         k = V.shape[1]
-        tangents = self._unflatten(self._tangent_rows(V))
+        rows = self._tangent_rows(V)
+        if batched:
+            tangents = self._unflatten(rows)
+        else:  # one column: its blocks in the parameters' shapes, views of the row
+            pieces = torch.split(rows[0], self._numels)
+            single = tuple(x.view(s) for x, s in zip(pieces, self._shapes, strict=True))
         params = self._params_for_products()
         # written by the first batch's products, added to by the others
         if out is None:
@@ -389,20 +394,28 @@ class CurvatureOperator:
             def compute(batch: Any = batch) -> tuple[torch.Tensor, ...]:
                 if batched:
                     return self._batch_products(params, batch, tangents)
-                single = tuple(t[0] for t in tangents)
-                prods = self._batch_products_single(params, batch, single)
-                return tuple(p.unsqueeze(0) for p in prods)
+                return self._batch_products_single(params, batch, single)
 
+            # the blocks (k, *shape) of a block of columns, or one column's (*shape)
             prods = self._with_attention_fallback(compute)
-            # each block added into its slice of the float64 sum, no flat copy
-            start = 0
-            for p, numel in zip(prods, self._numels, strict=True):
-                block, piece = out[:, start : start + numel], p.reshape(k, numel)
-                if first:
-                    block.copy_(piece)
-                else:
-                    block.add_(piece)
-                start += numel
+            # the sum is a value: a block's product that still hangs on a graph (the
+            # GGN's or the Fisher's of a restricted block, through the parameters
+            # held fixed) does not pass its graph on to the product
+            with torch.no_grad():
+                if first and out.is_contiguous():
+                    # written into the float64 sum in one call, no flat copy: a loop over
+                    # the blocks is three calls a parameter, a millisecond a product for
+                    # a GPT of a hundred parameter tensors (benchmarks/bench_scale.py)
+                    torch.cat([p.reshape(k, -1) for p in prods], dim=1, out=out)
+                else:  # each block added into its slice of the float64 sum
+                    start = 0
+                    for p, numel in zip(prods, self._numels, strict=True):
+                        block, piece = out[:, start : start + numel], p.reshape(k, numel)
+                        if first:
+                            block.copy_(piece)
+                        else:
+                            block.add_(piece)
+                        start += numel
             first = False
             # NaN or inf in this batch's product makes the running sum non-finite
             totals.append(out.detach().sum())
@@ -1075,8 +1088,17 @@ class HessianOperator(_SecondOrderOperator):
                 return tuple(p[0] for p in prods)
         if not self._reverse or (self.compiled and not self.caching):
             return super()._batch_products_single(params, batch, tangent)
-        prods = self._double_backward(params, batch, tuple(t[None] for t in tangent))
-        return tuple(p[0] for p in prods)
+        leaves, grads, live = self._gradient_graph(params, batch)
+        hv = torch.autograd.grad(
+            [grads[i] for i in live],
+            leaves,
+            grad_outputs=[tangent[i] for i in live],
+            retain_graph=self.caching,
+            allow_unused=True,
+        )
+        return tuple(
+            torch.zeros_like(t) if h is None else h for h, t in zip(hv, tangent, strict=True)
+        )
 
     def _batch_products(self, params, batch, tangents):
         if self._finite:
@@ -1246,6 +1268,27 @@ class HessianOperator(_SecondOrderOperator):
         """Reverse-over-reverse with plain autograd: the graph of ``∇L`` is built once
         per batch and differentiated again for each tangent (``retain_graph``), which
         beats vmapping the second backward pass."""
+        leaves, grads, live = self._gradient_graph(params, batch)
+        k = tangents[0].shape[0]
+        out: list[torch.Tensor | None] = [None] * len(tangents)
+        for j in range(k):
+            hv = torch.autograd.grad(
+                [grads[i] for i in live],
+                leaves,
+                grad_outputs=[tangents[i][j] for i in live],
+                retain_graph=self.caching or j < k - 1,
+                allow_unused=True,
+            )
+            for i, h in enumerate(hv):
+                if out[i] is None:
+                    out[i] = torch.zeros_like(tangents[i])
+                if h is not None:
+                    out[i][j] = h
+        return tuple(out)
+
+    def _gradient_graph(self, params, batch) -> tuple[list, tuple, list]:
+        """``(leaves, ∇L, the indices of its blocks that depend on θ)`` of the current
+        batch: its kept graph, or one built now (and kept, if caching)."""
         cached = self._graphs.get(self._index) if self.caching else None
         if cached is None:
             leaves = [params[k].detach().requires_grad_(True) for k in self.param_names]
@@ -1274,25 +1317,7 @@ class HessianOperator(_SecondOrderOperator):
                     self._graphs[self._index] = (leaves, grads, live, self._size)
         else:
             leaves, grads, live, _ = cached
-        k = tangents[0].shape[0]
-        out: list[torch.Tensor | None] = [None] * len(tangents)
-        for j in range(k):
-            hv = torch.autograd.grad(
-                [grads[i] for i in live],
-                leaves,
-                grad_outputs=[tangents[i][j] for i in live],
-                retain_graph=self.caching or j < k - 1,
-                allow_unused=True,
-            )
-            for i, h in enumerate(hv):
-                if k == 1:  # one probe: its blocks as they come, no copy
-                    out[i] = torch.zeros_like(tangents[i]) if h is None else h.unsqueeze(0)
-                    continue
-                if out[i] is None:
-                    out[i] = torch.zeros_like(tangents[i])
-                if h is not None:
-                    out[i][j] = h
-        return tuple(out)
+        return leaves, grads, live
 
 
 class GGNOperator(_SecondOrderOperator):
