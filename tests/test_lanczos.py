@@ -318,6 +318,26 @@ def test_rademacher_signs_are_the_same_however_the_vector_is_cut(sizes):
     assert torch.equal(g.get_state(), g_whole.get_state())
 
 
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda g: rademacher_signs([3, -1], g),
+            r"sizes entries must be a non-negative int, got -1",
+        ),
+        (lambda g: rademacher_signs(5, g), r"sizes must be a sequence of ints, got int"),
+        (lambda g: random_start(0, generator=g), r"n must be a positive int, got 0"),
+        (lambda g: random_start(4, generator=g, num=0), r"num must be a positive int, got 0"),
+    ],
+)
+def test_bad_start_arguments_are_refused_before_any_draw(call, match):
+    g = _generator(0)
+    state = g.get_state()
+    with pytest.raises(ValueError, match=match):
+        call(g)
+    assert torch.equal(g.get_state(), state)  # nothing drawn
+
+
 def test_pythagorean_dgks_matches_the_measured_norm():
     # without the norm before, the first pass infers it as √(‖after‖² + ‖c‖²): on a
     # vector that cancels, the second pass must run exactly as with the measured norm

@@ -119,7 +119,8 @@ def random_start(
     """
     if kind not in _STARTS:
         raise ValueError(f"start must be one of {list(_STARTS)} or a tensor, got {kind!r}")
-    rows = 1 if num is None else num
+    checks.positive_int("n", n)
+    rows = 1 if num is None else checks.positive_int("num", num)
     device = torch.device("cpu") if device is None else torch.device(device)
     if kind == "rademacher":
         v = torch.empty(rows, n, dtype=dtype, device=device)
@@ -148,8 +149,19 @@ def rademacher_signs(
     the previous one, so the pieces of a vector are the same however it is cut (one
     parameter at a time, as :class:`~spectorch.sharded.ShardedHessian` draws it) and
     leave the generator where one draw of the whole vector would.
+
+    Raises:
+        ValueError: if ``sizes`` is not a sequence of non-negative ints (checked
+            before anything is drawn).
     """
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        raise ValueError(f"sizes must be a sequence of ints, got {type(sizes).__name__}")
+    sizes = [checks.nonnegative_int("sizes entries", x) for x in sizes]
     device = torch.device("cpu") if device is None else torch.device(device)
+    return _signs(sizes, generator, device)
+
+
+def _signs(sizes: list[int], generator: torch.Generator | None, device: torch.device) -> Any:
     byte_shifts = torch.tensor([0, 8, 16, 24], device=device)
     bit_shifts = torch.arange(8, dtype=torch.uint8, device=device)
     left = torch.empty(0, dtype=torch.int8, device=device)  # bits drawn, not yet used
