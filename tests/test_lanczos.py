@@ -353,7 +353,10 @@ def test_pythagorean_dgks_matches_the_measured_norm():
             store = BlockBasis(1, m, n, dtype=torch.float64, device=torch.device("cpu"))
             store.Q[0] = q
             x = w.clone().reshape(1, n)
-            after = store.orthogonalize(x, m, norms)
+            read = torch.tensor([3.25], dtype=torch.float64)
+            after, floats, values = store.orthogonalize(x, m, norms, read=read)
+            # the norms also as the floats read to the host, α read along with them
+            assert floats == after.tolist() and values == [3.25]
             runs.append((store.passes[0], float(after[0]), x))
         assert runs[0][0] == runs[1][0] == (2 if near else 1)
         assert runs[0][1] == pytest.approx(runs[1][1], rel=1e-12)
@@ -427,3 +430,48 @@ def test_bad_workspace_is_refused(spectrum, kwargs, match):
     starts = random_start(60, num=2, generator=torch.Generator().manual_seed(0))
     with pytest.raises((ValueError, TypeError), match=match):
         lanczos_block(A, 6, starts, **kwargs)
+
+
+def test_random_start_into_out_is_the_same_vector():
+    out = torch.full((3, 1001), 7.0, dtype=torch.float64)
+    got = random_start(1001, generator=_generator(4), num=3, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    assert torch.equal(out, random_start(1001, generator=_generator(4), num=3))
+    with pytest.raises(ValueError, match=r"out must be a contiguous tensor of shape \(1001,\)"):
+        random_start(1001, generator=_generator(4), out=torch.empty(1000, dtype=torch.float64))
+
+
+def test_lanczos_checks_its_arguments_before_drawing_the_start():
+    # the start is drawn straight into the basis, so the checks come first
+    A = torch.diag(torch.arange(1.0, 9.0, dtype=torch.float64))
+    for kwargs, match in (
+        ({"reorth": "bogus"}, "reorth must be one of"),
+        ({"start": "uniform"}, "start must be one of"),
+        ({"steps": 9}, "steps must be at most"),
+    ):
+        g = _generator(0)
+        state = g.get_state()
+        with pytest.raises(ValueError, match=match):
+            lanczos(A, kwargs.pop("steps", 4), generator=g, **kwargs)
+        assert torch.equal(g.get_state(), state)
+
+
+@pytest.mark.parametrize("reorth", ["full", "partial"])
+def test_one_read_to_the_host_per_step(reorth, monkeypatch):
+    # on a GPU every read of a value waits for the device: a step reads α and β (and
+    # the Gram-Schmidt test) in one transfer, partial reorthogonalisation's estimates
+    # come from those floats, and the end checks the last α
+    reads = []
+    for name in ("tolist", "item", "__bool__", "__float__", "cpu", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    d = torch.linspace(0.0, 1.0, 500, dtype=torch.float64)
+    A = MatrixOperator(torch.diag(d))
+    res = lanczos(A, 30, seed=0, reorth=reorth)
+    assert res.steps == 30
+    assert len(reads) <= 30 + 2, reads

@@ -236,11 +236,6 @@ def spectral_density(
     try:
         for i in range(0, len(todo), probes_per_pass):
             group = todo[i : i + probes_per_pass]
-            starts = [
-                random_start(n, kind=start, generator=draw_generator(seed, k), num=1, device=device)
-                for k in group
-            ]
-            starts = starts[0] if len(starts) == 1 else torch.cat(starts)
             if basis != "disk":
                 if workspace is None:
                     kept = dtype if basis == "memory" else torch.float32
@@ -249,6 +244,17 @@ def spectral_density(
                 if carried is None:
                     carried = torch.empty(2, n, dtype=torch.float64, device=workspace.device)
                 space = workspace[: len(group)]  # the last group may be smaller
+            if basis == "memory" and dtype == torch.float64:  # straight into the basis rows
+                starts = space[:, 0]
+                for row, k in zip(starts, group, strict=True):
+                    generator = draw_generator(seed, k)
+                    random_start(n, kind=start, generator=generator, device=device, out=row)
+            else:
+                starts = [
+                    random_start(n, kind=start, generator=draw_generator(seed, k), device=device)
+                    for k in group
+                ]
+                starts = torch.stack(starts)
             t0 = time.perf_counter()
             results = lanczos_block(
                 op,

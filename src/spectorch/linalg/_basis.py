@@ -196,20 +196,19 @@ class BlockBasis:
         j: int,
         q: torch.Tensor,
         q_prev: torch.Tensor,
-        alpha: torch.Tensor,
-        beta: torch.Tensor | None,
+        coef: torch.Tensor,
     ) -> None:
-        """The three-term recurrence in place: ``w -= α q + β q_prev`` (no ``β`` term
-        at ``j = 0``). In ``"memory"`` mode ``q`` and ``q_prev`` are rows ``j`` and
-        ``j − 1`` of the basis, side by side, so both terms go in one pass over ``w``."""
-        if self.mode == "memory" and beta is not None:
-            coef = torch.stack([beta, alpha], dim=1)  # (b, 2), for rows j-1 and j
+        """The three-term recurrence in place: ``w -= α q + β q_prev`` with ``coef`` the
+        ``(b, 2)`` coefficients ``(β, α)`` (no ``β`` term at ``j = 0``). In ``"memory"``
+        mode ``q`` and ``q_prev`` are rows ``j`` and ``j − 1`` of the basis, side by
+        side, so both terms go in one pass over ``w``."""
+        if self.mode == "memory" and j > 0:
             for d in range(self.b):
                 w[d].addmv_(self.Q[d, j - 1 : j + 1].T, coef[d], alpha=-1.0)
             return
-        w.addcmul_(q, alpha[:, None], value=-1.0)
-        if beta is not None:
-            w.addcmul_(q_prev, beta[:, None], value=-1.0)
+        w.addcmul_(q, coef[:, 1:], value=-1.0)
+        if j > 0:
+            w.addcmul_(q_prev, coef[:, :1], value=-1.0)
 
     def orthogonalize(
         self,
@@ -218,7 +217,8 @@ class BlockBasis:
         norms: torch.Tensor | None,
         rows: list[int] | None = None,
         spans: dict[int, list[tuple[int, int]]] | None = None,
-    ) -> torch.Tensor:
+        read: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[float], list[float] | None]:
         """Remove from ``w`` (``(b, n)``, in place) its projections on rows ``0..m-1``.
 
         One classical Gram-Schmidt pass (two reads of the basis), and a second one only
@@ -234,57 +234,76 @@ class BlockBasis:
             rows: the recurrences to orthogonalise; default all ``b``.
             spans: per recurrence, the ``[start, stop)`` ranges of basis rows to
                 orthogonalise against (partial reorthogonalisation); default all ``m``.
+            read: a ``(b,)`` tensor to read to the host along with the first pass's
+                norms, in the same transfer (Lanczos's ``α``: on a GPU each read waits
+                for the device).
 
         Returns:
             The rows' norms after (``norms``, or zero without them, where a row was
-            left alone). Each pass is counted in :attr:`passes` and the basis rows it
+            left alone), the same as Python floats, and ``read``'s values (``None``
+            without it). Each pass is counted in :attr:`passes` and the basis rows it
             read in :attr:`rows_read`.
         """
         given = norms is not None
-        out = norms.clone() if given else torch.zeros(self.b, dtype=w.dtype, device=w.device)
-        for d in range(self.b) if rows is None else rows:
+        rows = list(range(self.b)) if rows is None else rows
+        alone = not given and rows == [0] and self.b == 1  # the norm itself is the result
+        out = None
+        if not alone:
+            out = norms.clone() if given else torch.zeros(self.b, dtype=w.dtype, device=w.device)
+        floats = out.tolist() if given else [0.0] * self.b
+        values = None
+        for d in rows:
             ranges = [(0, m)] if spans is None else spans[d]
-            before = float(out[d]) if given else None
+            before = floats[d] if given else None
             for second in (False, True):
                 parts = [self._pass(w, d, start, stop) for start, stop in ranges]
                 self.rows_read[d] += sum(stop - start for start, stop in ranges)
                 self.passes[d] += 1
-                after = torch.linalg.vector_norm(w[d])
-                out[d] = after
+                after = torch.linalg.vector_norm(w[d], dim=0, keepdim=True)
+                if alone:
+                    out = after
+                else:
+                    out[d] = after[0]
+                # the test on Python floats, one transfer with the coefficients removed
+                # (a step of a small operator is otherwise dominated by tiny tensor
+                # operations, and on a GPU each read waits for the device)
+                extra = [read] if read is not None and values is None else []
+                got = torch.cat([after, *parts, *extra]).tolist()
+                k = 1 + sum(len(c) for c in parts)  # the norm, then the coefficients
+                if extra:
+                    values = got[k:]
+                floats[d] = got[0]
                 if second:
                     break
-                # the test on Python floats, one transfer (a step of a small operator
-                # is otherwise dominated by tiny tensor operations)
-                after, *removed = torch.stack([after, *parts]).tolist()
                 if before is None:  # Pythagoras: ‖w‖² = ‖w − Qᵀc‖² + ‖c‖²
-                    before = (after**2 + sum(removed)) ** 0.5
-                if not after < _DGKS * before:
+                    before = (got[0] ** 2 + sum(x * x for x in got[1:k])) ** 0.5
+                if not got[0] < _DGKS * before:
                     break
-        return out
+        return out, floats, values
 
     def _pass(self, w: torch.Tensor, d: int, start: int, stop: int) -> torch.Tensor:
         """One classical Gram-Schmidt pass of row ``d`` of ``w`` against basis rows
-        ``start..stop-1``; returns ``‖c‖²``, the squared coefficients removed."""
+        ``start..stop-1``; returns ``c``, the coefficients removed (in ``w``'s dtype)."""
         x = w[d]
         if self.mode == "memory":
             Q = self.Q[d, start:stop]
             c = torch.mv(Q, x)
             x.addmv_(Q.T, c, alpha=-1.0)
-            return torch.dot(c, c)
+            return c
         if self.mode == "float32":
             # The rows are only float32-accurate, so float32 BLAS products lose nothing
             # more: c = Q x from x rounded to float32, then x -= Qᵀc added in x's dtype.
             Q = self.Q[d, start:stop]
             c = torch.mv(Q, x.to(torch.float32))
             x.sub_(torch.mv(Q.T, c))
-            return c.double().square().sum().to(x.dtype)
+            return c.to(x.dtype)
         # block modified Gram-Schmidt over the chunks read back from disk
-        removed = x.new_zeros(())
+        removed = []
         for _, chunk in self.files[d].chunks(stop, x.device, start=start):
             c = torch.mv(chunk, x)
             x.addmv_(chunk.T, c, alpha=-1.0)
-            removed += c.square().sum()
-        return removed
+            removed.append(c)
+        return torch.cat(removed) if removed else x.new_zeros(0)
 
     def result(self, d: int, m: int) -> tuple[torch.Tensor, DiskRows | None]:
         """Recurrence ``d``'s first ``m`` rows, and its disk file if any."""

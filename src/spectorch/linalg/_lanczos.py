@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,7 @@ def random_start(
     num: int | None = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Unit-norm random start vector(s) of length ``n``, drawn on the CPU, on ``device``
     (the CPU by default).
@@ -116,18 +118,38 @@ def random_start(
     the words travel to ``device``, where they are unpacked: at 10⁸ entries a draw
     of one number per entry took about a second on the CPU, several GPU products.
     Gaussian starts are drawn in full on the CPU.
+
+    ``out``: a contiguous tensor of the result's shape, ``dtype`` and device to write
+    the vector(s) into (a Lanczos basis row, so that the start is not one more
+    full-length vector: at 10⁸ entries fresh memory costs more than the draw).
     """
     if kind not in _STARTS:
         raise ValueError(f"start must be one of {list(_STARTS)} or a tensor, got {kind!r}")
     checks.positive_int("n", n)
     rows = 1 if num is None else checks.positive_int("num", num)
     device = torch.device("cpu") if device is None else torch.device(device)
-    if kind == "rademacher":
-        v = torch.empty(rows, n, dtype=dtype, device=device)
+    shape = (n,) if num is None else (rows, n)
+    if out is not None:
+        checks.buffer("out", out, shape, dtype, device)
+    v = torch.empty(rows, n, dtype=dtype, device=device) if out is None else out.view(rows, n)
+    if kind == "rademacher" and dtype == torch.float64:
+        # every entry is ±1/√n: a ±1 vector's norm is √n exactly in float64 (its
+        # square is a sum of integers), so this is the signs divided by their norm, bit
+        # for bit, looked up byte by byte: eight entries per random byte
+        scale = torch.tensor([-1.0, 1.0], dtype=dtype, device=device) / math.sqrt(n)
+        table = scale[_BYTE_BITS.to(device)]  # (256, 8): byte value -> its 8 entries
+        full, rem = divmod(n, 8)
         for row in v:  # the rows' words one after another, as one draw of them all
+            octets = _octets(-(-n // _WORD_BITS), generator, device)
+            torch.index_select(table, 0, octets[:full], out=row[: 8 * full].view(full, 8))
+            if rem:
+                row[8 * full :] = table[octets[full]][:rem]
+        return v[0] if num is None else v
+    if kind == "rademacher":
+        for row in v:
             row.copy_(next(rademacher_signs([n], generator, device=device)))
     else:
-        v = torch.randn(rows, n, generator=generator, dtype=dtype).to(device)
+        v.copy_(torch.randn(rows, n, generator=generator, dtype=dtype))
     v = v.div_(v.norm(dim=-1, keepdim=True))
     return v[0] if num is None else v
 
@@ -158,26 +180,38 @@ def rademacher_signs(
         raise ValueError(f"sizes must be a sequence of ints, got {type(sizes).__name__}")
     sizes = [checks.nonnegative_int("sizes entries", x) for x in sizes]
     device = torch.device("cpu") if device is None else torch.device(device)
-    return _signs(sizes, generator, device)
+    return (bits.to(torch.int8).mul_(2).sub_(1) for bits in _bits(sizes, generator, device))
 
 
-def _signs(sizes: list[int], generator: torch.Generator | None, device: torch.device) -> Any:
-    byte_shifts = torch.tensor([0, 8, 16, 24], device=device)
-    bit_shifts = torch.arange(8, dtype=torch.uint8, device=device)
-    left = torch.empty(0, dtype=torch.int8, device=device)  # bits drawn, not yet used
+#: bit ``k`` (least significant first) of every byte value, ``(256, 8)`` int64
+_BYTE_BITS = (torch.arange(256).unsqueeze(-1) >> torch.arange(8)) & 1
+
+
+def _octets(count: int, generator: torch.Generator | None, device: torch.device) -> Any:
+    """The bytes of ``count`` random 32-bit words drawn on the CPU, little end first,
+    on ``device``, as int32 (an index for a lookup)."""
+    # torch.randint(0, 2**32)'s words are the low 32 bits of one 64-bit draw each;
+    # random_() on int64 keeps the low 63 of the same draw at half the cost (no
+    # division), and only the low four bytes are kept
+    words = torch.empty(count, dtype=torch.int64).random_(generator=generator)
+    if sys.byteorder == "little":
+        octets = words.view(torch.uint8).view(count, 8)[:, :4]
+    else:
+        octets = ((words.unsqueeze(-1) >> torch.tensor([0, 8, 16, 24])) & 255).to(torch.uint8)
+    # a byte per four entries travels (not the words' eight), an index on arrival
+    return octets.to(device).to(torch.int32).view(-1)
+
+
+def _bits(sizes: list[int], generator: torch.Generator | None, device: torch.device) -> Any:
+    """:func:`rademacher_signs`'s bits (``True`` for ``+1``), as bool pieces on
+    ``device``."""
+    table = _BYTE_BITS.to(device=device, dtype=torch.bool)
+    left = torch.empty(0, dtype=torch.bool, device=device)  # bits drawn, not yet used
     for size in sizes:
         need = size - left.numel()
         if need > 0:
-            count = -(-need // _WORD_BITS)
-            words = torch.randint(0, 2**_WORD_BITS, (count,), generator=generator)
-            words = words.to(device)
-            # bytes, then bits, little end first: one byte per entry at most, never
-            # a full-length int64 temporary
-            octets = ((words.unsqueeze(-1) >> byte_shifts) & 255).to(torch.uint8)
-            del words
-            bits = ((octets.unsqueeze(-1) >> bit_shifts) & 1).view(-1).to(torch.int8)
-            del octets
-            bits = bits.mul_(2).sub_(1)
+            octets = _octets(-(-need // _WORD_BITS), generator, device)
+            bits = torch.index_select(table, 0, octets).view(-1)
             left = torch.cat([left, bits]) if left.numel() else bits
         yield left[:size]
         left = left[size:]
@@ -252,12 +286,28 @@ def lanczos(
     """
     op = as_operator(op)
     n = op.shape[0]
+    workspace = None
     if isinstance(start, torch.Tensor):
         if tuple(start.shape) != (n,):
             raise ValueError(f"start must have shape ({n},), got {tuple(start.shape)}")
         starts = start.reshape(1, n)
     else:
-        starts = _random_starts(n, 1, start, generator, seed, dtype, operator_device(op))
+        device = operator_device(op)
+        if basis == "memory" and dtype == torch.float64:
+            # drawn straight into the basis's first row: no full-length vector more
+            # (the arguments checked first, as lanczos_block would)
+            _check_steps(steps, n)
+            if start not in _STARTS:
+                raise ValueError(f"start must be one of {list(_STARTS)} or a tensor, got {start!r}")
+            if reorth not in REORTH_MODES:
+                raise ValueError(f"reorth must be one of {list(REORTH_MODES)}, got {reorth!r}")
+            workspace = torch.empty(1, steps, n, dtype=dtype, device=device)
+            starts = workspace[:, 0]
+            generator = make_generator(generator, seed)
+            random_start(n, kind=start, generator=generator, dtype=dtype, device=device,
+                         out=starts[0])  # fmt: skip
+        else:
+            starts = _random_starts(n, 1, start, generator, seed, dtype, device)
     return lanczos_block(
         op,
         steps,
@@ -269,6 +319,7 @@ def lanczos(
         reorth=reorth,
         progress=progress,
         desc=desc,
+        workspace=workspace,
     )[0]
 
 
@@ -354,8 +405,10 @@ def lanczos_block(
         q_prev = q.new_empty(0)
     else:
         q_prev = torch.empty(b, n, dtype=dtype, device=device)
-    alphas = torch.zeros(b, steps, dtype=dtype, device=device)
-    betas = torch.zeros(b, max(steps - 1, 0), dtype=dtype, device=device)
+    # the coefficients side by side, (β_{j-1}, α_j) in coefs[:, j]: the three-term
+    # recurrence takes its two coefficients as one view, no tensor built per step
+    coefs = torch.zeros(b, steps, 2, dtype=dtype, device=device)
+    alphas, betas = coefs[:, :, 1], coefs[:, 1:, 0]  # β_j is betas[:, j]
     lengths = [steps] * b
     # The per-step bookkeeping (norms, breakdowns, ‖A‖) is on Python floats, read with
     # one transfer per step: for small operators a step is otherwise tens of tiny
@@ -368,6 +421,8 @@ def lanczos_block(
     # of float32's eps, which the recurrence's float64 eps would underestimate
     kept = torch.float32 if basis == "float32" else dtype
     levels = [_Orthogonality(n, kept) for _ in range(b)] if reorth == "partial" else None
+    # each recurrence's α and β so far, as read (Python floats), for those estimates
+    history: list[tuple[list[float], list[float]]] = [([], []) for _ in range(b)]
     # An operator that takes out= writes each product into a vector kept from step to
     # step: at 10⁸ entries a new one costs more (page faults) than the arithmetic.
     # "memory" mode frees w at every step (push copies it into the basis); the other
@@ -396,9 +451,12 @@ def lanczos_block(
                 w = operator_matmat(op, q.T.contiguous()).to(dtype).T.contiguous()
             # the three-term recurrence, in place: w = A q − α q − β q_prev; a finished
             # recurrence has q = 0, so its α (and β below) is 0
-            alpha = torch.einsum("bn,bn->b", w, q) if b > 1 else torch.dot(w[0], q[0])[None]
-            store.recurrence(w, j, q, q_prev, alpha, betas[:, j - 1] if j > 0 else None)
-            alphas[:, j] = alpha
+            alpha = alphas[:, j]
+            if b == 1:  # written where it is kept
+                torch.dot(w[0], q[0], out=alpha[0])
+            else:
+                alpha.copy_(torch.einsum("bn,bn->b", w, q))
+            store.recurrence(w, j, q, q_prev, coefs[:, j])
             if j == steps - 1:  # the last w is not used: no norm, no reorthogonalisation
                 _check_finite(alpha, j)  # a NaN or inf product makes α non-finite
                 bar.update(1)
@@ -407,19 +465,25 @@ def lanczos_block(
             if levels is None:
                 # full reorthogonalisation against the whole basis (one classical
                 # Gram-Schmidt pass, a second where the first cancelled: DGKS); the
-                # norm before it is not needed: the pass returns it by Pythagoras
-                beta = store.orthogonalize(w, j + 1, None, rows)
+                # norm before it is not needed: the pass returns it by Pythagoras. α
+                # is read with the pass's norms: one wait for the device per step
+                beta, bt, a = store.orthogonalize(w, j + 1, None, rows, read=alpha)
+                _check_floats(a, bt, alpha, beta, j)
             else:
                 beta = torch.linalg.vector_norm(w, dim=1)
-            a, bt = _floats(alpha, beta, j)
+                a, bt = _floats(alpha, beta, j)
             for d in rows:
                 anorm[d] = max(anorm[d], (previous[d] ** 2 + a[d] ** 2 + bt[d] ** 2) ** 0.5)
             if levels is not None:
-                spans = {d: levels[d].due(alphas[d], betas[d], bt[d], anorm[d], j) for d in rows}
+                # Simon's estimates from the coefficients already read (no transfer)
+                spans = {}
+                for d in rows:
+                    history[d][0].append(a[d])
+                    spans[d] = levels[d].due(*history[d], bt[d], anorm[d], j)
                 spans = {d: s for d, s in spans.items() if s}
                 if spans:
-                    beta = store.orthogonalize(w, j + 1, beta, list(spans), spans)
-                    a, bt = _floats(alpha, beta, j)
+                    beta, bt, _ = store.orthogonalize(w, j + 1, beta, list(spans), spans)
+                    _check_floats(a, bt, alpha, beta, j)
             bar.update(1)
             for d in rows:
                 if bt[d] <= breakdown_tol * anorm[d]:
@@ -435,6 +499,9 @@ def lanczos_block(
                 w[stopped] = 0.0
             betas[:, j] = beta
             previous = [x if active[d] else 0.0 for d, x in enumerate(bt)]
+            if levels is not None:
+                for d in rows:
+                    history[d][1].append(previous[d])
             freed = w if basis == "memory" else q_prev
             q_prev, q = q, store.push(j + 1, w, norms)
             if spare is not None:
@@ -474,9 +541,16 @@ def _check_workspace(
 def _floats(alpha: torch.Tensor, beta: torch.Tensor, j: int) -> tuple[list, list]:
     """``α`` and ``β`` of step ``j`` as Python floats (one transfer), checked finite."""
     a, b = torch.stack([alpha, beta]).tolist()
+    _check_floats(a, b, alpha, beta, j)
+    return a, b
+
+
+def _check_floats(
+    a: list[float], b: list[float], alpha: torch.Tensor, beta: torch.Tensor, j: int
+) -> None:
+    """Raise when the floats read of ``α`` and ``β`` are not all finite."""
     if not all(map(math.isfinite, a + b)):
         _check_finite(torch.stack([alpha, beta]), j)
-    return a, b
 
 
 def _check_finite(values: torch.Tensor, j: int) -> None:
@@ -549,23 +623,24 @@ class _Orthogonality:
 
     def due(
         self,
-        alphas: torch.Tensor,
-        betas: torch.Tensor,
-        beta: torch.Tensor,
-        anorm: torch.Tensor,
+        alphas: list[float],
+        betas: list[float],
+        beta: float,
+        anorm: float,
         j: int,
     ) -> list[tuple[int, int]]:
         """Advance the estimates to ``q_{j+1}`` (norm ``beta`` before normalising) and
         return the ``[start, stop)`` row ranges it must be reorthogonalised against
-        (empty: none); the estimates of those rows restart."""
+        (empty: none); the estimates of those rows restart. ``alphas`` and ``betas``
+        are the recurrence's coefficients so far, as read to the host."""
         beta, anorm = float(beta), float(anorm)
         new = np.empty(j + 2)
         new[j + 1] = 1.0
         if beta <= 0.0 or not np.isfinite(beta):
             spans = [(0, j + 1)]
         else:
-            a = alphas[: j + 1].detach().cpu().double().numpy()
-            b = betas[:j].detach().cpu().double().numpy()
+            a = np.asarray(alphas[: j + 1], dtype=np.float64)
+            b = np.asarray(betas[:j], dtype=np.float64)
             if j > 0:
                 cur, prev = self.cur, self.prev
                 t = b * cur[1 : j + 1] + (a[:j] - a[j]) * cur[:j] - b[j - 1] * prev

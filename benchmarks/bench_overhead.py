@@ -1,0 +1,212 @@
+"""The fixed costs around the arithmetic: a Lanczos step's own work where the product
+costs nothing, the start vector's draw, and a kept Hessian product beyond the autograd
+call it makes.
+
+    python benchmarks/bench_overhead.py                 # CPU time, one thread
+    python benchmarks/bench_overhead.py --device cuda   # wall time, synchronised
+
+Three tables, each library call timed once per round with the rounds interleaved,
+medians:
+
+* ``step``: :func:`~spectorch.linalg.lanczos` on a diagonal operator of ``n`` entries
+  (its product is one multiplication), full and partial reorthogonalisation: time per
+  step, the reads of a value to the host per step (on a GPU each waits for the device)
+  and the tensor operations per step (``torch.profiler``'s aten calls, views included);
+* ``start``: :func:`~spectorch.linalg.random_start` of ``n`` entries into a new
+  tensor and into a kept one (``out=``, as Lanczos draws it into its basis);
+* ``product``: the kept Hessian product of ``bench_scale.py``'s models at 10^4
+  parameters (``matvec`` into a kept vector, as Lanczos calls it) against
+  ``torch.autograd.grad`` of the gradient's kept graph built by plain autograd (what
+  PyHessian's kept product is): the difference is what spectorch adds per product
+  (checks, the float64 result, the closed-form cross-entropy's graph is cheaper).
+
+It runs on any checkout of spectorch (``PYTHONPATH=<checkout>/src``); where a call does
+not exist there (``out=`` before issue 18's tenth round) the cell says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from spectorch.linalg import lanczos, random_start
+
+DEVICE = torch.device("cpu")
+READS = ("tolist", "item", "__bool__", "__float__", "cpu", "numpy")
+
+
+def _clock() -> float:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+        return time.perf_counter()
+    return time.process_time()
+
+
+class Diagonal:
+    """``diag(d)``: a product that is one multiplication."""
+
+    def __init__(self, d: torch.Tensor) -> None:
+        self.d, self.shape, self.dtype, self.device = d, (d.numel(),) * 2, d.dtype, d.device
+
+    def matvec(self, v: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.d * v if out is None else torch.mul(self.d, v, out=out)
+
+
+def _median_interleaved(calls: dict[str, Any], rounds: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for f in calls.values():  # warm-up
+        f()
+    for _ in range(rounds):
+        for k, f in calls.items():
+            t0 = _clock()
+            f()
+            times[k].append(_clock() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _count_reads(f: Any) -> int:
+    """Reads of a tensor's value to the host while ``f`` runs."""
+    seen: list[str] = []
+    saved = {name: getattr(torch.Tensor, name) for name in READS}
+
+    def counting(name: str) -> Any:
+        def wrapper(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            seen.append(name)
+            return saved[name](self, *args, **kwargs)
+
+        return wrapper
+
+    try:
+        for name in READS:
+            setattr(torch.Tensor, name, counting(name))
+        f()
+    finally:
+        for name, original in saved.items():
+            setattr(torch.Tensor, name, original)
+    return len(seen)
+
+
+def _count_ops(f: Any) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        f()
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+
+
+def step_table(sizes: list[int], steps: int, rounds: int) -> None:
+    print(f"\n## step: Lanczos's own work per step ({steps} steps, diagonal operator)\n")
+    print("| n | reorth | µs per step | reads to the host per step | tensor operations per step |")
+    print("|---:|---|---:|---:|---:|")
+    for n in sizes:
+        op = Diagonal(torch.linspace(0.0, 1.0, n, dtype=torch.float64, device=DEVICE))
+        calls = {
+            r: (lambda r=r, op=op: lanczos(op, steps, seed=0, reorth=r))
+            for r in ("full", "partial")
+        }
+        t = _median_interleaved(calls, rounds)
+        for r, f in calls.items():
+            reads, ops = _count_reads(f) / steps, _count_ops(f) / steps
+            print(f"| {n:,} | {r} | {t[r] / steps * 1e6:.0f} | {reads:.2f} | {ops:.1f} |")
+
+
+def start_table(sizes: list[int], rounds: int) -> None:
+    print("\n## start: a Rademacher start vector (float64)\n")
+    print("| n | new tensor (ms) | into a kept one, `out=` (ms) |")
+    print("|---:|---:|---:|")
+    for n in sizes:
+        g = torch.Generator().manual_seed(0)
+        kept = torch.empty(n, dtype=torch.float64, device=DEVICE)
+        calls = {"new": lambda n=n, g=g: random_start(n, generator=g, device=DEVICE)}
+        try:
+            random_start(n, generator=g, device=DEVICE, out=kept)
+            calls["out"] = lambda n=n, g=g, kept=kept: random_start(
+                n, generator=g, device=DEVICE, out=kept
+            )
+        except TypeError:  # a checkout before out=
+            pass
+        t = _median_interleaved(calls, rounds)
+        into = f"{t['out'] * 1e3:.1f}" if "out" in t else "– (no `out=`)"
+        print(f"| {n:,} | {t['new'] * 1e3:.1f} | {into} |")
+        del kept, calls
+
+
+def product_table(families: list[str], rounds: int) -> None:
+    import bench_scale
+
+    bench_scale.DEVICE = DEVICE
+    print("\n## product: a kept Hessian product at 10^4 parameters\n")
+    print(
+        "| model | parameter tensors | spectorch `matvec(v, out=)` (ms) | autograd.grad of "
+        "the kept gradient graph (ms) | difference (ms) |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for family in families:
+        model, peer_model, batch, loss, desc = bench_scale.build(family, "1e4")
+        kernel = sdpa_kernel(SDPBackend.MATH) if family == "gpt" else nullcontext()
+        with kernel:
+            from spectorch.curvature import HessianOperator
+
+            op = HessianOperator(model, loss, [batch])
+            v = torch.randn(op.shape[0], dtype=torch.float64, device=DEVICE)
+            out = torch.empty_like(v)
+            params = [p for p in peer_model.parameters() if p.requires_grad]
+            inputs, targets = (batch, batch[:, 1:].reshape(-1)) if family == "gpt" else batch
+            ce = torch.nn.CrossEntropyLoss()
+            grads = torch.autograd.grad(ce(peer_model(inputs), targets), params, create_graph=True)
+            tangents = [torch.randn_like(p) for p in params]
+            calls = {
+                "spectorch": lambda op=op, v=v, out=out: op.matvec(v, out=out),
+                "bare": lambda g=grads, p=params, t=tangents: torch.autograd.grad(
+                    g, p, grad_outputs=t, retain_graph=True
+                ),
+            }
+            t = _median_interleaved(calls, rounds)
+        ms = {k: x * 1e3 for k, x in t.items()}
+        print(
+            f"| {family} ({desc['model']}) | {len(params)} | "
+            f"{ms['spectorch']:.2f} | {ms['bare']:.2f} | {ms['spectorch'] - ms['bare']:+.2f} |"
+        )
+
+
+def main() -> None:
+    global DEVICE
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--sizes", default="1e3,1e4,1e5", help="n of the step table")
+    parser.add_argument("--start-sizes", default="1e6,1e7,1e8", help="n of the start table")
+    parser.add_argument("--families", default="mlp,gpt,cnn", help="models of the product table")
+    parser.add_argument("--tables", default="step,start,product")
+    args = parser.parse_args()
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available here")
+    if DEVICE.type == "cpu":
+        torch.set_num_threads(1)
+    tables = args.tables.split(",")
+    sizes = [int(float(x)) for x in args.sizes.split(",")]
+    starts = [int(float(x)) for x in args.start_sizes.split(",")]
+    print(f"device {DEVICE}, torch {torch.__version__}, tables {', '.join(tables)}")
+    if "step" in tables:
+        step_table(sizes, args.steps, args.rounds)
+    if "start" in tables:
+        start_table(starts, max(3, args.rounds // 7))
+    if "product" in tables:
+        product_table(args.families.split(","), args.rounds)
+
+
+if __name__ == "__main__":
+    main()
