@@ -115,9 +115,9 @@ def random_start(
     every device. ``num=None`` gives shape ``(n,)``, else ``(num, n)``, the rows drawn
     one after another. A Rademacher vector's signs are the bits of 32-bit random words
     (:func:`rademacher_signs`), so the CPU draws one number per 32 entries and only
-    the words travel to ``device``, where they are unpacked: at 10⁸ entries a draw
-    of one number per entry took about a second on the CPU, several GPU products.
-    Gaussian starts are drawn in full on the CPU.
+    their four bytes travel to ``device``, where each is looked up as its eight
+    entries: at 10⁸ entries a draw of one number per entry took about a second on
+    the CPU, several GPU products. Gaussian starts are drawn in full on the CPU.
 
     ``out``: a contiguous tensor of the result's shape, ``dtype`` and device to write
     the vector(s) into (a Lanczos basis row, so that the start is not one more
