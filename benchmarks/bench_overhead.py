@@ -123,12 +123,20 @@ def step_table(sizes: list[int], steps: int, rounds: int) -> None:
 
 def start_table(sizes: list[int], rounds: int) -> None:
     print("\n## start: a Rademacher start vector (float64)\n")
-    print("| n | new tensor (ms) | into a kept one, `out=` (ms) |")
-    print("|---:|---:|---:|")
+    print(
+        "| n | its 32-bit words by `randint(0, 2**32)` (ms) | the same words by int64 "
+        "`random_()` (ms) | new tensor (ms) | into a kept one, `out=` (ms) |"
+    )
+    print("|---:|---:|---:|---:|---:|")
     for n in sizes:
         g = torch.Generator().manual_seed(0)
         kept = torch.empty(n, dtype=torch.float64, device=DEVICE)
-        calls = {"new": lambda n=n, g=g: random_start(n, generator=g, device=DEVICE)}
+        words = -(-n // 32)  # drawn on the CPU whatever the device
+        calls = {
+            "randint": lambda w=words, g=g: torch.randint(0, 2**32, (w,), generator=g),
+            "random_": lambda w=words, g=g: torch.empty(w, dtype=torch.int64).random_(generator=g),
+            "new": lambda n=n, g=g: random_start(n, generator=g, device=DEVICE),
+        }
         try:
             random_start(n, generator=g, device=DEVICE, out=kept)
             calls["out"] = lambda n=n, g=g, kept=kept: random_start(
@@ -138,7 +146,8 @@ def start_table(sizes: list[int], rounds: int) -> None:
             pass
         t = _median_interleaved(calls, rounds)
         into = f"{t['out'] * 1e3:.1f}" if "out" in t else "– (no `out=`)"
-        print(f"| {n:,} | {t['new'] * 1e3:.1f} | {into} |")
+        ms = {k: f"{x * 1e3:.1f}" for k, x in t.items()}
+        print(f"| {n:,} | {ms['randint']} | {ms['random_']} | {ms['new']} | {into} |")
         del kept, calls
 
 
