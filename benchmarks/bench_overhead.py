@@ -5,7 +5,7 @@ call it makes.
     python benchmarks/bench_overhead.py                 # CPU time, one thread
     python benchmarks/bench_overhead.py --device cuda   # wall time, synchronised
 
-Three tables, each library call timed once per round with the rounds interleaved,
+Four tables, each library call timed once per round with the rounds interleaved,
 medians:
 
 * ``step``: :func:`~spectorch.linalg.lanczos` on a diagonal operator of ``n`` entries
@@ -18,7 +18,12 @@ medians:
   parameters (``matvec`` into a kept vector, as Lanczos calls it) against
   ``torch.autograd.grad`` of the gradient's kept graph built by plain autograd (what
   PyHessian's kept product is): the difference is what spectorch adds per product
-  (checks, the float64 result, the closed-form cross-entropy's graph is cheaper).
+  (checks, the float64 result, the closed-form cross-entropy's graph is cheaper);
+* ``loss``: the closed-form cross-entropy (``cross_entropy_sum``)
+  differentiated once with its graph kept and then once more, as a product that
+  rebuilds its graph does, on logits of the benchmarks' shapes (the digits' 10
+  classes, a GPT's 256 bytes), beside ``torch.softmax`` and ``exp(x − logsumexp(x))``
+  of the same logits.
 
 It runs on any checkout of spectorch (``PYTHONPATH=<checkout>/src``); where a call does
 not exist there (``out=`` before issue 18's tenth round) the cell says so.
@@ -189,6 +194,36 @@ def product_table(families: list[str], rounds: int) -> None:
         )
 
 
+def loss_table(shapes: list[tuple[int, int]], rounds: int) -> None:
+    from spectorch.curvature._objectives import cross_entropy_sum  # in its __all__
+
+    print("\n## loss: the closed-form cross-entropy, differentiated twice\n")
+    print(
+        "| logits | first and second derivative (µs) | torch.softmax (µs) | "
+        "exp(x − logsumexp(x)) (µs) |"
+    )
+    print("|---|---:|---:|---:|")
+    for n, v in shapes:
+        g = torch.Generator().manual_seed(0)
+        x = (3 * torch.randn(n, v, generator=g)).to(DEVICE).requires_grad_(True)
+        y = torch.randint(0, v, (n,), generator=g).to(DEVICE)
+        w = torch.full((n,), 1.0 / n, device=DEVICE)
+        u = torch.randn(n, v, generator=g).to(DEVICE)
+        z = x.detach()
+
+        def twice(x=x, y=y, w=w, u=u) -> Any:
+            (grad,) = torch.autograd.grad(cross_entropy_sum(x, y, w), x, create_graph=True)
+            return torch.autograd.grad(grad, x, u)
+
+        calls = {
+            "twice": twice,
+            "softmax": lambda z=z: torch.softmax(z, dim=-1),
+            "exp": lambda z=z: (z - torch.logsumexp(z, dim=-1, keepdim=True)).exp_(),
+        }
+        t = {k: x * 1e6 for k, x in _median_interleaved(calls, rounds).items()}
+        print(f"| {n:,} x {v} | {t['twice']:.0f} | {t['softmax']:.0f} | {t['exp']:.0f} |")
+
+
 def main() -> None:
     global DEVICE
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -198,7 +233,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="1e3,1e4,1e5", help="n of the step table")
     parser.add_argument("--start-sizes", default="1e6,1e7,1e8", help="n of the start table")
     parser.add_argument("--families", default="mlp,gpt,cnn", help="models of the product table")
-    parser.add_argument("--tables", default="step,start,product")
+    parser.add_argument("--tables", default="step,start,product,loss")
+    parser.add_argument(
+        "--logits", default="1797x10,512x10,1024x256", help="rows x classes of the loss table"
+    )
     args = parser.parse_args()
     DEVICE = torch.device(args.device)
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
@@ -215,6 +253,9 @@ def main() -> None:
         start_table(starts, max(3, args.rounds // 7))
     if "product" in tables:
         product_table(args.families.split(","), args.rounds)
+    if "loss" in tables:
+        shapes = [tuple(int(a) for a in x.split("x")) for x in args.logits.split(",")]
+        loss_table(shapes, max(args.rounds, 101))
 
 
 if __name__ == "__main__":
