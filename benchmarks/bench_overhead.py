@@ -4,8 +4,9 @@ call it makes.
 
     python benchmarks/bench_overhead.py                 # CPU time, one thread
     python benchmarks/bench_overhead.py --device cuda   # wall time, synchronised
+    python benchmarks/bench_overhead.py --device cuda --tables kernels --sizes 1e8 --steps 8
 
-Four tables, each library call timed once per round with the rounds interleaved,
+Four tables by default, each library call timed once per round with the rounds interleaved,
 medians:
 
 * ``step``: :func:`~spectorch.linalg.lanczos` on a diagonal operator of ``n`` entries
@@ -19,6 +20,9 @@ medians:
   ``torch.autograd.grad`` of the gradient's kept graph built by plain autograd (what
   PyHessian's kept product is): the difference is what spectorch adds per product
   (checks, the float64 result, the closed-form cross-entropy's graph is cheaper);
+* ``kernels`` (not by default): ``torch.profiler``'s table of one Lanczos run at the
+  largest ``--sizes`` (on a GPU by device time), to see which operations its own
+  work spends;
 * ``loss``: the closed-form cross-entropy (``cross_entropy_sum``)
   differentiated once with its graph kept and then once more, as a product that
   rebuilds its graph does, on logits of the benchmarks' shapes (the digits' 10
@@ -124,6 +128,22 @@ def step_table(sizes: list[int], steps: int, rounds: int) -> None:
         for r, f in calls.items():
             reads, ops = _count_reads(f) / steps, _count_ops(f) / steps
             print(f"| {n:,} | {r} | {t[r] / steps * 1e6:.0f} | {reads:.2f} | {ops:.1f} |")
+
+
+def kernel_table(n: int, steps: int, rows: int = 15) -> None:
+    """Where one Lanczos run's own work goes at ``n``: ``torch.profiler``'s operations
+    by self time (on a GPU, device time: the kernels), full reorthogonalisation."""
+    from torch.profiler import ProfilerActivity, profile
+
+    op = Diagonal(torch.linspace(0.0, 1.0, n, dtype=torch.float64, device=DEVICE))
+    lanczos(op, steps, seed=0)  # warm-up (on a GPU: the allocator, the first launches)
+    cuda = DEVICE.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        lanczos(op, steps, seed=0)
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(f"\n## kernels: one Lanczos run, n = {n:,}, {steps} steps, by {key}\n")
+    print(prof.key_averages().table(sort_by=key, row_limit=rows))
 
 
 def start_table(sizes: list[int], rounds: int) -> None:
@@ -233,7 +253,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="1e3,1e4,1e5", help="n of the step table")
     parser.add_argument("--start-sizes", default="1e6,1e7,1e8", help="n of the start table")
     parser.add_argument("--families", default="mlp,gpt,cnn", help="models of the product table")
-    parser.add_argument("--tables", default="step,start,product,loss")
+    parser.add_argument(
+        "--tables",
+        default="step,start,product,loss",
+        help="any of step, start, product, loss, kernels (the last: a profile of one "
+        "Lanczos run at the largest --sizes)",
+    )
     parser.add_argument(
         "--logits", default="1797x10,512x10,1024x256", help="rows x classes of the loss table"
     )
@@ -249,6 +274,8 @@ def main() -> None:
     print(f"device {DEVICE}, torch {torch.__version__}, tables {', '.join(tables)}")
     if "step" in tables:
         step_table(sizes, args.steps, args.rounds)
+    if "kernels" in tables:
+        kernel_table(max(sizes), args.steps)
     if "start" in tables:
         start_table(starts, max(3, args.rounds // 7))
     if "product" in tables:
