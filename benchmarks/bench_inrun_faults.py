@@ -20,7 +20,8 @@ three-term recurrence; the rest is the start vector, ``α``'s dot product and th
 bookkeeping. The second command makes glibc keep the memory a product frees for the
 next one (no page faults in the products). ``--row family:size`` takes any row of
 ``bench_scale.py`` instead, with its data and steps (``--steps`` and ``--digits`` are
-then the row's).
+then the row's). ``--touch-basis`` writes the whole basis when the run allocates it,
+to compare its first touch up front with a row per step.
 """
 
 from __future__ import annotations
@@ -99,7 +100,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--row", help="a bench_scale.py row, family:size (default: the MLP)")
+    parser.add_argument(
+        "--touch-basis",
+        action="store_true",
+        help="write zeros into the whole basis when the run allocates it (its first touch "
+        "up front, instead of a row per step)",
+    )
     args = parser.parse_args()
+    if args.touch_basis:
+        init = _basis.BlockBasis.__init__
+
+        def touching(self, *a, **k) -> None:
+            init(self, *a, **k)
+            if self.Q is not None:
+                self.Q[:, 1:].zero_()  # row 0 holds the start vector already
+
+        _basis.BlockBasis.__init__ = touching
     if args.row is not None and (
         args.row.count(":") != 1 or args.row.split(":")[0] not in bench_scale.FAMILIES
     ):
