@@ -35,9 +35,14 @@ from spectorch.curvature import HessianOperator
 def kept_mlp(digits: int) -> tuple[HessianOperator, torch.Tensor, torch.Tensor, dict]:
     """``bench_scale.py``'s 10^8-parameter MLP on ``digits`` digits, one thread: its
     Hessian with the graph built and kept, a unit probe and a result vector."""
-    torch.set_num_threads(1)
     bench_scale.SAMPLES["mlp"]["1e8"] = digits
-    model, _, batch, loss, desc = bench_scale.build("mlp", "1e8")
+    return kept_row("mlp", "1e8")
+
+
+def kept_row(family: str, size: str) -> tuple[HessianOperator, torch.Tensor, torch.Tensor, dict]:
+    """:func:`kept_mlp` for any row of ``bench_scale.py``, with the row's data."""
+    torch.set_num_threads(1)
+    model, _, batch, loss, desc = bench_scale.build(family, size)
     op = HessianOperator(model, loss, [batch])
     n = op.shape[0]
     v = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))

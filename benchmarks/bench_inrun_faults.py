@@ -38,29 +38,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_scale
-from bench_held_memory import kept_mlp
+from bench_held_memory import kept_mlp, kept_row
 
-from spectorch.curvature import HessianOperator
 from spectorch.linalg import _basis, lanczos
 
 
 def _usage() -> tuple[float, int, float]:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return time.process_time(), r.ru_minflt, r.ru_stime
-
-
-def _row(row: str) -> tuple[HessianOperator, torch.Tensor, torch.Tensor, dict]:
-    """``bench_scale.py``'s row ``family:size`` as :func:`kept_mlp` gives the MLP."""
-    family, size = row.split(":")
-    torch.set_num_threads(1)
-    model, _, batch, loss, desc = bench_scale.build(family, size)
-    op = HessianOperator(model, loss, [batch])
-    n = op.shape[0]
-    v = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    v /= v.norm()
-    out = torch.empty(n, dtype=torch.float64)
-    op.matvec(v, out=out)  # builds and keeps the graph
-    return op, v, out, desc
 
 
 def _parts(names: tuple[str, ...]) -> tuple[dict[str, list], object]:
@@ -126,7 +111,7 @@ def main() -> None:
         if args.row is None:
             op, v, out, desc = kept_mlp(args.digits)
         else:
-            op, v, out, desc = _row(args.row)
+            op, v, out, desc = kept_row(*args.row.split(":"))
             args.steps, args.digits = desc["steps"], desc["samples"]
         _run(op, v, out, desc, args)
 
