@@ -219,6 +219,25 @@ def test_closed_form_cross_entropy_equals_autograd(operator):
         operator(clf, nn.MSELoss(), [(x, torch.randn(12, 4, dtype=F64))], closed_form=True)
 
 
+def test_narrow_softmax_is_the_softmax():
+    """Below 16 classes on the CPU the closed form's softmax is exp(x - logsumexp):
+    the softmax to round-off in float32 and float64; half precision keeps
+    torch.softmax itself."""
+    from spectorch.curvature._objectives import _softmax
+
+    g = torch.Generator().manual_seed(0)
+    for classes in (2, 10, 15, 16, 40):
+        x = 5 * torch.randn(64, classes, dtype=F64, generator=g)
+        exact = torch.softmax(x, dim=-1)
+        for dtype, tol in ((torch.float32, 1e-5), (F64, 1e-13)):
+            lse = torch.logsumexp(x.to(dtype), dim=-1)
+            for got in (_softmax(x.to(dtype)), _softmax(x.to(dtype), lse=lse)):
+                assert got.dtype == dtype
+                torch.testing.assert_close(got.double(), exact, rtol=tol, atol=0.0)
+        half = x.to(torch.bfloat16)
+        assert torch.equal(_softmax(half), torch.softmax(half, dim=-1))
+
+
 def test_finite_difference_hessian_is_close_to_the_exact_one():
     model, seqs = _model(), _sequences()
     data = [_padded(seqs[:2]), _padded(seqs[2:])]

@@ -132,8 +132,11 @@ def _softmax(
     x: torch.Tensor, *, out: torch.Tensor | None = None, lse: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The softmax of ``x``'s rows (into ``out`` if given), from their log-sum-exp
-    ``lse`` when the rows are narrow and it is at hand."""
-    if x.shape[-1] >= _NARROW_SOFTMAX or x.device.type != "cpu":
+    ``lse`` when the rows are narrow and it is at hand. Half-precision rows keep
+    ``torch.softmax``, which computes in float32 (``x − lse`` rounded to bfloat16
+    would cost the softmax 0.4% of relative error per unit of ``|x − lse|``)."""
+    narrow = x.shape[-1] < _NARROW_SOFTMAX and x.dtype in (torch.float32, torch.float64)
+    if not narrow or x.device.type != "cpu":
         return torch.softmax(x, dim=-1) if out is None else torch.softmax(x, dim=-1, out=out)
     if lse is None:
         lse = torch.logsumexp(x, dim=-1)
