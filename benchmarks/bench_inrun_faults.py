@@ -1,7 +1,6 @@
 """Page faults and system time of each Hessian product, alone and inside a Lanczos run.
 
     python benchmarks/bench_inrun_faults.py --digits 512
-    python benchmarks/bench_inrun_faults.py --row gpt:1e8 --repeat 1   # a bench_scale row
     GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776 \\
         python benchmarks/bench_inrun_faults.py --digits 512
     python benchmarks/bench_inrun_faults.py --row gpt:1e8 --repeat 1   # a bench_scale row

@@ -269,6 +269,10 @@ def main() -> None:
     if DEVICE.type == "cpu":
         torch.set_num_threads(1)
     tables = args.tables.split(",")
+    unknown = set(tables) - {"step", "start", "product", "loss", "kernels"}
+    if unknown:
+        parser.error(f"--tables: unknown {sorted(unknown)}; expected step, start, product, "
+                     "loss or kernels")  # fmt: skip
     sizes = [int(float(x)) for x in args.sizes.split(",")]
     starts = [int(float(x)) for x in args.start_sizes.split(",")]
     print(f"device {DEVICE}, torch {torch.__version__}, tables {', '.join(tables)}")
