@@ -23,7 +23,8 @@ The data of a row is one batch, the same for every library; the largest sizes us
 fewer samples and fewer Lanczos steps (the table says how many). Timings are CPU time
 (``time.process_time``) on one thread, every library timed once per round with the
 rounds interleaved, medians reported (5 product rounds, 3 from 10^7 on; Lanczos runs
-in every round up to 10^5, two rounds at 10^6, one above). "step" is a Lanczos run
+in every round up to 10^5, two rounds at 10^6, one above, or ``--lanczos-rounds``;
+each run's step is in the results file too). "step" is a Lanczos run
 of the row's steps (the library's own Lanczos with full reorthogonalisation;
 spectorch's also with ``reorth="partial"``) divided by its steps; "step/product"
 divides it by the same library's product. On a loaded machine the products inside a
@@ -281,7 +282,14 @@ def libraries(model, peer_model, batch, loss, family: str, steps: int, peers: li
 
 
 # ---------------------------------------------------------------------- one row
-def measure_row(family: str, size: str, rounds: int, peers: list[str], memory: bool) -> dict:
+def measure_row(
+    family: str,
+    size: str,
+    rounds: int,
+    peers: list[str],
+    memory: bool,
+    lanczos_rounds: int | None = None,
+) -> dict:
     torch.set_num_threads(1)
     model, peer_model, batch, loss, desc = build(family, size)
     steps = desc["steps"]
@@ -312,13 +320,17 @@ def measure_row(family: str, size: str, rounds: int, peers: list[str], memory: b
         product = {name: [] for name, lib in libs.items() if lib["product"] is not None}
         step = {name: [] for name, lib in libs.items() if lib.get("lanczos") is not None}
         passes, own = {}, {name: [] for name in step if name.startswith("spectorch")}
+        inrun = {name: [] for name in own}  # every product inside spectorch's runs
         big = size in ("1e7", "1e8")
+        product_rounds = min(rounds, 3) if big else rounds
         # Lanczos runs: as many rounds as products where they are cheap (on a GPU, always)
-        lanczos_rounds = 1 if big else 2 if size == "1e6" else rounds
-        if DEVICE.type == "cuda":
-            lanczos_rounds = rounds
-        for r in range(min(rounds, 3) if big else rounds):
-            for name in product:
+        if lanczos_rounds is None:
+            lanczos_rounds = 1 if big else 2 if size == "1e6" else rounds
+            if DEVICE.type == "cuda":
+                lanczos_rounds = rounds
+        for r in range(max(product_rounds, lanczos_rounds)):
+            # rounds beyond the products' (--lanczos-rounds) time only Lanczos runs
+            for name in product if r < product_rounds else ():
                 t0 = _clock()
                 libs[name]["product"]()
                 product[name].append(_clock() - t0)
@@ -331,7 +343,9 @@ def measure_row(family: str, size: str, rounds: int, peers: list[str], memory: b
                     if name.startswith("spectorch"):
                         passes[name] = {"passes": res.reorth_passes, "rows": res.reorth_rows}
                         # the step's own work: the run less the products it made
-                        own[name].append(step[name][-1] - sum(inner()) / steps)
+                        times = inner()
+                        inrun[name] += times
+                        own[name].append(step[name][-1] - sum(times) / steps)
     results: dict[str, dict[str, Any]] = {}
     for name, lib in libs.items():
         r: dict[str, Any] = {}
@@ -341,9 +355,12 @@ def measure_row(family: str, size: str, rounds: int, peers: list[str], memory: b
             r["step_s"] = statistics.median(step[name])
             prod = statistics.median(product[lib.get("of", name)])
             r["step_over_product"] = r["step_s"] / prod
+            r["step_runs_s"] = step[name]
             if own.get(name):
                 r["own_s"] = statistics.median(own[name])
                 r["own_over_product"] = r["own_s"] / prod
+            if inrun.get(name):
+                r["inrun_product_s"] = statistics.median(inrun[name])
         if name in passes:
             r.update(passes[name])
         results[name] = r
@@ -401,6 +418,14 @@ def main() -> None:
     parser.add_argument("--sizes", default=",".join(SIZES))
     row_options(parser)
     parser.add_argument(
+        "--lanczos-rounds",
+        type=positive,
+        default=None,
+        help="rounds with a Lanczos run (default: every product round up to 1e5, two "
+        "at 1e6, one from 1e7 on; every round on a GPU); more than the product rounds "
+        "adds rounds of Lanczos runs alone",
+    )
+    parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
         default="cpu",
@@ -419,7 +444,7 @@ def main() -> None:
         DEVICE = torch.device("cuda")
     if args.row:
         family, size = args.row.split(":")
-        row = measure_row(family, size, args.rounds, peers, args.memory)
+        row = measure_row(family, size, args.rounds, peers, args.memory, args.lanczos_rounds)
         print(json.dumps(row))
         return
     families = args.families.split(",")
@@ -477,9 +502,19 @@ ALLOCATORS = {
 }
 
 
+def positive(text: str) -> int:
+    """An argparse type: a positive int."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def settings_of(args: argparse.Namespace, peers: list[str]) -> dict:
     """What a results line must match to be reused: rows measured otherwise rerun."""
     settings = {"rounds": args.rounds, "peers": peers, "torch": torch.__version__}
+    if getattr(args, "lanczos_rounds", None) is not None:  # likewise: earlier ones had none
+        settings["lanczos_rounds"] = args.lanczos_rounds
     if args.allocator != "default":  # earlier results, without the key, are "default"
         settings["allocator"] = args.allocator
     device = getattr(args, "device", "cpu")  # bench_compile.py has no --device
@@ -502,6 +537,8 @@ def run_row(script: str, family: str, size: str, args: argparse.Namespace) -> di
     gpu = getattr(args, "device", "cpu") == "cuda"
     if gpu:
         base += ["--device", "cuda"]
+    if getattr(args, "lanczos_rounds", None) is not None:
+        base += ["--lanczos-rounds", str(args.lanczos_rounds)]
     t0 = time.time()
     env = dict(os.environ)
     if ALLOCATORS[args.allocator]:
