@@ -513,7 +513,7 @@ def positive(text: str) -> int:
 def settings_of(args: argparse.Namespace, peers: list[str]) -> dict:
     """What a results line must match to be reused: rows measured otherwise rerun."""
     settings = {"rounds": args.rounds, "peers": peers, "torch": torch.__version__}
-    if getattr(args, "lanczos_rounds", None) is not None:  # likewise: earlier ones had none
+    if getattr(args, "lanczos_rounds", None) is not None:  # results before it had no key
         settings["lanczos_rounds"] = args.lanczos_rounds
     if args.allocator != "default":  # earlier results, without the key, are "default"
         settings["allocator"] = args.allocator
