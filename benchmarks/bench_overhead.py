@@ -240,7 +240,7 @@ def loss_table(shapes: list[tuple[int, int]], rounds: int) -> None:
             "softmax": lambda z=z: torch.softmax(z, dim=-1),
             "exp": lambda z=z: (z - torch.logsumexp(z, dim=-1, keepdim=True)).exp_(),
         }
-        t = {k: x * 1e6 for k, x in _median_interleaved(calls, rounds).items()}
+        t = {k: s * 1e6 for k, s in _median_interleaved(calls, rounds).items()}
         print(f"| {n:,} x {v} | {t['twice']:.0f} | {t['softmax']:.0f} | {t['exp']:.0f} |")
 
 
