@@ -289,9 +289,12 @@ def measure_row(
     peers: list[str],
     memory: bool,
     lanczos_rounds: int | None = None,
+    steps: int | None = None,
 ) -> dict:
     torch.set_num_threads(1)
     model, peer_model, batch, loss, desc = build(family, size)
+    if steps is not None:  # --steps: instead of the size's own (STEPS)
+        desc["steps"] = steps
     steps = desc["steps"]
 
     def kernel() -> Any:
@@ -426,13 +429,29 @@ def main() -> None:
         "adds rounds of Lanczos runs alone",
     )
     parser.add_argument(
+        "--steps",
+        type=positive,
+        default=None,
+        help="Lanczos steps of every row (default: 30 up to 1e6, 20 at 1e7, 8 at 1e8)",
+    )
+    parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
         default="cpu",
         help="where the rows run: 'cpu' (CPU time, one thread) or 'cuda' (the first GPU; "
         "wall time after synchronising, the allocator's peak memory)",
     )
+    parser.add_argument(
+        "--report-from",
+        metavar="FILES",
+        help="only print one table from these comma-separated results files, whatever "
+        "their settings (a results.jsonl, or a row process's output); a row in a later "
+        "file replaces the same row in an earlier one",
+    )
     args = parser.parse_args()
+    if args.report_from:
+        report(_merge(args.report_from.split(","), parser))
+        return
     peers = [p for p in args.peers.split(",") if p]
     if args.device == "cuda":
         if not torch.cuda.is_available():
@@ -444,7 +463,9 @@ def main() -> None:
         DEVICE = torch.device("cuda")
     if args.row:
         family, size = args.row.split(":")
-        row = measure_row(family, size, args.rounds, peers, args.memory, args.lanczos_rounds)
+        row = measure_row(
+            family, size, args.rounds, peers, args.memory, args.lanczos_rounds, args.steps
+        )
         print(json.dumps(row))
         return
     families = args.families.split(",")
@@ -515,6 +536,8 @@ def settings_of(args: argparse.Namespace, peers: list[str]) -> dict:
     settings = {"rounds": args.rounds, "peers": peers, "torch": torch.__version__}
     if getattr(args, "lanczos_rounds", None) is not None:  # results before it had no key
         settings["lanczos_rounds"] = args.lanczos_rounds
+    if getattr(args, "steps", None) is not None:  # likewise
+        settings["steps"] = args.steps
     if args.allocator != "default":  # earlier results, without the key, are "default"
         settings["allocator"] = args.allocator
     device = getattr(args, "device", "cpu")  # bench_compile.py has no --device
@@ -539,6 +562,8 @@ def run_row(script: str, family: str, size: str, args: argparse.Namespace) -> di
         base += ["--device", "cuda"]
     if getattr(args, "lanczos_rounds", None) is not None:
         base += ["--lanczos-rounds", str(args.lanczos_rounds)]
+    if getattr(args, "steps", None) is not None:
+        base += ["--steps", str(args.steps)]
     t0 = time.time()
     env = dict(os.environ)
     if ALLOCATORS[args.allocator]:
@@ -571,6 +596,24 @@ def _read(path: Path, settings: dict) -> dict:
                 if row.get("settings") == settings:
                     done[(row["family"], row["size"])] = row
     return done
+
+
+def _merge(files: list[str], parser: argparse.ArgumentParser) -> list[dict]:
+    """The rows of several results files, the last of each (family, size), in the
+    table's order."""
+    rows: dict[tuple[str, str], dict] = {}
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            parser.error(f"--report-from: {name} is not a file")
+        for line in path.read_text().splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                if "family" in row and "results" in row:
+                    rows[(row["family"], row["size"])] = row
+    if not rows:
+        parser.error(f"--report-from: no rows in {files}")
+    return [rows[k] for k in sorted(rows, key=lambda k: (FAMILIES.index(k[0]), float(k[1])))]
 
 
 def _fmt(x: float | None, unit: str = "") -> str:
@@ -606,7 +649,7 @@ def report(rows: list[dict]) -> None:
             f"{row['steps']} | {_fmt(r['gradient']['product_s'], 'ms')} | "
             f"{_fmt(s['product_s'], 'ms')}{kept} | {_fmt(n['product_s'], 'ms')} | "
             f"{_fmt(s['step_s'], 'ms')} | {_fmt(p['step_s'], 'ms')} | "
-            f"{_fmt(s['step_over_product'])} | {_fmt(p['step_over_product'])} | "
+            f"{_ratio_runs(s)} | {_ratio_runs(p)} | "
             f"{_fmt(s.get('own_s'), 'ms')} / {_fmt(p.get('own_s'), 'ms')} | "
             f"{_own(s)} / {_own(p)} | {_enough(row, s)} | "
             f"{_fmt(s.get('product_mb'), 'MB')} / {_fmt(n.get('product_mb'), 'MB')} | "
@@ -649,6 +692,17 @@ def _enough(row: dict, r: dict) -> str:
         return "this"
     per_sample = r["product_s"] / row["samples"]
     return f"{math.ceil(extra / (0.1 * per_sample)):,}"
+
+
+def _ratio_runs(x: dict) -> str:
+    """Step/product, and the range over the Lanczos runs where there were several
+    (``--lanczos-rounds``), each run's step over the median product."""
+    runs = x.get("step_runs_s", [])
+    text = _fmt(x["step_over_product"])
+    if len(runs) > 1:
+        product = x["step_s"] / x["step_over_product"]
+        text += f" ({_fmt(min(runs) / product)}-{_fmt(max(runs) / product)})"
+    return text
 
 
 def _own(r: dict) -> str:
