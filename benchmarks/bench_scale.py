@@ -7,7 +7,8 @@ and GPTs.
 One row per (family, size). Each row runs in its own process (so that its peak memory
 is its own) and is appended to ``<out>/results.jsonl``; a rerun skips the rows already
 there with the same settings, so an interrupted run resumes. ``--report`` prints the
-tables of docs/benchmarks.md from that file.
+tables of docs/benchmarks.md from that file, ``--report-from a,b,...`` one table from
+several such files (or rows printed by ``--row``), whatever their settings.
 
 The models (float32, eval mode) and data, all generated or shipped with scikit-learn:
 
@@ -20,7 +21,8 @@ The models (float32, eval mode) and data, all generated or shipped with scikit-l
   with it.
 
 The data of a row is one batch, the same for every library; the largest sizes use
-fewer samples and fewer Lanczos steps (the table says how many). Timings are CPU time
+fewer samples and fewer Lanczos steps (the table says how many; ``--steps`` sets every
+row's, such as a density's default 90). Timings are CPU time
 (``time.process_time``) on one thread, every library timed once per round with the
 rounds interleaved, medians reported (5 product rounds, 3 from 10^7 on; Lanczos runs
 in every round up to 10^5, two rounds at 10^6, one above, or ``--lanczos-rounds``;
