@@ -452,7 +452,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.report_from:
-        report(_merge(args.report_from.split(","), parser))
+        rows = _merge(args.report_from.split(","), parser)
+        report(rows)
+        print("\nrows from (their settings may differ):")
+        for row in rows:
+            print(f"- {row['family']} {row['size']}: {row['source']} {row.get('settings', '')}")
         return
     peers = [p for p in args.peers.split(",") if p]
     if args.device == "cuda":
@@ -612,7 +616,7 @@ def _merge(files: list[str], parser: argparse.ArgumentParser) -> list[dict]:
             if line.startswith("{"):
                 row = json.loads(line)
                 if "family" in row and "results" in row:
-                    rows[(row["family"], row["size"])] = row
+                    rows[(row["family"], row["size"])] = row | {"source": name}
     if not rows:
         parser.error(f"--report-from: no rows in {files}")
     return [rows[k] for k in sorted(rows, key=lambda k: (FAMILIES.index(k[0]), float(k[1])))]
