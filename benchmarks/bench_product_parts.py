@@ -8,10 +8,15 @@
 * the closed-form cross-entropy (``closed_form=True``) against autograd's double
   backward of the softmax (``closed_form=False``), kept graphs, on the MLP (10
   classes) and the GPT (256 classes) of ``bench_scale.py`` at 10^5 parameters.
+* GELU differentiated twice in closed form (spectorch's default with
+  ``closed_form="auto"``) against autograd's double backward of GELU, on the GPT of
+  ``bench_scale.py`` at 10^5 and 10^6 parameters, graphs kept and not (``--gelu``
+  runs this part alone).
 
 CPU time on one thread, the variants interleaved round by round, medians. The
 BatchNorm variant without the affine map is obtained by switching the rewrite off for
-the product being timed (it is spectorch's own internal switch).
+the product being timed, and GELU's likewise for its operator (spectorch's own
+internal switches).
 """
 
 from __future__ import annotations
@@ -44,8 +49,12 @@ def timed(cands: dict, rounds: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--gelu", action="store_true", help="only the GELU part")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.gelu:
+        gelu(args.rounds)
+        return
 
     model, _, batch, loss, _ = build("cnn", "1e4")
     affine = ops._affine_batchnorms
@@ -88,6 +97,33 @@ def main() -> None:
             f"| {family} 1e5, autograd | {res['autograd'] * 1e3:.1f} | "
             f"{res['autograd'] / res['closed']:.2f}x |"
         )
+
+    gelu(args.rounds)
+
+
+def gelu(rounds: int) -> None:
+    """GELU's closed-form second derivative against autograd's, the cross-entropy's
+    closed form in both."""
+    print(
+        "\n| product | closed-form GELU (ms) | autograd's GELU (ms) | ratio |\n|---|---:|---:|---:|"
+    )
+    for size in ("1e5", "1e6"):
+        model, _, batch, loss, _ = build("gpt", size)
+        with sdpa_kernel(SDPBackend.MATH):
+            for kept in (True, False):
+                closed = HessianOperator(model, loss, [batch], cache_graphs=kept)
+                plain = HessianOperator(model, loss, [batch], cache_graphs=kept)
+                plain._closed_gelu = False  # the switch: this operator never rewrites GELU
+                v = torch.randn(closed.shape[0], dtype=torch.float64)
+                cands = {
+                    "c": lambda c=closed, v=v: c.matvec(v),
+                    "p": lambda p=plain, v=v: p.matvec(v),
+                }
+                res = timed(cands, rounds)
+                assert closed._closed_gelu, "GELU was not rewritten"
+                what = "kept graph" if kept else "graph not kept"
+                print(f"| GPT {size}, {what} | {res['c'] * 1e3:.1f} | {res['p'] * 1e3:.1f} | "
+                      f"{res['p'] / res['c']:.2f}x |")  # fmt: skip
 
 
 if __name__ == "__main__":
