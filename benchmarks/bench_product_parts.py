@@ -8,10 +8,11 @@
 * the closed-form cross-entropy (``closed_form=True``) against autograd's double
   backward of the softmax (``closed_form=False``), kept graphs, on the MLP (10
   classes) and the GPT (256 classes) of ``bench_scale.py`` at 10^5 parameters.
-* GELU differentiated twice in closed form (spectorch's default with
-  ``closed_form="auto"``) against autograd's double backward of GELU, on the GPT of
-  ``bench_scale.py`` at 10^5 and 10^6 parameters, graphs kept and not (``--gelu``
-  runs this part alone).
+* GELU and SiLU differentiated twice in closed form (spectorch's default with
+  ``closed_form="auto"``) against autograd's double backward: each activation's
+  second backward pass alone (1024 x 768 inputs, float32, as in the GPT's MLP at
+  10^6 parameters), and the products of the GPT of ``bench_scale.py`` at 10^5 and
+  10^6 parameters, graphs kept and not (``--activations`` runs this part alone).
 
 CPU time on one thread, the variants interleaved round by round, medians. The
 BatchNorm variant without the affine map is obtained by switching the rewrite off for
@@ -49,11 +50,11 @@ def timed(cands: dict, rounds: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--gelu", action="store_true", help="only the GELU part")
+    parser.add_argument("--activations", action="store_true", help="only GELU and SiLU")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.gelu:
-        gelu(args.rounds)
+    if args.activations:
+        activations(args.rounds)
         return
 
     model, _, batch, loss, _ = build("cnn", "1e4")
@@ -98,12 +99,30 @@ def main() -> None:
             f"{res['autograd'] / res['closed']:.2f}x |"
         )
 
-    gelu(args.rounds)
+    activations(args.rounds)
 
 
-def gelu(rounds: int) -> None:
-    """GELU's closed-form second derivative against autograd's, the cross-entropy's
-    closed form in both."""
+def activations(rounds: int) -> None:
+    """GELU's and SiLU's closed-form second derivatives against autograd's: each
+    activation's second backward pass, then the GPT's products (the cross-entropy's
+    closed form in both)."""
+    from spectorch.curvature import _activations as act
+
+    print("\n| second backward pass, 1024 x 768 | closed form (ms) | autograd (ms) | ratio |")
+    print("|---|---:|---:|---:|")
+    gen = torch.Generator().manual_seed(0)
+    x, g, u = (torch.randn(1024, 768, generator=gen) for _ in range(3))
+    x.requires_grad_(True)
+    for kind in ("gelu", "gelu-tanh", "silu"):
+        cands = {}
+        for name, f in (("c", lambda t, k=kind: act._Activation.apply(t, k)),
+                        ("p", act._FORWARD[kind])):  # fmt: skip
+            (first,) = torch.autograd.grad(f(x), x, g, create_graph=True)
+            cands[name] = lambda first=first: torch.autograd.grad(first, x, u, retain_graph=True)
+        res = timed(cands, rounds)
+        print(
+            f"| {kind} | {res['c'] * 1e3:.2f} | {res['p'] * 1e3:.2f} | {res['p'] / res['c']:.2f}x |"
+        )
     print(
         "\n| product | closed-form GELU (ms) | autograd's GELU (ms) | ratio |\n|---|---:|---:|---:|"
     )
@@ -113,14 +132,14 @@ def gelu(rounds: int) -> None:
             for kept in (True, False):
                 closed = HessianOperator(model, loss, [batch], cache_graphs=kept)
                 plain = HessianOperator(model, loss, [batch], cache_graphs=kept)
-                plain._closed_gelu = False  # the switch: this operator never rewrites GELU
+                plain._closed_activations = False  # the switch: this operator never rewrites GELU
                 v = torch.randn(closed.shape[0], dtype=torch.float64)
                 cands = {
                     "c": lambda c=closed, v=v: c.matvec(v),
                     "p": lambda p=plain, v=v: p.matvec(v),
                 }
                 res = timed(cands, rounds)
-                assert closed._closed_gelu, "GELU was not rewritten"
+                assert closed._closed_activations, "GELU was not rewritten"
                 what = "kept graph" if kept else "graph not kept"
                 print(f"| GPT {size}, {what} | {res['c'] * 1e3:.1f} | {res['p'] * 1e3:.1f} | "
                       f"{res['p'] / res['c']:.2f}x |")  # fmt: skip

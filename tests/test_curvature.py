@@ -642,76 +642,80 @@ def test_eval_batchnorm_as_an_affine_map_gives_the_same_curvature(operator, kwar
     assert bool(calls) == (kwargs.get("cache_graphs") is True)  # folded in kept graphs only
 
 
-class _GeluNet(nn.Module):
-    """GELU both ways: ``nn.GELU`` with the tanh approximation and ``F.gelu`` exact."""
+class _ActivationNet(nn.Module):
+    """GELU both ways (``nn.GELU`` with the tanh approximation, ``F.gelu`` exact) and
+    SiLU (``nn.SiLU``, and ``F.silu`` in place, which is left alone)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.a, self.b, self.c = nn.Linear(3, 5), nn.Linear(5, 4), nn.Linear(4, 3)
+        self.a, self.b, self.c = nn.Linear(3, 5), nn.Linear(5, 4), nn.Linear(4, 4)
+        self.d = nn.Linear(4, 3)
         self.act = nn.GELU(approximate="tanh")
 
     def forward(self, x):
-        return self.c(nn.functional.gelu(self.b(self.act(self.a(x)))))
+        h = nn.functional.gelu(self.b(self.act(self.a(x))))
+        return self.d(nn.functional.silu(nn.SiLU()(self.c(h)), inplace=True))
 
 
-@pytest.mark.parametrize("approximate", ["none", "tanh"])
-def test_gelu_derivatives_in_closed_form(approximate):
-    """gelu' and gelu'' against autograd's, and the second derivative of the rewritten
-    GELU against finite differences (gradgradcheck); float64, then bfloat16 inputs."""
-    from spectorch.curvature._activations import _Gelu, gelu_derivatives
+@pytest.mark.parametrize("kind", ["gelu", "gelu-tanh", "silu"])
+def test_activation_derivatives_in_closed_form(kind):
+    """f' and f'' against autograd's, and the second derivative of the rewritten
+    activation against finite differences (gradgradcheck); float64, then bfloat16."""
+    from spectorch.curvature import _activations as act
 
     x = torch.linspace(-6, 6, 241, dtype=torch.float64, requires_grad=True)
-    (d1,) = torch.autograd.grad(
-        nn.functional.gelu(x, approximate=approximate).sum(), x, create_graph=True
-    )
+    (d1,) = torch.autograd.grad(act._FORWARD[kind](x).sum(), x, create_graph=True)
     (d2,) = torch.autograd.grad(d1.sum(), x)
-    ours = gelu_derivatives(x, approximate)
+    ours = act._DERIVATIVES[kind](x)
     torch.testing.assert_close(ours[0], d1.detach(), rtol=1e-14, atol=1e-15)
-    torch.testing.assert_close(ours[1], d2, rtol=1e-12, atol=1e-13)  # gelu'' <= 0.8
-    assert torch.autograd.gradgradcheck(lambda t: _Gelu.apply(t, approximate), (x[::20],))
-    low = gelu_derivatives(x.detach().bfloat16(), approximate)
+    torch.testing.assert_close(ours[1], d2, rtol=1e-12, atol=1e-13)  # |f''| <= 0.8
+    assert torch.autograd.gradgradcheck(lambda t: act._Activation.apply(t, kind), (x[::20],))
+    low = act._DERIVATIVES[kind](x.detach().bfloat16())
     assert low[0].dtype == low[1].dtype == torch.bfloat16
     torch.testing.assert_close(low[1].double(), d2, rtol=0.02, atol=0.02)
     with pytest.raises(ValueError, match="approximate must be"):
-        gelu_derivatives(x, "erf")
+        act.gelu_derivatives(x, "erf")
 
 
 @pytest.mark.parametrize("cache_graphs", [True, False])
-def test_closed_form_gelu_gives_the_exact_hessian(cache_graphs):
-    """With closed_form="auto" (the default) the graphs differentiated twice run GELU as
-    the rewrite (the kept graph holds its nodes); the Hessian equals torch.func's
-    dense one, as with closed_form=False, which keeps autograd's double backward. A
-    model without GELU stops looking for it after its first graph."""
+def test_closed_form_activations_give_the_exact_hessian(cache_graphs):
+    """With closed_form="auto" (the default) the graphs differentiated twice run GELU
+    and SiLU as the rewrite (the kept graph holds its nodes, and the in-place SiLU
+    keeps autograd's); the Hessian equals torch.func's dense one, as with
+    closed_form=False, which keeps autograd's double backward. A model without them
+    stops looking after its first graph."""
     torch.manual_seed(0)
-    model = _GeluNet().double()
+    model = _ActivationNet().double()
     X, y = torch.randn(N, 3, dtype=torch.float64), torch.randint(0, 3, (N,))
     loss = nn.CrossEntropyLoss()
     dense = _dense_hessian(model, loss, X, y)
     data = [(X[:6], y[:6]), (X[6:], y[6:])]
     op = HessianOperator(model, loss, data, cache_graphs=cache_graphs)
     torch.testing.assert_close(op.to_dense(), dense, rtol=1e-12, atol=1e-13)
-    assert op._closed_gelu is True
+    assert op._closed_activations is True
     plain = HessianOperator(model, loss, data, cache_graphs=cache_graphs, closed_form=False)
     torch.testing.assert_close(plain.to_dense(), dense, rtol=1e-12, atol=1e-13)
-    assert plain._closed_gelu is None  # never looked
+    assert plain._closed_activations is None  # never looked
     if cache_graphs:
 
-        def kinds(o):  # the kinds of node in the kept graphs
-            seen, stack = set(), [g.grad_fn for _, grads, _, _ in o._graphs.values() for g in grads]
+        def kinds(o):  # how many nodes of each kind the kept graphs hold
+            seen, stack = set(), [g.grad_fn for _, gs, _, _ in o._graphs.values() for g in gs]
             while stack:
                 node = stack.pop()
                 if node is not None and node not in seen:
                     seen.add(node)
                     stack.extend(fn for fn, _ in node.next_functions)
-            return {type(node).__name__ for node in seen}
+            names = [type(node).__name__ for node in seen]
+            return {k: names.count(k) // len(o._graphs) for k in set(names)}
 
-        assert "_GeluGradBackward" in kinds(op)
-        assert "GeluBackwardBackward0" in kinds(plain)
-        assert "GeluBackwardBackward0" not in kinds(op)
+        ours, theirs = kinds(op), kinds(plain)
+        assert ours["_ActivationGradBackward"] == 3  # two GELUs, nn.SiLU
+        assert "GeluBackward0" not in ours and ours["SiluBackward0"] == 1  # in place
+        assert theirs["GeluBackward0"] == 2 and theirs["SiluBackward0"] == 2
     relu = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 3)).double()
     other = HessianOperator(relu, loss, data, cache_graphs=cache_graphs)
     other.to_dense()
-    assert other._closed_gelu is False
+    assert other._closed_activations is False
 
 
 def test_closed_form_gelu_in_a_gpt():
@@ -729,4 +733,4 @@ def test_closed_form_gelu_in_a_gpt():
     for cache_graphs in (True, False):
         op = HessianOperator(lm, CausalLM(), data, cache_graphs=cache_graphs)
         torch.testing.assert_close(op.matmat(V), plain, rtol=1e-12, atol=1e-13)
-        assert op._closed_gelu is True
+        assert op._closed_activations is True

@@ -466,9 +466,9 @@ class CurvatureOperator:
 
     #: whether eval-mode BatchNorm runs as its affine map in the graphs being built
     _affine_batchnorm = False
-    #: whether the model called GELU in the first graph built with closed forms (None:
-    #: none built yet); once it did not, later graphs skip the function mode
-    _closed_gelu: bool | None = None
+    #: whether the model called GELU or SiLU in the first graph built with closed forms
+    #: (None: none built yet); once it did not, later graphs skip the function mode
+    _closed_activations: bool | None = None
 
     #: whether scaled_dot_product_attention runs on its math kernel (set when the
     #: default kernel turned out to have no second derivative)
@@ -560,10 +560,10 @@ class CurvatureOperator:
         """The batch's summed loss at ``params``; sets ``_size`` for a BatchLoss.
         ``closed``: built so that reverse-mode autograd differentiates it twice in
         closed form where ``closed_form`` allows: the objective's second derivative when
-        it has one, and GELU's (:class:`ClosedFormActivations`)."""
+        it has one, and GELU's and SiLU's (:class:`ClosedFormActivations`)."""
         objective = self.objective
         closed = closed and getattr(self, "closed_form", False) is not False
-        mode = ClosedFormActivations() if closed and self._closed_gelu is not False else None
+        mode = ClosedFormActivations() if closed and self._closed_activations is not False else None
         with mode if mode is not None else contextlib.nullcontext():
             if closed and objective.splits:
                 out = objective.outputs(self._bound(params), batch)
@@ -574,8 +574,8 @@ class CurvatureOperator:
                 loss, count = objective.evaluate(self._bound(params), batch)
                 if self._size is None:
                     self._size = int(count)
-        if mode is not None and not self._closed_gelu:
-            self._closed_gelu = mode.used
+        if mode is not None and not self._closed_activations:
+            self._closed_activations = mode.used
         return loss
 
     def _check_train_mode(self) -> None:
@@ -753,13 +753,13 @@ class _SecondOrderOperator(CurvatureOperator):
             (the default) uses it when the objective has one (:class:`CausalLM`,
             ``nn.CrossEntropyLoss``) and the product can (the GGN always; the Hessian
             with ``hvp="reverse"``), ``True`` requires it, ``False`` never. Unless
-            ``False``, the Hessian's reverse-over-reverse products also take GELU's
-            second derivative in closed form (``torch.nn.functional.gelu`` and
-            ``nn.GELU``, both approximations): the same product, with PyTorch's
-            kernels for the forward pass and the gradient, without autograd's double
-            backward of GELU (kept products of the GPT in docs/benchmarks.md 1.3-1.4x
-            faster at 10^5-10^6 parameters).
-            ``False`` differentiates exactly as plain autograd does.
+            ``False``, the Hessian's reverse-over-reverse products also take the second
+            derivatives of GELU (``torch.nn.functional.gelu``, ``nn.GELU``, both
+            approximations) and SiLU (``silu``, ``nn.SiLU``, not in place) in closed
+            form: the same product, with PyTorch's kernels for the forward pass and
+            the gradient, without autograd's double backward of the activation (the
+            GPT's kept products in docs/benchmarks.md 1.3-1.4x faster at 10^5-10^6
+            parameters). ``False`` differentiates exactly as plain autograd does.
         hvp: how the loss is differentiated twice (the Hessian also takes
             ``"finite-difference"``, see :class:`HessianOperator`). ``"reverse"`` (the
             default):
