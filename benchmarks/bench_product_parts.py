@@ -7,12 +7,14 @@
   ``bench_scale.py`` at 10^4 parameters, the gradient graph kept;
 * the closed-form cross-entropy (``closed_form=True``) against autograd's double
   backward of the softmax (``closed_form=False``), kept graphs, on the MLP (10
-  classes) and the GPT (256 classes) of ``bench_scale.py`` at 10^5 parameters.
+  classes) and the GPT (256 classes) of ``bench_scale.py`` at 10^5 parameters, GELU
+  differentiated by autograd in both;
 * GELU and SiLU differentiated twice in closed form (spectorch's default with
   ``closed_form="auto"``) against autograd's double backward: each activation's
   second backward pass alone (1024 x 768 inputs, float32, as in the GPT's MLP at
   10^6 parameters), and the products of the GPT of ``bench_scale.py`` at 10^5 and
-  10^6 parameters, graphs kept and not (``--activations`` runs this part alone).
+  10^6 parameters, graphs kept and not, with the bytes the kept graphs hold
+  (``--activations`` runs this part alone).
 
 CPU time on one thread, the variants interleaved round by round, medians. The
 BatchNorm variant without the affine map is obtained by switching the rewrite off for
@@ -86,6 +88,7 @@ def main() -> None:
         model, _, batch, loss, _ = build(family, "1e5")
         with sdpa_kernel(SDPBackend.MATH):
             closed = HessianOperator(model, loss, [batch], cache_graphs=True, closed_form=True)
+            closed._closed_activations = False  # the cross-entropy alone: GELU as in `auto`
             auto = HessianOperator(model, loss, [batch], cache_graphs=True, closed_form=False)
             v = torch.randn(closed.shape[0], dtype=torch.float64)
             cands = {
@@ -123,9 +126,9 @@ def activations(rounds: int) -> None:
         print(
             f"| {kind} | {res['c'] * 1e3:.2f} | {res['p'] * 1e3:.2f} | {res['p'] / res['c']:.2f}x |"
         )
-    print(
-        "\n| product | closed-form GELU (ms) | autograd's GELU (ms) | ratio |\n|---|---:|---:|---:|"
-    )
+    print("\n| product | closed-form GELU (ms) | autograd's GELU (ms) | ratio | "
+          "kept graph MB, closed / autograd |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|")
     for size in ("1e5", "1e6"):
         model, _, batch, loss, _ = build("gpt", size)
         with sdpa_kernel(SDPBackend.MATH):
@@ -141,8 +144,11 @@ def activations(rounds: int) -> None:
                 res = timed(cands, rounds)
                 assert closed._closed_activations, "GELU was not rewritten"
                 what = "kept graph" if kept else "graph not kept"
+                held = "–"  # what the kept graphs hold, closed form / autograd
+                if kept:
+                    held = f"{closed.cache_bytes / 2**20:.1f} / {plain.cache_bytes / 2**20:.1f}"
                 print(f"| GPT {size}, {what} | {res['c'] * 1e3:.1f} | {res['p'] * 1e3:.1f} | "
-                      f"{res['p'] / res['c']:.2f}x |")  # fmt: skip
+                      f"{res['p'] / res['c']:.2f}x | {held} |")  # fmt: skip
 
 
 if __name__ == "__main__":

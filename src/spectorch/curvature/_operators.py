@@ -758,7 +758,7 @@ class _SecondOrderOperator(CurvatureOperator):
             approximations) and SiLU (``silu``, ``nn.SiLU``, not in place) in closed
             form: the same product, with PyTorch's kernels for the forward pass and
             the gradient, without autograd's double backward of the activation (the
-            GPT's kept products in docs/benchmarks.md 1.3-1.4x faster at 10^5-10^6
+            GPT's kept products in docs/benchmarks.md 1.25-1.43x faster at 10^5-10^6
             parameters). ``False`` differentiates exactly as plain autograd does.
         hvp: how the loss is differentiated twice (the Hessian also takes
             ``"finite-difference"``, see :class:`HessianOperator`). ``"reverse"`` (the
