@@ -1352,7 +1352,7 @@ def _add_product_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Hessian: keep each batch's gradient graph between products (auto: while they "
         "fit in a quarter of the memory); with --hvp forward, yes keeps each batch's "
-        "traced linearisation instead (faster products on transformers, 2-3x the memory)",
+        "traced linearisation instead (products at parity with a kept graph, 2-3x the memory)",
     )
     parser.add_argument(
         "--compile",

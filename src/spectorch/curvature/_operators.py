@@ -937,14 +937,15 @@ class HessianOperator(_SecondOrderOperator):
             forward-mode product (``jvp`` of ``grad``) is traced once per batch shape
             (``make_fx``), the part of it that does not depend on the probe runs once
             per batch and its results are kept, and every later product runs only the
-            operations on the probe. On the CPU that was 1.15-1.23x faster than a
-            kept graph on transformers (10^4-10^7 parameters) and at parity on MLPs
-            and CNNs, for 2.1-3.1x its memory (docs/benchmarks.md, "Kept
-            linearisations"); ``"auto"`` keeps nothing in forward mode. A model that
-            cannot be traced (control flow on values) gets eager forward-mode
-            products, with a ``RuntimeWarning`` (:attr:`linearize_error`,
-            :meth:`describe`); a loss that calls ``mse_loss`` gets kept reverse-mode
-            graphs (tracing its forward-mode rule crashes PyTorch 2.13).
+            operations on the probe. On the CPU that is at parity with a kept graph
+            on transformers (10^4-10^7 parameters; 1.15-1.23x faster before the kept
+            graph's GELU was differentiated in closed form) and on MLPs and CNNs, for
+            2.1-3.1x its memory (docs/benchmarks.md, "Kept linearisations");
+            ``"auto"`` keeps nothing in forward mode. A model that cannot be traced
+            (control flow on values) gets eager forward-mode products, with a
+            ``RuntimeWarning`` (:attr:`linearize_error`, :meth:`describe`); a loss
+            that calls ``mse_loss`` gets kept reverse-mode graphs (tracing its
+            forward-mode rule crashes PyTorch 2.13).
         hvp: as :class:`GGNOperator`, or ``"finite-difference"``: central differences
             of two ordinary gradients per probe, ``(∇L(θ + h v) − ∇L(θ − h v)) / 2h``
             with ``h = ε^(1/3) max(1, ‖θ‖) / ‖v‖`` (``ε`` the network dtype's machine
