@@ -14,7 +14,8 @@
   second backward pass alone (1024 x 768 inputs, float32, as in the GPT's MLP at
   10^6 parameters), and the products of the GPT of ``bench_scale.py`` at 10^5 and
   10^6 parameters, graphs kept and not, with the bytes the kept graphs hold
-  (``--activations`` runs this part alone).
+  (``--activations`` runs this part alone; ``--profile`` prints ``torch.profiler``'s
+  table of the GPT's kept product at 10^6 parameters both ways).
 
 CPU time on one thread, the variants interleaved round by round, medians. The
 BatchNorm variant without the affine map is obtained by switching the rewrite off for
@@ -53,8 +54,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--activations", action="store_true", help="only GELU and SiLU")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="only torch.profiler's table of the GPT's kept product at 1e6, GELU both ways",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.profile:
+        profile()
+        return
     if args.activations:
         activations(args.rounds)
         return
@@ -149,6 +158,33 @@ def activations(rounds: int) -> None:
                     held = f"{closed.cache_bytes / 2**20:.1f} / {plain.cache_bytes / 2**20:.1f}"
                 print(f"| GPT {size}, {what} | {res['c'] * 1e3:.1f} | {res['p'] * 1e3:.1f} | "
                       f"{res['p'] / res['c']:.2f}x | {held} |")  # fmt: skip
+
+
+def profile() -> None:
+    """``torch.profiler``'s operators by self CPU time over three kept products of the
+    GPT at 10^6 parameters, with GELU's closed form and with autograd's."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    model, _, batch, loss, _ = build("gpt", "1e6")
+    with sdpa_kernel(SDPBackend.MATH):
+        for closed in (False, True):
+            op = HessianOperator(model, loss, [batch], cache_graphs=True)
+            if not closed:
+                op._closed_activations = False  # the switch, as in activations()
+            v = torch.randn(op.shape[0], dtype=torch.float64)
+            op.matvec(v)
+            op.matvec(v)
+            with profiler(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(3):
+                    op.matvec(v)
+            print(f"\nGPT 1e6, kept graph, {'closed-form' if closed else 'autograd'} GELU")
+            events = prof.key_averages()
+            print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+            total = sum(e.self_cpu_time_total for e in events)
+            for e in events:  # the activation's second derivative, its children included
+                if e.key in ("GeluBackwardBackward0", "_ActivationGradBackward"):
+                    print(f"{e.key}: {e.cpu_time_total / total:.0%} of the products' CPU time")
 
 
 if __name__ == "__main__":
