@@ -330,6 +330,16 @@ def test_partial_reorthogonalisation_gives_the_same_density(tmp_path):
         np.testing.assert_allclose(np.sort(b)[-6:], np.sort(a)[-6:], rtol=1e-11)
     for p in (1, 2, 4, 8):
         assert float(part.moments(p)) == pytest.approx(float(full.moments(p)), rel=1e-10)
-    assert json.loads((tmp_path / "manifest.json").read_text())["reorth"] == "partial"
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["reorth"] == "partial"
+    assert manifest["reorth_estimates"] == "coarsest precision"
+    # a partial run made before the estimates followed the operator's precision (no
+    # such key) is not resumed: its draws can hold spurious eigenvalues
+    del manifest["reorth_estimates"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="not resumed: choose another out directory"):
+        spectral_density(
+            A, steps=60, draws=2, seed=3, reorth="partial", out=tmp_path, progress=False
+        )
     with pytest.raises(ValueError, match="reorth must be one of"):
         spectral_density(A, steps=5, draws=1, reorth="none", progress=False)

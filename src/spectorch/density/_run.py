@@ -47,6 +47,12 @@ _RESUME_KEYS = ("dim", "steps", "seed", "start", "start_signs", "dtype", "operat
 #: made before it (no such key, one random number per entry) are neither resumed nor
 #: combined with later ones
 START_SIGNS = "bits of 32-bit words"
+#: how partial reorthogonalisation estimates the loss of orthogonality: with the
+#: round-off of the coarsest precision a step works in (a float32 network's, even with
+#: a float64 basis). Partial runs made before (no such key) estimated it with float64's
+#: eps, skipped passes a float32 network needs and could hold spurious eigenvalues, so
+#: they are not resumed
+PARTIAL_ESTIMATES = "coarsest precision"
 _PROBLEM = "problem"
 
 
@@ -206,6 +212,7 @@ def spectral_density(
         settings["start_signs"] = START_SIGNS
     if reorth != "full":  # manifests of full reorthogonalisation stay as they were
         settings["reorth"] = reorth
+        settings["reorth_estimates"] = PARTIAL_ESTIMATES
     if metadata and _PROBLEM in metadata:
         settings[_PROBLEM] = plain(metadata[_PROBLEM])
     done: dict[int, tuple[np.ndarray, float | None]] = {}
@@ -501,6 +508,15 @@ class _RunDir:
         self.manifest = _read_manifest(path)
         if self.manifest is not None:
             self.dir.check(self.manifest)
+            if self.manifest.get("reorth") == "partial" and (
+                self.manifest.get("reorth_estimates") != PARTIAL_ESTIMATES
+            ):
+                raise ValueError(
+                    f"{path} holds draws of partial reorthogonalisation made before its "
+                    "estimates followed a float32 network's round-off; on such a network "
+                    "they can hold spurious eigenvalues, so they are not resumed: choose "
+                    "another out directory, or delete this one and run again"
+                )
         elif path.is_dir() and any(path.glob("tridiag_*.npy")):
             raise ValueError(
                 f"{path} holds tridiag files but no {MANIFEST}; choose another out directory"

@@ -22,7 +22,12 @@ from tqdm.auto import tqdm
 
 from spectorch import checks
 from spectorch.linalg._lanczos import make_generator, random_start
-from spectorch.linalg._operator import accepts_out, as_operator, operator_device
+from spectorch.linalg._operator import (
+    accepts_out,
+    as_operator,
+    operator_device,
+    operator_precision,
+)
 
 __all__ = ["WHICH", "Eigenpairs", "default_basis_size", "top_eigenpairs"]
 
@@ -177,7 +182,7 @@ def top_eigenpairs(
         basis_size = checks.int_in("basis_size", basis_size, min(k + 1, n), n)
     m = basis_size
     if tol is None:
-        compute = getattr(op, "compute_dtype", op.dtype)
+        compute = operator_precision(op)
         tol = max(1e-8, 1000 * torch.finfo(compute).eps)
     else:
         tol = checks.interval("tol", tol, 0.0, 1.0, closed=(False, True))

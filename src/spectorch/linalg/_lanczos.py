@@ -19,6 +19,7 @@ from spectorch.linalg._operator import (
     as_operator,
     operator_device,
     operator_matmat,
+    operator_precision,
 )
 from spectorch.linalg._quadrature import gauss_quadrature, tridiagonal_matrix
 
@@ -413,10 +414,14 @@ def lanczos_block(
     # ‖A‖ estimated by max_j ‖A q_j‖ = max_j √(β_{j-1}² + α_j² + β_j²), no extra pass
     anorm = [0.0] * b
     previous = [0.0] * b  # β_{j-1}
-    # the estimates follow the stored basis's precision: float32 rows carry round-off
-    # of float32's eps, which the recurrence's float64 eps would underestimate
-    kept = torch.float32 if basis == "float32" else dtype
-    levels = [_Orthogonality(n, kept) for _ in range(b)] if reorth == "partial" else None
+    # the estimates follow the coarsest precision a step works in: float32 rows carry
+    # round-off of float32's eps, and so do the products of a network that computes in
+    # float32 (its compute_dtype) even when they are returned in float64; the
+    # recurrence's float64 eps would underestimate the loss and skip passes it needs
+    levels = None
+    if reorth == "partial":
+        kept = _coarsest(torch.float32 if basis == "float32" else dtype, operator_precision(op))
+        levels = [_Orthogonality(n, kept) for _ in range(b)]
     # each recurrence's α and β so far, as read (Python floats), for those estimates
     history: list[tuple[list[float], list[float]]] = [([], []) for _ in range(b)]
     # An operator that takes out= writes each product into a vector kept from step to
@@ -598,6 +603,11 @@ def _random_starts(
 ) -> torch.Tensor:
     generator = make_generator(generator, seed)
     return random_start(n, kind=kind, generator=generator, num=num, dtype=dtype, device=device)
+
+
+def _coarsest(*dtypes: torch.dtype) -> torch.dtype:
+    """The floating dtype of largest ``eps`` among ``dtypes``."""
+    return max(dtypes, key=lambda t: torch.finfo(t).eps)
 
 
 class _Orthogonality:

@@ -23,6 +23,7 @@ __all__ = [
     "check_symmetric",
     "operator_device",
     "operator_matmat",
+    "operator_precision",
 ]
 
 
@@ -116,6 +117,14 @@ def operator_device(op: Any) -> torch.device:
     return torch.device(device) if device is not None else torch.device("cpu")
 
 
+def operator_precision(op: Any) -> torch.dtype:
+    """The dtype that bounds an operator's products' accuracy: its ``compute_dtype``
+    when it has one (a float32 network whose products are returned in float64), else
+    its ``dtype``; float64 for a dtype that is not floating."""
+    dtype = getattr(op, "compute_dtype", op.dtype)
+    return dtype if dtype.is_floating_point else torch.float64
+
+
 def accepts_out(op: Any, block: bool = False) -> bool:
     """Whether ``op.matvec`` (with ``block``, also ``op.matmat``) takes an ``out=``
     tensor to write the product into, as spectorch's curvature operators do."""
@@ -163,9 +172,7 @@ def check_symmetric(
     if rtol is None:
         # products computed in a narrower dtype than they are returned in (a float32
         # network with float64 accumulation) are only that accurate
-        op_dtype = getattr(op, "compute_dtype", op.dtype)
-        op_dtype = op_dtype if op_dtype.is_floating_point else torch.float64
-        rtol = math.sqrt(torch.finfo(op_dtype).eps)
+        rtol = math.sqrt(torch.finfo(operator_precision(op)).eps)
     if generator is None:
         generator = torch.Generator().manual_seed(0x5EC7)
     U = torch.randn(n, 2, generator=generator, dtype=dtype).to(operator_device(op))
