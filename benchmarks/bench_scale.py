@@ -79,6 +79,9 @@ SIZES = ("1e4", "1e5", "1e6", "1e7", "1e8")
 FAMILIES = ("mlp", "cnn", "gpt")
 PEERS = ("hessian-eigenthings", "pyhessian", "pyhessian-loader", "curvlinops")
 #: samples (sequences of 64 bytes for the GPT) and Lanczos steps per size
+#: results measured since partial reorthogonalisation's estimates follow the operator's
+#: precision (a float32 network's round-off) carry this in their settings
+PARTIAL_ESTIMATES = "coarsest precision"
 SAMPLES = {
     "mlp": {"1e4": 1797, "1e5": 1797, "1e6": 1797, "1e7": 1797, "1e8": 1797},
     "cnn": {"1e4": 512, "1e5": 256, "1e6": 64, "1e7": 32, "1e8": 32},
@@ -540,6 +543,9 @@ def positive(text: str) -> int:
 def settings_of(args: argparse.Namespace, peers: list[str]) -> dict:
     """What a results line must match to be reused: rows measured otherwise rerun."""
     settings = {"rounds": args.rounds, "peers": peers, "torch": torch.__version__}
+    # partial reorthogonalisation's estimates follow the network's float32 round-off
+    # (fifteenth round); rows measured before, without the key, skipped its passes
+    settings["partial_estimates"] = PARTIAL_ESTIMATES
     if getattr(args, "lanczos_rounds", None) is not None:  # results before it had no key
         settings["lanczos_rounds"] = args.lanczos_rounds
     if getattr(args, "steps", None) is not None:  # likewise
@@ -645,22 +651,31 @@ def report(rows: list[dict]) -> None:
           "step/product partial | own work (ms) | 1 + own/product | data for 1.1 | "
           "product MB kept / not | step MB |")  # fmt: skip
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    stale = False
     for row in rows:
         r = row["results"]
         s, n, p = r["spectorch"], r["spectorch-nocache"], r["spectorch-partial"]
+        mark = ""
+        if row.get("settings", {}).get("partial_estimates") != PARTIAL_ESTIMATES:
+            mark, stale = " †", True
         data = f"{row['samples']} {'windows' if row['family'] == 'gpt' else 'samples'}"
         kept = "" if s.get("cached") else " (not kept: over budget)"
         print(
             f"| {row['family']} ({row['model']}) | {row['parameters']:,} | {data} | "
             f"{row['steps']} | {_fmt(r['gradient']['product_s'], 'ms')} | "
             f"{_fmt(s['product_s'], 'ms')}{kept} | {_fmt(n['product_s'], 'ms')} | "
-            f"{_fmt(s['step_s'], 'ms')} | {_fmt(p['step_s'], 'ms')} | "
-            f"{_ratio_runs(s)} | {_ratio_runs(p)} | "
+            f"{_fmt(s['step_s'], 'ms')} | {_fmt(p['step_s'], 'ms')}{mark} | "
+            f"{_ratio_runs(s)} | {_ratio_runs(p)}{mark} | "
             f"{_fmt(s.get('own_s'), 'ms')} / {_fmt(p.get('own_s'), 'ms')} | "
             f"{_own(s)} / {_own(p)} | {_enough(row, s)} | "
             f"{_fmt(s.get('product_mb'), 'MB')} / {_fmt(n.get('product_mb'), 'MB')} | "
             f"{_fmt(s.get('step_mb'), 'MB')} |"
         )
+    if stale:
+        print("\n† partial reorthogonalisation measured before its estimates followed the "
+              "network's float32 round-off: it skipped passes the network needs (and its "
+              "results had ghost eigenvalues), so that step is not the one spectorch takes "
+              "now")  # fmt: skip
     print("\n### peers, ratio peer / spectorch (above 1: spectorch is faster or leaner)\n")
     print("| model | parameters | library | product | product vs spectorch | step | "
           "step/product | product memory | step memory |")  # fmt: skip

@@ -1298,7 +1298,8 @@ def _add_density(sub: Any) -> None:
         default="full",
         help="reorthogonalise every step against the whole basis (full), or only when "
         "Simon's estimate of the loss of orthogonality says so (partial: the same "
-        "tridiagonals to working precision, fewer reads of the basis)",
+        "tridiagonals to working precision, fewer reads of the basis; a float32 network "
+        "of more than about 8 million parameters needs them on every step)",
     )
     dens.add_argument(
         "--backend",

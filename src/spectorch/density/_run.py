@@ -111,7 +111,9 @@ def spectral_density(
         reorth: ``"full"`` (every step against the whole basis) or ``"partial"``
             (Simon's partial reorthogonalisation: the same tridiagonals to working
             precision, fewer reads of the basis; see :func:`~spectorch.linalg.lanczos`).
-            Written in the manifest; like ``basis`` it does not stop a resume.
+            Written in the manifest; like ``basis`` it does not stop a resume, but a
+            partial run made before its estimates followed a float32 network's
+            round-off is refused (its draws can hold spurious eigenvalues).
         out: a directory for ``tridiag_<k>.npy``, ``lanczos_vec_<k>.npy`` and
             ``manifest.json``; a run found there with the same settings is resumed from
             its last finished draw. Every file is written atomically.

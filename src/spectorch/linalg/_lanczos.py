@@ -240,11 +240,15 @@ def lanczos(
     the basis orthogonal to working precision (no ghost eigenvalues). With
     ``reorth="partial"`` it reorthogonalises only when Simon's (1984) recurrence for
     the loss of orthogonality estimates it above ``√eps`` (then at that step and the
-    next): the basis stays orthogonal to about ``√eps`` (1.5e-8 in float64), which
-    keeps the tridiagonal ``T`` -- its Ritz values and quadrature -- as accurate as full
-    reorthogonalisation (Simon 1984), at a fraction of its reads of the basis. The
-    recurrence and the basis are kept in ``dtype`` (float64 by default) whatever the
-    operator's own dtype.
+    next): the basis stays orthogonal to about ``√eps``, which keeps the tridiagonal
+    ``T`` -- its Ritz values and quadrature -- as accurate as full reorthogonalisation
+    (Simon 1984), at a fraction of its reads of the basis. ``eps`` is that of the
+    coarsest precision a step works in: the basis's, or the operator's
+    (``compute_dtype``: a float32 network's products carry float32 round-off even in a
+    float64 recurrence), so with a float32 network it reorthogonalises far more often
+    than with a float64 one, and on every step from about 8·10⁶ entries (where
+    ``eps·√n`` passes ``√eps``). The recurrence and the basis are kept in ``dtype``
+    (float64 by default) whatever the operator's own dtype.
 
     Args:
         op: a symmetric operator (``shape``, ``dtype``, ``matvec``) or a square tensor.
@@ -263,9 +267,9 @@ def lanczos(
         basis_dir: directory of the ``"disk"`` files; default a temporary one.
         reorth: ``"full"`` (the default: the basis orthonormal to working precision)
             or ``"partial"`` (orthogonal to ``√eps``, the same ``T`` to working
-            precision, far fewer passes over the basis: the cheaper choice when only
-            ``T`` -- a density, Ritz values -- is wanted; docs/benchmarks.md has the
-            measured costs).
+            precision, fewer passes over the basis: the cheaper choice when only ``T``
+            -- a density, Ritz values -- is wanted, up to a few million entries of a
+            float32 operator; docs/benchmarks.md has the measured costs).
         progress: show a progress bar over the steps.
         desc: label of the progress bar.
 
