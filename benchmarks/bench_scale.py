@@ -475,6 +475,7 @@ def main() -> None:
         row = measure_row(
             family, size, args.rounds, peers, args.memory, args.lanczos_rounds, args.steps
         )
+        row["settings"] = settings_of(args, peers)  # a row saved alone says how it ran
         print(json.dumps(row))
         return
     families = args.families.split(",")

@@ -47,7 +47,7 @@ def test_slq_of_a_float32_network(reorth):
     # The same network in float32, as users run it: both reorthogonalisations keep
     # the spectrum's edge (partial's estimates follow the network's float32
     # round-off; with float64's it skipped its passes and made ghost eigenvalues
-    # 14-18x the largest) and the density as close as float64's.
+    # up to 19x the largest) and the density as close as float64's.
     model, loss, data = digits_problem(dtype=torch.float32)
     op = HessianOperator(model, loss, data)
     exact = torch.linalg.eigvalsh(op.to_dense().to(torch.float64))

@@ -10,6 +10,7 @@ from conftest import matrix_with_spectrum
 from spectorch.density import lanczos_alg
 from spectorch.linalg import (
     MatrixOperator,
+    _basis,
     check_symmetric,
     gauss_quadrature,
     hutchinson_trace,
@@ -294,6 +295,30 @@ def test_partial_reorthogonalisation_follows_a_float32_operator():
     assert ritz[-7].item() < 1.0  # no ghost copy of an outlier
     top = torch.linalg.eigvalsh(full.tridiagonal)[-6:]
     torch.testing.assert_close(top, d[-6:], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("chunk_bytes", [4 << 20, 8 * 4 * 37])
+def test_float32_basis_reorthogonalises_in_float64(monkeypatch, chunk_bytes):
+    # float32 storage only: the Gram-Schmidt pass converts the rows a column chunk at
+    # a time and computes in the recurrence's float64, so it equals float64
+    # Gram-Schmidt against the same (float32-valued) rows; float32 products would miss
+    # by float32 round-off (about 1e-8 here). 8 * 4 * 37 bytes: 37 columns of 4 rows,
+    # 28 chunks and a ragged last one.
+    monkeypatch.setitem(_basis._CONVERT_BYTES, "cpu", chunk_bytes)
+    g = torch.Generator().manual_seed(0)
+    n = 1000
+    store = _basis.BlockBasis(1, 4, n, dtype=torch.float64, device=torch.device("cpu"),
+                              mode="float32")  # fmt: skip
+    rows = torch.linalg.qr(torch.randn(n, 4, generator=g, dtype=torch.float64))[0].T
+    for j in range(4):
+        store.set(j, rows[None, j])
+    w = torch.randn(1, n, generator=g, dtype=torch.float64)
+    Q = store.Q[0].to(torch.float64)
+    c = Q @ w[0]
+    expected = w[0] - Q.T @ c
+    got = store._pass(w, 0, 0, 4)
+    torch.testing.assert_close(got, c, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(w[0], expected, rtol=1e-14, atol=1e-15)
 
 
 def test_unknown_reorth_is_refused():

@@ -19,8 +19,14 @@ import torch
 __all__ = ["BASIS_MODES", "BlockBasis", "DiskRows"]
 
 BASIS_MODES = ("memory", "float32", "disk")
-# Temporary float64 working set of one reorthogonalisation chunk (float32 and disk modes).
+# Temporary float64 working set of one reorthogonalisation chunk (disk mode).
 _CHUNK_BYTES = 64 << 20
+# The float32 rows converted to the recurrence dtype a column chunk at a time for each
+# Gram-Schmidt product: on a CPU a chunk that stays in the cache between its conversion
+# and its product; on a GPU a larger one (within an H100/H200's 50 MB L2), for fewer
+# kernel launches (not measured on a GPU yet).
+_CONVERT_BYTES = {"cpu": 4 << 20}
+_CONVERT_BYTES_ELSE = 32 << 20
 # DGKS: a second pass when a first one shrank the vector below this fraction.
 _DGKS = 0.5**0.5
 
@@ -118,7 +124,9 @@ class BlockBasis:
         mode: ``"memory"`` keeps the rows in the recurrence ``dtype`` on its device;
             ``"float32"`` keeps them in float32 (half the memory of float64; the basis
             is then orthogonal to about 1e-7, which bounds how accurately interior
-            Ritz values separate) and reorthogonalises with float32 products;
+            Ritz values separate) and reorthogonalises in the recurrence ``dtype``,
+            converting the rows a column chunk at a time (float32 products would add
+            float32 round-off at every pass);
             ``"disk"`` writes them to ``.npy`` files in ``directory`` and reads them back
             chunk by chunk (block modified Gram-Schmidt), so resident memory no longer
             grows with the number of steps.
@@ -150,6 +158,7 @@ class BlockBasis:
         self.mode, self.b, self.steps, self.n = mode, b, steps, n
         self.dtype, self.device = dtype, device
         self.files: list[DiskRows] = []
+        self._converted: torch.Tensor | None = None  # float32 mode's conversion chunk
         #: Gram-Schmidt passes so far, and basis rows they read, per recurrence
         self.passes = [0] * b
         self.rows_read = [0] * b
@@ -291,12 +300,7 @@ class BlockBasis:
             x.addmv_(Q.T, c, alpha=-1.0)
             return c
         if self.mode == "float32":
-            # The rows are only float32-accurate, so float32 BLAS products lose nothing
-            # more: c = Q x from x rounded to float32, then x -= Qᵀc added in x's dtype.
-            Q = self.Q[d, start:stop]
-            c = torch.mv(Q, x.to(torch.float32))
-            x.sub_(torch.mv(Q.T, c))
-            return c.to(x.dtype)
+            return self._converted_pass(x, self.Q[d, start:stop])
         # block modified Gram-Schmidt over the chunks read back from disk
         removed = []
         for _, chunk in self.files[d].chunks(stop, x.device, start=start):
@@ -304,6 +308,33 @@ class BlockBasis:
             x.addmv_(chunk.T, c, alpha=-1.0)
             removed.append(c)
         return torch.cat(removed) if removed else x.new_zeros(0)
+
+    def _converted_pass(self, x: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+        """Classical Gram-Schmidt of ``x`` against the float32 rows ``Q`` in ``x``'s
+        dtype: the rows are exact in it, so only the storage is float32. A pass in
+        float32 arithmetic (rounding ``x``, accumulating the products in float32) left
+        the Ritz values of a float32 network 10-100x less accurate than a float64 basis
+        gives (``benchmarks/accuracy_basis.py``); converted, they are as accurate."""
+        m, n = Q.shape
+        if x.dtype == Q.dtype:
+            c = torch.mv(Q, x)
+            x.addmv_(Q.T, c, alpha=-1.0)
+            return c
+        limit = _CONVERT_BYTES.get(x.device.type, _CONVERT_BYTES_ELSE) // x.element_size()
+        cols = max(1, min(n, limit // m))
+        if self._converted is None or self._converted.numel() < m * cols:
+            self._converted = torch.empty(m * cols, dtype=x.dtype, device=x.device)
+        c = torch.zeros(m, dtype=x.dtype, device=x.device)
+        for sweep in (0, 1):  # the coefficients, then the update
+            for a in range(0, n, cols):
+                b = min(n, a + cols)
+                chunk = self._converted[: m * (b - a)].view(m, b - a)
+                chunk.copy_(Q[:, a:b])
+                if sweep == 0:
+                    c.addmv_(chunk, x[a:b])
+                else:
+                    x[a:b].addmv_(chunk.T, c, alpha=-1.0)
+        return c
 
     def result(self, d: int, m: int) -> tuple[torch.Tensor, DiskRows | None]:
         """Recurrence ``d``'s first ``m`` rows, and its disk file if any."""
