@@ -313,7 +313,7 @@ class BlockBasis:
         """Classical Gram-Schmidt of ``x`` against the float32 rows ``Q`` in ``x``'s
         dtype: the rows are exact in it, so only the storage is float32. A pass in
         float32 arithmetic (rounding ``x``, accumulating the products in float32) left
-        the Ritz values of a float32 network 10-100x less accurate than a float64 basis
+        the Ritz values of a float32 network 7-124x less accurate than a float64 basis
         gives (``benchmarks/accuracy_basis.py``); converted, they are as accurate."""
         m, n = Q.shape
         if x.dtype == Q.dtype:
