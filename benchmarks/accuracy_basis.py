@@ -26,10 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_scale import FAMILIES, SIZES, build
 from scipy.stats import wasserstein_distance
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import build
 
 from spectorch.curvature import HessianOperator
 from spectorch.linalg import lanczos
@@ -105,9 +103,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="start vectors per row")
     parser.add_argument("--out", type=Path, default=None, help="results (JSON lines)")
     args = parser.parse_args()
+    sizes, families = args.sizes.split(","), args.families.split(",")
+    for x in sizes:
+        if x not in SIZES:
+            parser.error(f"--sizes: {x!r} is not one of {list(SIZES)}")
+    for x in families:
+        if x not in FAMILIES:
+            parser.error(f"--families: {x!r} is not one of {list(FAMILIES)}")
+    if args.steps < 1 or args.seeds < 1:
+        parser.error("--steps and --seeds must be at least 1")
     rows = []
-    for size in args.sizes.split(","):
-        for family in args.families.split(","):
+    for size in sizes:
+        for family in families:
             row = measure(family, size, args.steps, list(range(args.seeds)))
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)

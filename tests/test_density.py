@@ -12,6 +12,7 @@ from conftest import matrix_with_spectrum
 
 from spectorch.density import (
     SpectralDensity,
+    combine_densities,
     eigv_to_density,
     load_density,
     spectral_density,
@@ -341,5 +342,8 @@ def test_partial_reorthogonalisation_gives_the_same_density(tmp_path):
         spectral_density(
             A, steps=60, draws=2, seed=3, reorth="partial", out=tmp_path, progress=False
         )
+    # nor merged into another run
+    with pytest.raises(ValueError, match="not combined: choose another out directory"):
+        combine_densities([tmp_path], out=tmp_path / "merged")
     with pytest.raises(ValueError, match="reorth must be one of"):
         spectral_density(A, steps=5, draws=1, reorth="none", progress=False)

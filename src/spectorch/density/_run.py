@@ -432,6 +432,7 @@ def combine_densities(
             raise ValueError(f"{d} has no {MANIFEST}: not a spectorch density run")
         if not manifest.get("finished_draws"):
             raise ValueError(f"the run in {d} has no finished draw yet")
+        _check_partial_estimates(manifest, d, "combined")
         manifests.append(manifest)
     first = manifests[0]
     for d, manifest in zip(dirs[1:], manifests[1:], strict=True):
@@ -486,6 +487,20 @@ def combine_densities(
     )
 
 
+def _check_partial_estimates(manifest: dict[str, Any], path: Path, use: str) -> None:
+    """Refuse the draws of a partial-reorthogonalisation run made before its estimates
+    followed the operator's precision (no ``reorth_estimates``)."""
+    if manifest.get("reorth") == "partial" and (
+        manifest.get("reorth_estimates") != PARTIAL_ESTIMATES
+    ):
+        raise ValueError(
+            f"{path} holds draws of partial reorthogonalisation made before its "
+            "estimates followed a float32 network's round-off; on such a network they "
+            f"can hold spurious eigenvalues, so they are not {use}: choose another out "
+            "directory, or delete this one and run again"
+        )
+
+
 def _comparable(manifest: dict[str, Any], key: str) -> Any:
     value = manifest.get(key)
     if key == "operator" and isinstance(value, dict):
@@ -510,15 +525,7 @@ class _RunDir:
         self.manifest = _read_manifest(path)
         if self.manifest is not None:
             self.dir.check(self.manifest)
-            if self.manifest.get("reorth") == "partial" and (
-                self.manifest.get("reorth_estimates") != PARTIAL_ESTIMATES
-            ):
-                raise ValueError(
-                    f"{path} holds draws of partial reorthogonalisation made before its "
-                    "estimates followed a float32 network's round-off; on such a network "
-                    "they can hold spurious eigenvalues, so they are not resumed: choose "
-                    "another out directory, or delete this one and run again"
-                )
+            _check_partial_estimates(self.manifest, path, "resumed")
         elif path.is_dir() and any(path.glob("tridiag_*.npy")):
             raise ValueError(
                 f"{path} holds tridiag files but no {MANIFEST}; choose another out directory"

@@ -294,12 +294,12 @@ class BlockBasis:
         """One classical Gram-Schmidt pass of row ``d`` of ``w`` against basis rows
         ``start..stop-1``; returns ``c``, the coefficients removed (in ``w``'s dtype)."""
         x = w[d]
-        if self.mode == "memory":
+        if self.mode == "memory" or (self.Q is not None and self.Q.dtype == x.dtype):
             Q = self.Q[d, start:stop]
             c = torch.mv(Q, x)
             x.addmv_(Q.T, c, alpha=-1.0)
             return c
-        if self.mode == "float32":
+        if self.mode == "float32":  # (a float32 recurrence takes the branch above)
             return self._converted_pass(x, self.Q[d, start:stop])
         # block modified Gram-Schmidt over the chunks read back from disk
         removed = []
@@ -316,10 +316,6 @@ class BlockBasis:
         the Ritz values of a float32 network 7-124x less accurate than a float64 basis
         gives (``benchmarks/accuracy_basis.py``); converted, they are as accurate."""
         m, n = Q.shape
-        if x.dtype == Q.dtype:
-            c = torch.mv(Q, x)
-            x.addmv_(Q.T, c, alpha=-1.0)
-            return c
         limit = _CONVERT_BYTES.get(x.device.type, _CONVERT_BYTES_ELSE) // x.element_size()
         cols = max(1, min(n, limit // m))
         if self._converted is None or self._converted.numel() < m * cols:
