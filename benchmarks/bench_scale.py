@@ -79,9 +79,13 @@ SIZES = ("1e4", "1e5", "1e6", "1e7", "1e8")
 FAMILIES = ("mlp", "cnn", "gpt")
 PEERS = ("hessian-eigenthings", "pyhessian", "pyhessian-loader", "curvlinops")
 #: samples (sequences of 64 bytes for the GPT) and Lanczos steps per size
-#: results measured since partial reorthogonalisation's estimates follow the operator's
-#: precision (a float32 network's round-off) carry this in their settings
-PARTIAL_ESTIMATES = "coarsest precision"
+#: results measured since partial reorthogonalisation's estimates take the products'
+#: round-off at the operator's precision (a float32 network's) and the loss between
+#: neighbours at the basis's (sixteenth round) carry this in their settings; those of the
+#: fifteenth round carry "coarsest precision" (float32's for both: a pass on every step
+#: from about 8·10^6 parameters), those before no key (float64's for both: passes skipped)
+PARTIAL_ESTIMATES = "operator precision, neighbours in the basis's"
+_FIFTEENTH_ESTIMATES = "coarsest precision"
 SAMPLES = {
     "mlp": {"1e4": 1797, "1e5": 1797, "1e6": 1797, "1e7": 1797, "1e8": 1797},
     "cnn": {"1e4": 512, "1e5": 256, "1e6": 64, "1e7": 32, "1e8": 32},
@@ -544,8 +548,8 @@ def positive(text: str) -> int:
 def settings_of(args: argparse.Namespace, peers: list[str]) -> dict:
     """What a results line must match to be reused: rows measured otherwise rerun."""
     settings = {"rounds": args.rounds, "peers": peers, "torch": torch.__version__}
-    # partial reorthogonalisation's estimates follow the network's float32 round-off
-    # (fifteenth round); rows measured before, without the key, skipped its passes
+    # partial reorthogonalisation's estimates, as PARTIAL_ESTIMATES says; rows measured
+    # with earlier ones rerun
     settings["partial_estimates"] = PARTIAL_ESTIMATES
     if getattr(args, "lanczos_rounds", None) is not None:  # results before it had no key
         settings["lanczos_rounds"] = args.lanczos_rounds
@@ -652,13 +656,17 @@ def report(rows: list[dict]) -> None:
           "step/product partial | own work (ms) | 1 + own/product | data for 1.1 | "
           "product MB kept / not | step MB |")  # fmt: skip
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    stale = False
+    stale = set()
     for row in rows:
         r = row["results"]
         s, n, p = r["spectorch"], r["spectorch-nocache"], r["spectorch-partial"]
         mark = ""
-        if row.get("settings", {}).get("partial_estimates") != PARTIAL_ESTIMATES:
-            mark, stale = " †", True
+        estimates = row.get("settings", {}).get("partial_estimates")
+        if estimates == _FIFTEENTH_ESTIMATES:
+            mark = " ‡"
+        elif estimates != PARTIAL_ESTIMATES:
+            mark = " †"
+        stale.add(mark)
         data = f"{row['samples']} {'windows' if row['family'] == 'gpt' else 'samples'}"
         kept = "" if s.get("cached") else " (not kept: over budget)"
         print(
@@ -672,11 +680,16 @@ def report(rows: list[dict]) -> None:
             f"{_fmt(s.get('product_mb'), 'MB')} / {_fmt(n.get('product_mb'), 'MB')} | "
             f"{_fmt(s.get('step_mb'), 'MB')} |"
         )
-    if stale:
+    if " †" in stale:
         print("\n† partial reorthogonalisation measured before its estimates followed the "
               "network's float32 round-off: it skipped passes the network needs (and its "
               "results had ghost eigenvalues), so that step is not the one spectorch takes "
               "now")  # fmt: skip
+    if " ‡" in stale:
+        print("\n‡ partial reorthogonalisation measured while its estimates took float32's "
+              "round-off for the loss between neighbours too (fifteenth round): it "
+              "reorthogonalised on every step from about 8·10^6 parameters, more often "
+              "than spectorch does now")  # fmt: skip
     print("\n### peers, ratio peer / spectorch (above 1: spectorch is faster or leaner)\n")
     print("| model | parameters | library | product | product vs spectorch | step | "
           "step/product | product memory | step memory |")  # fmt: skip

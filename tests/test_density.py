@@ -333,7 +333,23 @@ def test_partial_reorthogonalisation_gives_the_same_density(tmp_path):
         assert float(part.moments(p)) == pytest.approx(float(full.moments(p)), rel=1e-10)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["reorth"] == "partial"
+    label = "operator precision, neighbours in the basis's"
+    assert manifest["reorth_estimates"] == label
+    # a run whose estimates took float32's eps for the neighbours too only
+    # reorthogonalised more often: it is resumed, each draw labelled with its own
+    manifest["reorth_estimates"] = "coarsest precision"
+    for info in manifest["draw_info"].values():
+        del info["reorth_estimates"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    more = spectral_density(
+        A, steps=60, draws=3, seed=3, reorth="partial", out=tmp_path, progress=False
+    )
+    for a, b in zip(part.nodes, more.nodes[:2], strict=True):
+        np.testing.assert_array_equal(a, b)  # the first two draws read back
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["reorth_estimates"] == "coarsest precision"
+    labels = [manifest["draw_info"][k].get("reorth_estimates") for k in ("0", "1", "2")]
+    assert labels == [None, None, label]
     # a partial run made before the estimates followed the operator's precision (no
     # such key) is not resumed: its draws can hold spurious eigenvalues
     del manifest["reorth_estimates"]

@@ -11,6 +11,7 @@ from spectorch.density import lanczos_alg
 from spectorch.linalg import (
     MatrixOperator,
     _basis,
+    _lanczos,
     check_symmetric,
     gauss_quadrature,
     hutchinson_trace,
@@ -295,6 +296,29 @@ def test_partial_reorthogonalisation_follows_a_float32_operator():
     assert ritz[-7].item() < 1.0  # no ghost copy of an outlier
     top = torch.linalg.eigvalsh(full.tridiagonal)[-6:]
     torch.testing.assert_close(top, d[-6:], rtol=1e-6, atol=0)
+
+
+def test_partial_estimates_take_the_loss_between_neighbours_at_the_basis_precision():
+    # A float32 network of 10^8 parameters in a float64 basis: its products feed
+    # float32 round-off into the older rows, but each new vector is formed against its
+    # two neighbours in float64 (α read from the product as computed). Taking
+    # float32's eps for the neighbours too (eps32·√n = 1.2e-3, above √eps32 = 3.5e-4)
+    # reorthogonalised at every step from about 8·10^6 parameters. A spectrum with
+    # no converged Ritz value needs no pass in ten steps.
+    n = 10**8
+    kept = _lanczos._Orthogonality(n, torch.float64, torch.float32)
+    coarse = _lanczos._Orthogonality(n, torch.float32, torch.float32)
+    fine = _lanczos._Orthogonality(n, torch.float64, torch.float64)
+    alphas, betas, due = [], [], {"kept": [], "coarse": [], "fine": []}
+    for j in range(10):
+        alphas.append(1.0 + 0.01 * j)
+        for name, est in (("kept", kept), ("coarse", coarse), ("fine", fine)):
+            due[name].append(est.due(alphas, betas, 0.5, 2.0, j))
+        betas.append(0.5)
+    assert due["kept"] == due["fine"] == [[]] * 10
+    assert all(due["coarse"])
+    # the older rows' estimates grow with float32's round-off, not float64's
+    assert np.abs(kept.cur[:-2]).max() > 1e6 * np.abs(fine.cur[:-2]).max()
 
 
 @pytest.mark.parametrize("chunk_bytes", [4 << 20, 8 * 4 * 37])

@@ -47,12 +47,15 @@ _RESUME_KEYS = ("dim", "steps", "seed", "start", "start_signs", "dtype", "operat
 #: made before it (no such key, one random number per entry) are neither resumed nor
 #: combined with later ones
 START_SIGNS = "bits of 32-bit words"
-#: how partial reorthogonalisation estimates the loss of orthogonality: with the
-#: round-off of the coarsest precision a step works in (a float32 network's, even with
-#: a float64 basis). Partial runs made before (no such key) estimated it with float64's
-#: eps, skipped passes a float32 network needs and could hold spurious eigenvalues, so
-#: they are not resumed
-PARTIAL_ESTIMATES = "coarsest precision"
+#: how partial reorthogonalisation estimates the loss of orthogonality: the round-off
+#: the products feed into older rows with the operator's precision (a float32
+#: network's, even with a float64 basis), the loss between neighbours with the basis's.
+#: Partial runs made before any such key estimated both with float64's eps, skipped
+#: passes a float32 network needs and could hold spurious eigenvalues, so they are not
+#: resumed; those of "coarsest precision" (both with float32's on a float32 network)
+#: only reorthogonalised more often, and are resumed and combined
+PARTIAL_ESTIMATES = "operator precision, neighbours in the basis's"
+_SOUND_ESTIMATES = (PARTIAL_ESTIMATES, "coarsest precision")
 _PROBLEM = "problem"
 
 
@@ -489,9 +492,10 @@ def combine_densities(
 
 def _check_partial_estimates(manifest: dict[str, Any], path: Path, use: str) -> None:
     """Refuse the draws of a partial-reorthogonalisation run made before its estimates
-    followed the operator's precision (no ``reorth_estimates``)."""
+    followed the operator's precision (no ``reorth_estimates``); each draw's own label
+    is in its ``draw_info``."""
     if manifest.get("reorth") == "partial" and (
-        manifest.get("reorth_estimates") != PARTIAL_ESTIMATES
+        manifest.get("reorth_estimates") not in _SOUND_ESTIMATES
     ):
         raise ValueError(
             f"{path} holds draws of partial reorthogonalisation made before its "
@@ -623,6 +627,8 @@ class _RunDir:
             "vectors": save_vectors,
             "trace_sample": trace_sample,
         }
+        if "reorth_estimates" in self.settings:  # a resumed run's may be older
+            self.manifest["draw_info"][str(k)]["reorth_estimates"] = PARTIAL_ESTIMATES
         self.manifest["finished_draws"] = sorted(int(d) for d in self.manifest["draw_info"])
         self.dir.write_json(MANIFEST, self.manifest)
 

@@ -242,13 +242,15 @@ def lanczos(
     the loss of orthogonality estimates it above ``√eps`` (then at that step and the
     next): the basis stays orthogonal to about ``√eps``, which keeps the tridiagonal
     ``T`` -- its Ritz values and quadrature -- as accurate as full reorthogonalisation
-    (Simon 1984), at a fraction of its reads of the basis. ``eps`` is that of the
-    coarsest precision a step works in: the basis's, or the operator's
-    (``compute_dtype``: a float32 network's products carry float32 round-off even in a
-    float64 recurrence), so with a float32 network it reorthogonalises far more often
-    than with a float64 one, and on every step from about 8·10⁶ entries (where
-    ``eps·√n`` passes ``√eps``). The recurrence and the basis are kept in ``dtype``
-    (float64 by default) whatever the operator's own dtype.
+    (Simon 1984), at a fraction of its reads of the basis. The estimates take each
+    round-off from where it arises: the loss between neighbours (``eps·√n``) from
+    the basis's precision, which forms and stores each new vector, and the loss the
+    products feed into every older row (``eps·‖A‖`` a step) from the coarsest of the
+    basis's and the operator's (``compute_dtype``: a float32 network's products carry
+    float32 round-off even in a float64 recurrence); so with a float32 network it
+    reorthogonalises more often than with a float64 one, and the threshold ``√eps``
+    is float32's. The recurrence and the basis are kept in ``dtype`` (float64 by
+    default) whatever the operator's own dtype.
 
     Args:
         op: a symmetric operator (``shape``, ``dtype``, ``matvec``) or a square tensor.
@@ -268,8 +270,8 @@ def lanczos(
         reorth: ``"full"`` (the default: the basis orthonormal to working precision)
             or ``"partial"`` (orthogonal to ``√eps``, the same ``T`` to working
             precision, fewer passes over the basis: the cheaper choice when only ``T``
-            -- a density, Ritz values -- is wanted, up to a few million entries of a
-            float32 operator; docs/benchmarks.md has the measured costs).
+            -- a density, Ritz values -- is wanted; docs/benchmarks.md has the
+            measured costs).
         progress: show a progress bar over the steps.
         desc: label of the progress bar.
 
@@ -418,14 +420,17 @@ def lanczos_block(
     # ‖A‖ estimated by max_j ‖A q_j‖ = max_j √(β_{j-1}² + α_j² + β_j²), no extra pass
     anorm = [0.0] * b
     previous = [0.0] * b  # β_{j-1}
-    # the estimates follow the coarsest precision a step works in: float32 rows carry
-    # round-off of float32's eps, and so do the products of a network that computes in
-    # float32 (its compute_dtype) even when they are returned in float64; the
-    # recurrence's float64 eps would underestimate the loss and skip passes it needs
+    # the estimates take the products' round-off at the coarsest precision a step works
+    # in: float32 rows carry float32's eps, and so do the products of a network that
+    # computes in float32 (its compute_dtype) even when they are returned in float64;
+    # the recurrence's float64 eps would underestimate the loss and skip passes it
+    # needs. The loss between neighbours arises where the new vector is formed and
+    # kept, at the basis's precision (_Orthogonality)
     levels = None
     if reorth == "partial":
-        kept = _coarsest(torch.float32 if basis == "float32" else dtype, operator_precision(op))
-        levels = [_Orthogonality(n, kept) for _ in range(b)]
+        kept = torch.float32 if basis == "float32" else dtype
+        driven = _coarsest(kept, operator_precision(op))
+        levels = [_Orthogonality(n, kept, driven) for _ in range(b)]
     # each recurrence's α and β so far, as read (Python floats), for those estimates
     history: list[tuple[list[float], list[float]]] = [([], []) for _ in range(b)]
     # An operator that takes out= writes each product into a vector kept from step to
@@ -625,18 +630,29 @@ class _Orthogonality:
                         − β_{j-1} ω_{j-1,k} ± 2 eps ‖A‖,
 
     the last term the round-off of one step, added with the sign that makes the
-    estimate grow; ``ω_{j+1,j}`` is the local loss ``eps √n max(1, ‖A‖ / β_j)``. When
-    some ``|ω_k|`` passes ``√eps``, the new vector is reorthogonalised against the
+    estimate grow; ``ω_{j+1,j}`` is the local loss ``eps_kept √n max(1, ‖A‖ / β_j)``.
+    When some ``|ω_k|`` passes ``√eps``, the new vector is reorthogonalised against the
     rows around it whose ``|ω_k|`` passes ``eps^(3/4)`` (Simon's partial
     reorthogonalisation), and the next vector against the same rows, since it
-    inherits the loss through the recurrence.
+    inherits the loss through the recurrence; their estimates restart at the local
+    loss.
+
+    Two precisions: ``kept``, the basis's, in which each new vector is formed against
+    its two neighbours (``α`` is read from the product as computed, so the product's
+    own error does not enter ``q_{j+1}ᵀ q_j``), and ``driven`` (``eps`` above), the
+    coarsest of it and the operator's, whose products carry their round-off into
+    ``q_{j+1}ᵀ q_k`` for the older rows (Paige 1976: ``q_kᵀ f_j − q_jᵀ f_k``, with
+    ``‖f‖ ≈ eps ‖A‖``). Taking ``driven`` for both made a float32 network of 8·10⁶
+    parameters or more reorthogonalise at every step, as its ``eps √n`` alone passes
+    ``√eps``; taking ``kept`` for both skipped passes a float32 network needs (ghost
+    eigenvalues; tests/test_digits_slq.py).
     """
 
-    def __init__(self, n: int, dtype: torch.dtype) -> None:
-        self.eps = float(torch.finfo(dtype).eps)
+    def __init__(self, n: int, kept: torch.dtype, driven: torch.dtype) -> None:
+        self.eps = float(torch.finfo(driven).eps)
         self.limit = self.eps**0.5
         self.band = self.eps**0.75
-        self.floor = self.eps * n**0.5
+        self.floor = float(torch.finfo(kept).eps) * n**0.5
         self.cur = np.ones(1)  # ω_{j, 0..j}
         self.prev = np.zeros(0)  # ω_{j-1, 0..j-1}
         self.pending: list[tuple[int, int]] = []  # rows the next vector must meet
