@@ -71,9 +71,7 @@ def _errors(got: dict, ref: dict) -> dict:
     }
 
 
-def measure(
-    family: str, size: str, steps: int, seeds: list[int], modes: tuple = MODES
-) -> dict:
+def measure(family: str, size: str, steps: int, seeds: list[int], modes: tuple = MODES) -> dict:
     torch.set_num_threads(1)
     model, _, batch, loss, desc = build(family, size)
     model64 = copy.deepcopy(model).double()
