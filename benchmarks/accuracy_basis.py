@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_scale import FAMILIES, SIZES, build
+from bench_scale import FAMILIES, SIZES, build, listed
 from scipy.stats import wasserstein_distance
 
 from spectorch.curvature import HessianOperator
@@ -123,18 +123,10 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help="results (JSON lines)")
     args = parser.parse_args()
-    sizes, families = args.sizes.split(","), args.families.split(",")
-    for x in sizes:
-        if x not in SIZES:
-            parser.error(f"--sizes: {x!r} is not one of {list(SIZES)}")
-    for x in families:
-        if x not in FAMILIES:
-            parser.error(f"--families: {x!r} is not one of {list(FAMILIES)}")
+    sizes = listed(parser, "--sizes", args.sizes, SIZES)
+    families = listed(parser, "--families", args.families, FAMILIES)
     known = {f"{b}/{r}": (b, r) for b, r in MODES}
-    for x in args.modes.split(","):
-        if x not in known:
-            parser.error(f"--modes: {x!r} is not one of {list(known)}")
-    modes = tuple(known[x] for x in args.modes.split(","))
+    modes = tuple(known[x] for x in listed(parser, "--modes", args.modes, known))
     if args.steps < 1 or args.seeds < 1:
         parser.error("--steps and --seeds must be at least 1")
     if args.out is not None:

@@ -482,14 +482,8 @@ def main() -> None:
         row["settings"] = settings_of(args, peers)  # a row saved alone says how it ran
         print(json.dumps(row))
         return
-    families = args.families.split(",")
-    sizes = args.sizes.split(",")
-    for x in families:
-        if x not in FAMILIES:
-            parser.error(f"--families: {x!r} is not one of {list(FAMILIES)}")
-    for x in sizes:
-        if x not in SIZES:
-            parser.error(f"--sizes: {x!r} is not one of {list(SIZES)}")
+    families = listed(parser, "--families", args.families, FAMILIES)
+    sizes = listed(parser, "--sizes", args.sizes, SIZES)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.jsonl"
@@ -535,6 +529,16 @@ ALLOCATORS = {
     "default": "",
     "keep": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776",
 }
+
+
+def listed(parser: argparse.ArgumentParser, option: str, text: str, known: Any) -> list[str]:
+    """The comma-separated items of ``text``, each one of ``known``, or a parser error
+    that names ``option``."""
+    items = text.split(",")
+    for x in items:
+        if x not in known:
+            parser.error(f"{option}: {x!r} is not one of {list(known)}")
+    return items
 
 
 def positive(text: str) -> int:
