@@ -10,17 +10,17 @@ the same product timed alone. This script takes the 10^8-parameter MLP of
 ``bench_scale.py`` (width 7052, ``--digits`` of the 8x8 digits) and its kept-graph
 product (``matvec(v, out=)``, as Lanczos calls it), and prints for each product its CPU
 time, its minor page faults and the system time among them: ``--repeat`` products
-alone, every product of one Lanczos run of ``--steps`` steps (full
-reorthogonalisation), and ``--repeat`` products after the run, when its basis is
-freed; then the run's time, its products' and its own work (the rest), with the
-faults and system time of each, and the own work's parts: the basis's new rows
+alone, every product of one Lanczos run of ``--steps`` steps (``--reorth``, full by
+default; ``--basis``, float64 in memory by default), and ``--repeat`` products after
+the run, when its basis is freed; then the run's time, its products' and its own work
+(the rest), with the faults and system time of each, and the own work's parts: the basis's new rows
 (``push``: their first touch), the Gram-Schmidt passes (``orthogonalize``) and the
 three-term recurrence; the rest is the start vector, ``α``'s dot product and the
 bookkeeping. The second command makes glibc keep the memory a product frees for the
 next one (no page faults in the products). ``--row family:size`` takes any row of
-``bench_scale.py`` instead, with its data and steps (``--steps`` and ``--digits`` are
-then the row's). ``--touch-basis`` writes the whole basis when the run allocates it,
-to compare its first touch up front with a row per step.
+``bench_scale.py`` instead, with its data and steps (``--digits`` is then the row's,
+and so is ``--steps`` unless given). ``--touch-basis`` writes the whole basis when the
+run allocates it, to compare its first touch up front with a row per step.
 """
 
 from __future__ import annotations
@@ -81,9 +81,14 @@ def _parts(names: tuple[str, ...]) -> tuple[dict[str, list], object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--digits", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="the run's steps (default: 8, or the --row's)")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--row", help="a bench_scale.py row, family:size (default: the MLP)")
+    parser.add_argument("--reorth", choices=("full", "partial"), default="full",
+                        help="the run's reorthogonalisation (default: full)")  # fmt: skip
+    parser.add_argument("--basis", choices=("memory", "float32"), default="memory",
+                        help="the run's basis (default: memory, in float64)")  # fmt: skip
     parser.add_argument(
         "--touch-basis",
         action="store_true",
@@ -109,9 +114,11 @@ def main() -> None:
     with sdpa_kernel(SDPBackend.MATH) if gpt else nullcontext():
         if args.row is None:
             op, v, out, desc = kept_mlp(args.digits)
+            args.steps = 8 if args.steps is None else args.steps
         else:
             op, v, out, desc = kept_row(*args.row.split(":"))
-            args.steps, args.digits = desc["steps"], desc["samples"]
+            args.steps = desc["steps"] if args.steps is None else args.steps
+            args.digits = desc["samples"]
         _run(op, v, out, desc, args)
 
 
@@ -129,7 +136,8 @@ def _run(op, v, out, desc, args) -> None:
         for t, faults, sys_s in log:
             print(f"{label:8s} {t:7.2f} s  {faults:9,d} faults  {sys_s:5.2f} s system")
 
-    print(f"{desc['parameters']:,} parameters, {desc['family']}, {args.digits} samples")
+    print(f"{desc['parameters']:,} parameters, {desc['family']}, {args.digits} samples, "
+          f"{args.steps} steps, {args.reorth} reorthogonalisation, basis {args.basis}")  # fmt: skip
     for _ in range(args.repeat):
         timed(v, out=out)
     show("alone")
@@ -138,7 +146,7 @@ def _run(op, v, out, desc, args) -> None:
     parts, restore = _parts(("push", "orthogonalize", "recurrence"))
     start = _usage()
     try:
-        lanczos(op, args.steps, seed=0)
+        lanczos(op, args.steps, seed=0, reorth=args.reorth, basis=args.basis)
     finally:
         run = [b - a for a, b in zip(start, _usage(), strict=True)]
         restore()

@@ -26,13 +26,15 @@ row's, such as a density's default 90). Timings are CPU time
 (``time.process_time``) on one thread, every library timed once per round with the
 rounds interleaved, medians reported (5 product rounds, 3 from 10^7 on; Lanczos runs
 in every round up to 10^5, two rounds at 10^6, one above, or ``--lanczos-rounds``;
-each run's step is in the results file too). "step" is a Lanczos run
-of the row's steps (the library's own Lanczos with full reorthogonalisation;
-spectorch's also with ``reorth="partial"``) divided by its steps; "step/product"
-divides it by the same library's product. On a loaded machine the products inside a
-run and those timed alone differ by more than the step's own work, so spectorch's
-products inside its runs are timed too: "own work" is the run less those products,
-per step, and "1 + own/product" the step/product that work makes, free of that noise.
+each run's step is in the results file too); each product timing is the median of
+enough products for 0.3 s (at most 15). "step" is a Lanczos run of the row's steps
+(the library's own Lanczos with full reorthogonalisation; spectorch's also with
+``reorth="partial"``) divided by its steps; "step/product" divides each run's step by
+the same library's product timed just before and just after that run (their mean),
+and reports the median over the runs: the machine's speed drifts between rounds by
+more than a step's own work, and a run drifts with the products around it.
+Spectorch's products inside its runs are timed too: "own work" is the run less those
+products, per step, and "1 + own/product" the step/product that work makes.
 Peak memory is the resident set above the start, sampled every 2 ms, in a second
 process per row with a fixed glibc mmap threshold. ``--allocator keep`` times the rows
 with glibc serving every allocation from its heap and keeping what is freed, so a
@@ -86,6 +88,11 @@ PEERS = ("hessian-eigenthings", "pyhessian", "pyhessian-loader", "curvlinops")
 #: from about 8·10^6 parameters), those before no key (float64's for both: passes skipped)
 PARTIAL_ESTIMATES = "operator precision, neighbours in the basis's"
 _FIFTEENTH_ESTIMATES = "coarsest precision"
+#: how step/product is measured: each Lanczos run over the mean of its library's product
+#: timed just before and just after it, the median of those ratios; each product timing
+#: the median of enough products for 0.3 s (at most 15). Rows measured before it divided
+#: the median step by the median product over all rounds
+PAIRING = "each run over the products around it"
 SAMPLES = {
     "mlp": {"1e4": 1797, "1e5": 1797, "1e6": 1797, "1e7": 1797, "1e8": 1797},
     "cnn": {"1e4": 512, "1e5": 256, "1e6": 64, "1e7": 32, "1e8": 32},
@@ -333,6 +340,10 @@ def measure_row(
         step = {name: [] for name, lib in libs.items() if lib.get("lanczos") is not None}
         passes, own = {}, {name: [] for name in step if name.startswith("spectorch")}
         inrun = {name: [] for name in own}  # every product inside spectorch's runs
+        # each Lanczos run against its library's product timed just before and just
+        # after it (PAIRING): the machine's speed drifts by more than a step's own work
+        # between rounds, and a run and its own products drift together
+        paired = {name: [] for name in step}
         big = size in ("1e7", "1e8")
         product_rounds = min(rounds, 3) if big else rounds
         # Lanczos runs: as many rounds as products where they are cheap (on a GPU, always)
@@ -340,22 +351,29 @@ def measure_row(
             lanczos_rounds = 1 if big else 2 if size == "1e6" else rounds
             if DEVICE.type == "cuda":
                 lanczos_rounds = rounds
+        reps = {name: _repeats(libs[name]["product"]) for name in product}
         for r in range(max(product_rounds, lanczos_rounds)):
             # rounds beyond the products' (--lanczos-rounds) time only Lanczos runs
+            before = {}
             for name in product if r < product_rounds else ():
-                t0 = _clock()
-                libs[name]["product"]()
-                product[name].append(_clock() - t0)
+                before[name] = _timed(libs[name]["product"], reps[name])
+                product[name].append(before[name])
             if r < lanczos_rounds:
                 for name in step:
-                    inner = _time_products(libs[libs[name].get("of", name)].get("op"))
+                    of = libs[name].get("of", name)
+                    if of not in before:  # a round of Lanczos runs alone
+                        before[of] = _timed(libs[of]["product"], reps[of])
+                    inner = _time_products(libs[of].get("op"))
                     t0 = _clock()
                     res = libs[name]["lanczos"]()
                     step[name].append((_clock() - t0) / steps)
+                    times = inner()  # the products the run made, before any more
+                    after = _timed(libs[of]["product"], reps[of])
+                    paired[name].append(step[name][-1] / ((before[of] + after) / 2))
+                    before[of] = after  # the next run's product before it
                     if name.startswith("spectorch"):
                         passes[name] = {"passes": res.reorth_passes, "rows": res.reorth_rows}
                         # the step's own work: the run less the products it made
-                        times = inner()
                         inrun[name] += times
                         own[name].append(step[name][-1] - sum(times) / steps)
     results: dict[str, dict[str, Any]] = {}
@@ -366,7 +384,8 @@ def measure_row(
         if name in step:
             r["step_s"] = statistics.median(step[name])
             prod = statistics.median(product[lib.get("of", name)])
-            r["step_over_product"] = r["step_s"] / prod
+            r["step_over_product"] = statistics.median(paired[name])
+            r["step_over_product_runs"] = paired[name]
             r["step_runs_s"] = step[name]
             if own.get(name):
                 r["own_s"] = statistics.median(own[name])
@@ -382,6 +401,24 @@ def measure_row(
             for name, lib in libs.items():
                 results[name].update(_memory(lib))
     return desc | {"results": results} | ({"skipped": skipped} if skipped else {})
+
+
+def _repeats(product: Any, least: float = 0.3) -> int:
+    """How many products one timing takes (its median): enough for ``least`` seconds
+    of products, at most 15, so that a 3 ms product is not timed from one call."""
+    t0 = _clock()
+    product()
+    return max(1, min(15, math.ceil(least / max(_clock() - t0, 1e-6))))
+
+
+def _timed(product: Any, repeats: int) -> float:
+    """The median time of ``repeats`` calls of ``product``."""
+    times = []
+    for _ in range(repeats):
+        t0 = _clock()
+        product()
+        times.append(_clock() - t0)
+    return statistics.median(times)
 
 
 def _time_products(op: Any) -> Any:
@@ -555,6 +592,7 @@ def settings_of(args: argparse.Namespace, peers: list[str]) -> dict:
     # partial reorthogonalisation's estimates, as PARTIAL_ESTIMATES says; rows measured
     # with earlier ones rerun
     settings["partial_estimates"] = PARTIAL_ESTIMATES
+    settings["pairing"] = PAIRING  # rows before it: a step over the median product
     if getattr(args, "lanczos_rounds", None) is not None:  # results before it had no key
         settings["lanczos_rounds"] = args.lanczos_rounds
     if getattr(args, "steps", None) is not None:  # likewise
@@ -735,12 +773,15 @@ def _enough(row: dict, r: dict) -> str:
 
 def _ratio_runs(x: dict) -> str:
     """Step/product, and the range over the Lanczos runs where there were several
-    (``--lanczos-rounds``), each run's step over the median product."""
-    runs = x.get("step_runs_s", [])
+    (``--lanczos-rounds``): each run over the products around it (PAIRING), or in rows
+    measured before that, each run's step over the median product."""
     text = _fmt(x["step_over_product"])
-    if len(runs) > 1:
+    ratios = x.get("step_over_product_runs")
+    if ratios is None and len(x.get("step_runs_s", [])) > 1:
         product = x["step_s"] / x["step_over_product"]
-        text += f" ({_fmt(min(runs) / product)}-{_fmt(max(runs) / product)})"
+        ratios = [run / product for run in x["step_runs_s"]]
+    if ratios is not None and len(ratios) > 1:
+        text += f" ({_fmt(min(ratios))}-{_fmt(max(ratios))})"
     return text
 
 
