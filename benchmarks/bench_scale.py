@@ -26,13 +26,14 @@ row's, such as a density's default 90). Timings are CPU time
 (``time.process_time``) on one thread, every library timed once per round with the
 rounds interleaved, medians reported (5 product rounds, 3 from 10^7 on; Lanczos runs
 in every round up to 10^5, two rounds at 10^6, one above, or ``--lanczos-rounds``;
-each run's step is in the results file too); each product timing is the median of
-enough products for 0.3 s (at most 15). "step" is a Lanczos run of the row's steps
-(the library's own Lanczos with full reorthogonalisation; spectorch's also with
-``reorth="partial"``) divided by its steps; "step/product" divides each run's step by
-the same library's product timed just before and just after that run (their mean),
-and reports the median over the runs: the machine's speed drifts between rounds by
-more than a step's own work, and a run drifts with the products around it.
+each run's step is in the results file too); each product timing is the mean of
+enough products in a row for 0.3 s (at most 15), as a run's step is a mean. "step" is
+a Lanczos run of the row's steps (the library's own Lanczos with full
+reorthogonalisation; spectorch's also with ``reorth="partial"``) divided by its
+steps; "step/product" divides each run's step by the same library's product timed
+just before and just after that run (their mean), and reports the median over the
+runs: the machine's speed drifts between rounds by more than a step's own work, and a
+run drifts with the products around it.
 Spectorch's products inside its runs are timed too: "own work" is the run less those
 products, per step, and "1 + own/product" the step/product that work makes.
 Peak memory is the resident set above the start, sampled every 2 ms, in a second
@@ -90,9 +91,9 @@ PARTIAL_ESTIMATES = "operator precision, neighbours in the basis's"
 _FIFTEENTH_ESTIMATES = "coarsest precision"
 #: how step/product is measured: each Lanczos run over the mean of its library's product
 #: timed just before and just after it, the median of those ratios; each product timing
-#: the median of enough products for 0.3 s (at most 15). Rows measured before it divided
-#: the median step by the median product over all rounds
-PAIRING = "each run over the products around it"
+#: the mean of enough products in a row for 0.3 s (at most 15). Rows measured before it
+#: divided the median step by the median product over all rounds
+PAIRING = "each run over the mean products around it"
 SAMPLES = {
     "mlp": {"1e4": 1797, "1e5": 1797, "1e6": 1797, "1e7": 1797, "1e8": 1797},
     "cnn": {"1e4": 512, "1e5": 256, "1e6": 64, "1e7": 32, "1e8": 32},
@@ -404,21 +405,21 @@ def measure_row(
 
 
 def _repeats(product: Any, least: float = 0.3) -> int:
-    """How many products one timing takes (its median): enough for ``least`` seconds
-    of products, at most 15, so that a 3 ms product is not timed from one call."""
+    """How many products one timing takes: enough for ``least`` seconds of products,
+    at most 15, so that a 3 ms product is not timed from one call."""
     t0 = _clock()
     product()
     return max(1, min(15, math.ceil(least / max(_clock() - t0, 1e-6))))
 
 
 def _timed(product: Any, repeats: int) -> float:
-    """The median time of ``repeats`` calls of ``product``."""
-    times = []
+    """The mean time of ``repeats`` calls of ``product`` in a row, timed as one: the
+    way a Lanczos run times its products (a median of single calls leaves out the
+    slow ones a run's mean keeps, a few percent of a small product)."""
+    t0 = _clock()
     for _ in range(repeats):
-        t0 = _clock()
         product()
-        times.append(_clock() - t0)
-    return statistics.median(times)
+    return (_clock() - t0) / repeats
 
 
 def _time_products(op: Any) -> Any:
