@@ -517,7 +517,7 @@ def main() -> None:
         row = measure_row(
             family, size, args.rounds, peers, args.memory, args.lanczos_rounds, args.steps
         )
-        row["settings"] = settings_of(args, peers)  # a row saved alone says how it ran
+        row["settings"] = settings_of(args, peers, paired=True)  # a row saved alone says how it ran
         print(json.dumps(row))
         return
     families = listed(parser, "--families", args.families, FAMILIES)
@@ -525,7 +525,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.jsonl"
-    settings = settings_of(args, peers)
+    settings = settings_of(args, peers, paired=True)
     done = _read(path, settings)
     if not args.report:
         for size in sizes:
@@ -587,13 +587,15 @@ def positive(text: str) -> int:
     return value
 
 
-def settings_of(args: argparse.Namespace, peers: list[str]) -> dict:
-    """What a results line must match to be reused: rows measured otherwise rerun."""
+def settings_of(args: argparse.Namespace, peers: list[str], paired: bool = False) -> dict:
+    """What a results line must match to be reused: rows measured otherwise rerun.
+    ``paired``: this script's rows, whose step/product follows PAIRING."""
     settings = {"rounds": args.rounds, "peers": peers, "torch": torch.__version__}
     # partial reorthogonalisation's estimates, as PARTIAL_ESTIMATES says; rows measured
     # with earlier ones rerun
     settings["partial_estimates"] = PARTIAL_ESTIMATES
-    settings["pairing"] = PAIRING  # rows before it: a step over the median product
+    if paired:  # rows before it: a step over the median product
+        settings["pairing"] = PAIRING
     if getattr(args, "lanczos_rounds", None) is not None:  # results before it had no key
         settings["lanczos_rounds"] = args.lanczos_rounds
     if getattr(args, "steps", None) is not None:  # likewise
