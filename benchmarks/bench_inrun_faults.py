@@ -81,7 +81,7 @@ def _parts(names: tuple[str, ...]) -> tuple[dict[str, list], object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--digits", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=bench_scale.positive, default=None,
                         help="the run's steps (default: 8, or the --row's)")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--row", help="a bench_scale.py row, family:size (default: the MLP)")
