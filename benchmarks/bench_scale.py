@@ -75,7 +75,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from spectorch.curvature import HessianOperator
-from spectorch.linalg import lanczos
+from spectorch.density import draw_generator
+from spectorch.linalg import lanczos, lanczos_block, random_start
 
 F64 = torch.float64
 SIZES = ("1e4", "1e5", "1e6", "1e7", "1e8")
@@ -239,6 +240,15 @@ def libraries(model, peer_model, batch, loss, family: str, steps: int, peers: li
                 "lanczos": lambda op=op: lanczos(op, steps, seed=0, reorth="partial"),
                 "of": name,
             }
+            # a density's draws after its first: into the basis rows it already wrote
+            rows = []
+            for mode in ("full", "partial"):
+                libs[f"spectorch-draw-{mode}"] = {
+                    "product": None,
+                    "lanczos": lambda op=op, m=mode, r=rows: _density_draw(op, steps, r, m),
+                    "prepare": lambda rows=rows: _written_rows(rows, steps, dim),
+                    "of": name,
+                }
         else:
             libs[name]["lanczos"] = None
     vl = list(v32.split([p.numel() for p in params]))
@@ -299,6 +309,22 @@ def libraries(model, peer_model, batch, loss, family: str, steps: int, peers: li
 
 
 # ---------------------------------------------------------------------- one row
+def _written_rows(rows: list, steps: int, dim: int) -> None:
+    """The basis rows of a density's draws, written once (as its first draw does), in
+    ``rows`` (a list, empty until then)."""
+    if not rows:
+        rows.append(torch.empty(1, steps, dim, dtype=F64, device=DEVICE).fill_(0.0))
+
+
+def _density_draw(op: Any, steps: int, rows: list, reorth: str) -> Any:
+    """One draw of ``spectral_density`` after its first: its start drawn into the first
+    of the rows the earlier draws wrote, the Lanczos run into them (its workspace)."""
+    workspace = rows[0]
+    random_start(op.shape[0], kind="rademacher", generator=draw_generator(0, 1),
+                 out=workspace[0, 0])  # fmt: skip
+    return lanczos_block(op, steps, workspace[:, 0], reorth=reorth, workspace=workspace)[0]
+
+
 def measure_row(
     family: str,
     size: str,
@@ -319,8 +345,8 @@ def measure_row(
 
     with kernel():
         libs = libraries(model, peer_model, batch, loss, family, steps, peers)
-        if memory:
-            return {name: _memory(lib) for name, lib in libs.items()}
+        if memory:  # a density's draw holds its basis from before: no step memory
+            return {name: _memory(lib) for name, lib in libs.items() if "prepare" not in lib}
         # warm-up (spectorch's graphs are kept from here on; on a GPU a Lanczos run too,
         # for the allocator and the kernels' first launches); a peer that fails is left
         # out of the row and named in it
@@ -329,6 +355,8 @@ def measure_row(
             try:
                 if lib["product"] is not None:
                     lib["product"]()
+                if lib.get("prepare") is not None:
+                    lib["prepare"]()
                 if DEVICE.type == "cuda" and lib.get("lanczos") is not None:
                     lib["lanczos"]()
             except Exception as e:
@@ -400,7 +428,8 @@ def measure_row(
     if DEVICE.type == "cuda":  # the allocator's peak is exact: no second process
         with kernel():
             for name, lib in libs.items():
-                results[name].update(_memory(lib))
+                if "prepare" not in lib:
+                    results[name].update(_memory(lib))
     return desc | {"results": results} | ({"skipped": skipped} if skipped else {})
 
 
@@ -693,14 +722,17 @@ def report(rows: list[dict]) -> None:
         print("\nOn the GPU: times are wall time after synchronising the device, memory the "
               "allocator's peak above the start (torch.cuda.max_memory_allocated)")  # fmt: skip
     print("\n### spectorch alone\n")
-    print("'own work': the step less the product it made, timed inside the run "
-          "(full / partial reorthogonalisation); 'data for 1.1': the samples (windows) at "
-          "which a step would cost 1.1 products ('this': already at most 1.1)\n")  # fmt: skip
+    print("'step': a Lanczos run with a new basis (a density's first draw); 'draw': a "
+          "density's later draw, into the basis rows the first wrote (full / partial "
+          "reorthogonalisation; partial is the density's default on these operators); "
+          "'own work': the step less the product it made, timed inside the run (full / "
+          "partial); 'data for 1.1': the samples (windows) at which a step would cost 1.1 "
+          "products ('this': already at most 1.1)\n")  # fmt: skip
     print("| model | parameters | data | steps | gradient (ms) | product, graphs kept (ms) | "
           "product, not kept (ms) | step full (ms) | step partial (ms) | step/product full | "
-          "step/product partial | own work (ms) | 1 + own/product | data for 1.1 | "
-          "product MB kept / not | step MB |")  # fmt: skip
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "step/product partial | draw step/product full / partial | own work (ms) | "
+          "1 + own/product | data for 1.1 | product MB kept / not | step MB |")  # fmt: skip
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     stale = set()
     for row in rows:
         r = row["results"]
@@ -719,7 +751,7 @@ def report(rows: list[dict]) -> None:
             f"{row['steps']} | {_fmt(r['gradient']['product_s'], 'ms')} | "
             f"{_fmt(s['product_s'], 'ms')}{kept} | {_fmt(n['product_s'], 'ms')} | "
             f"{_fmt(s['step_s'], 'ms')} | {_fmt(p['step_s'], 'ms')}{mark} | "
-            f"{_ratio_runs(s)} | {_ratio_runs(p)}{mark} | "
+            f"{_ratio_runs(s)} | {_ratio_runs(p)}{mark} | {_draws(r)} | "
             f"{_fmt(s.get('own_s'), 'ms')} / {_fmt(p.get('own_s'), 'ms')} | "
             f"{_own(s)} / {_own(p)} | {_enough(row, s)} | "
             f"{_fmt(s.get('product_mb'), 'MB')} / {_fmt(n.get('product_mb'), 'MB')} | "
@@ -786,6 +818,13 @@ def _ratio_runs(x: dict) -> str:
     if ratios is not None and len(ratios) > 1:
         text += f" ({_fmt(min(ratios))}-{_fmt(max(ratios))})"
     return text
+
+
+def _draws(r: dict) -> str:
+    """A density's later draw (its basis rows written before), step/product full /
+    partial; "–" in rows measured before it was timed."""
+    runs = [r.get(f"spectorch-draw-{mode}") for mode in ("full", "partial")]
+    return " / ".join(_ratio_runs(x) if x else "–" for x in runs)
 
 
 def _own(r: dict) -> str:

@@ -313,6 +313,40 @@ def test_spectral_density_object_checks():
         dens.top_eigenvalues(3)
 
 
+def test_auto_reorthogonalisation_is_partial_on_a_network_and_says_so(tmp_path):
+    # the default: partial on a curvature operator (it declares its compute_dtype),
+    # the same density as full reorthogonalisation (google/spectral-density's) to
+    # working precision; the manifest names the mode, for every draw, also when a
+    # run made with full reorthogonalisation (the earlier default) is resumed
+    from conftest import inputs_for, mlp, targets_for
+
+    from spectorch.curvature import HessianOperator
+
+    X, y = inputs_for("mlp", 40), targets_for("ce", 40)
+    op = HessianOperator(mlp(), torch.nn.CrossEntropyLoss(), [(X, y)])
+    full = spectral_density(op, steps=30, draws=3, seed=2, reorth="full",
+                            out=tmp_path, progress=False)  # fmt: skip
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert "reorth" not in manifest  # full runs' manifests stay as they were
+    for info in manifest["draw_info"].values():
+        del info["reorth"]  # as an earlier version wrote them
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    auto = spectral_density(op, steps=30, draws=4, seed=2, out=tmp_path, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    labels = [manifest["draw_info"][str(k)].get("reorth") for k in range(4)]
+    assert labels == [None, None, None, "partial"]
+    fresh = spectral_density(op, steps=30, draws=4, seed=2, out=tmp_path / "new",
+                             progress=False)  # fmt: skip
+    manifest = json.loads((tmp_path / "new" / "manifest.json").read_text())
+    assert manifest["reorth"] == "partial"
+    assert fresh.metadata["reorth"] == "partial"
+    assert [info["reorth"] for info in manifest["draw_info"].values()] == ["partial"] * 4
+    for a, b in zip(full.nodes + auto.nodes[3:], fresh.nodes, strict=True):
+        np.testing.assert_allclose(np.sort(b)[-5:], np.sort(a)[-5:], rtol=1e-10)
+    for p in (1, 2, 4):
+        assert float(auto.moments(p)) == pytest.approx(float(fresh.moments(p)), rel=1e-10)
+
+
 def test_partial_reorthogonalisation_gives_the_same_density(tmp_path):
     # a spectrum with far outliers, which make Lanczos lose orthogonality fast
     g = torch.Generator().manual_seed(0)

@@ -19,6 +19,7 @@ from spectorch.linalg import (
     lanczos_block,
     rademacher_signs,
     random_start,
+    resolve_reorth,
 )
 
 EXACT = 1e-10  # float64 round-off of an n=60 eigenproblem, with room to spare
@@ -346,8 +347,28 @@ def test_float32_basis_reorthogonalises_in_float64(monkeypatch, chunk_bytes):
 
 
 def test_unknown_reorth_is_refused():
-    with pytest.raises(ValueError, match=r"reorth must be one of \['full', 'partial'\]"):
+    with pytest.raises(ValueError, match=r"reorth must be one of \['auto', 'full', 'partial'\]"):
         lanczos(torch.eye(4, dtype=torch.float64), 2, reorth="selective")
+    with pytest.raises(ValueError, match="reorth must be one of"):
+        resolve_reorth("none", torch.eye(4))
+
+
+def test_auto_reorth_is_partial_only_where_the_operator_declares_its_precision():
+    class Declared(MatrixOperator):
+        compute_dtype = torch.float32
+
+    A = torch.diag(torch.arange(1.0, 41.0, dtype=torch.float64))
+    assert resolve_reorth("auto", A) == "full"  # a tensor, and any operator of one's own
+    assert resolve_reorth("auto", MatrixOperator(A)) == "full"
+    assert resolve_reorth("auto", Declared(A)) == "partial"
+    for mode in ("full", "partial"):
+        assert resolve_reorth(mode, A) == resolve_reorth(mode, Declared(A)) == mode
+    # lanczos takes "auto" too: the run is the resolved mode's, bit for bit
+    for op, mode in ((A, "full"), (Declared(A), "partial")):
+        auto = lanczos(op, 20, seed=0, reorth="auto")
+        same = lanczos(op, 20, seed=0, reorth=mode)
+        torch.testing.assert_close(auto.tridiagonal, same.tridiagonal, rtol=0, atol=0)
+        assert auto.reorth_passes == same.reorth_passes
 
 
 def test_operator_returning_its_input_is_not_modified_in_place():

@@ -249,7 +249,7 @@ def _check_shard(args: argparse.Namespace) -> None:
             ("--dtype float32", args.dtype != "float64"),
             ("--probes-per-pass", args.probes_per_pass != 1),
             ("--basis", args.basis != "memory"),
-            ("--reorth partial", args.reorth != "full"),
+            ("--reorth partial", args.reorth == "partial"),
             ("--hvp", args.hvp is not None),
             ("--cache-graphs", args.cache_graphs is not None),
             ("--compile", args.compile),
@@ -279,7 +279,7 @@ def _sharded_run(args: argparse.Namespace, ctx: Any, out: Path) -> int:
         print(
             f"spectorch density: the Hessian of {op.dim:,} parameters sharded with FSDP2 "
             f"over {ctx.world_size} processes (finite-difference products), {draws} draws x "
-            f"{args.steps} steps -> {out}/"
+            f"{args.steps} steps, full reorthogonalisation -> {out}/"
         )
     dens = sharded_density(
         op,
@@ -335,10 +335,15 @@ def _density_run(
     problem: Any = None,
 ) -> int:
     from spectorch.density import spectral_density
+    from spectorch.linalg import resolve_reorth
 
     what = f"draw {draws[0]}" if isinstance(draws, list) else f"{draws} draws"
     ranks = f" on {world_size} processes" if world_size > 1 else ""
-    print(f"spectorch density: {op!r}, {what} x {args.steps} steps{ranks} -> {out}/")
+    reorth = resolve_reorth(args.reorth, op)
+    print(
+        f"spectorch density: {op!r}, {what} x {args.steps} steps{ranks}, {reorth} "
+        f"reorthogonalisation -> {out}/"
+    )
     result = spectral_density(
         op,
         steps=args.steps,
@@ -1294,12 +1299,13 @@ def _add_density(sub: Any) -> None:
     )
     dens.add_argument(
         "--reorth",
-        choices=("full", "partial"),
-        default="full",
-        help="reorthogonalise every step against the whole basis (full), or only when "
-        "Simon's estimate of the loss of orthogonality says so (partial: the same "
-        "tridiagonals to working precision, fewer reads of the basis; a float32 network "
-        "of more than about 8 million parameters needs them on every step)",
+        choices=("auto", "full", "partial"),
+        default="auto",
+        help="reorthogonalise every step against the whole basis (full, as "
+        "google/spectral-density does), or only when Simon's estimate of the loss of "
+        "orthogonality says so (partial: the same tridiagonals to working precision, "
+        "fewer reads of the basis); auto, the default (full in earlier versions), is "
+        "partial on the curvature operators this command builds (--shard: full)",
     )
     dens.add_argument(
         "--backend",

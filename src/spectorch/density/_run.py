@@ -29,6 +29,7 @@ from spectorch.linalg import (
     lanczos_block,
     operator_device,
     random_start,
+    resolve_reorth,
 )
 from spectorch.train import RunDirectory
 from spectorch.train._rundir import plain
@@ -79,7 +80,7 @@ def spectral_density(
     dtype: torch.dtype | str = torch.float64,
     probes_per_pass: int = 1,
     basis: str = "memory",
-    reorth: str = "full",
+    reorth: str = "auto",
     out: str | os.PathLike | None = None,
     save_vectors: bool = True,
     check_symmetry: bool = True,
@@ -91,9 +92,9 @@ def spectral_density(
     r"""Estimate the eigenvalue density of a symmetric operator by stochastic Lanczos
     quadrature (Ghorbani, Krishnan & Xiao 2019; Lin, Saad & Yang 2016).
 
-    Each draw runs ``steps`` Lanczos steps with full reorthogonalisation from a random
-    unit vector and keeps the Gauss quadrature of its tridiagonal; the density is the
-    average over draws.
+    Each draw runs ``steps`` Lanczos steps from a random unit vector, its basis kept
+    orthogonal (``reorth``), and keeps the Gauss quadrature of its tridiagonal; the
+    density is the average over draws.
 
     Args:
         op: a symmetric operator (e.g. :class:`~spectorch.curvature.HessianOperator`)
@@ -111,12 +112,17 @@ def spectral_density(
         basis: where the Lanczos vectors are kept while a draw runs: ``"memory"``,
             ``"float32"`` or ``"disk"`` (in ``out``, or a temporary directory); see
             :func:`~spectorch.linalg.lanczos`. The recurrence stays in ``dtype``.
-        reorth: ``"full"`` (every step against the whole basis) or ``"partial"``
-            (Simon's partial reorthogonalisation: the same tridiagonals to working
-            precision, fewer reads of the basis; see :func:`~spectorch.linalg.lanczos`).
-            Written in the manifest; like ``basis`` it does not stop a resume, but a
-            partial run made before its estimates followed a float32 network's
-            round-off is refused (its draws can hold spurious eigenvalues).
+        reorth: ``"auto"`` (the default: ``"partial"`` on spectorch's curvature
+            operators, ``"full"`` on a tensor or any other operator, see
+            :func:`~spectorch.linalg.resolve_reorth`; earlier versions defaulted to
+            ``"full"``), ``"full"`` (every step against
+            the whole basis, as google/spectral-density does) or ``"partial"`` (Simon's
+            partial reorthogonalisation: the same tridiagonals to working precision,
+            fewer reads of the basis; see :func:`~spectorch.linalg.lanczos`). The mode
+            it resolves to is logged and written in the manifest, for each draw too;
+            like ``basis`` it does not stop a resume, but a partial run made before its
+            estimates followed a float32 network's round-off is refused (its draws can
+            hold spurious eigenvalues).
         out: a directory for ``tridiag_<k>.npy``, ``lanczos_vec_<k>.npy`` and
             ``manifest.json``; a run found there with the same settings is resumed from
             its last finished draw. Every file is written atomically.
@@ -196,6 +202,14 @@ def spectral_density(
         raise ValueError("basis='disk' stores float64 vectors; use it with dtype=float64")
     if reorth not in REORTH_MODES:
         raise ValueError(f"reorth must be one of {list(REORTH_MODES)}, got {reorth!r}")
+    asked, reorth = reorth, resolve_reorth(reorth, op)
+    if asked == "auto":  # the default (earlier versions: full); the manifest says which
+        log.debug(
+            "reorth='auto': %s reorthogonalisation for %s (reorth='full' is "
+            "google/spectral-density's)",
+            reorth,
+            type(op).__name__,
+        )
     if workspace is not None:
         if basis == "disk":
             raise ValueError("workspace keeps the bases in memory; basis='disk' takes none")
@@ -627,8 +641,10 @@ class _RunDir:
             "vectors": save_vectors,
             "trace_sample": trace_sample,
         }
+        info = self.manifest["draw_info"][str(k)]
+        info["reorth"] = self.settings.get("reorth", "full")  # a resumed run's may differ
         if "reorth_estimates" in self.settings:  # a resumed run's may be older
-            self.manifest["draw_info"][str(k)]["reorth_estimates"] = PARTIAL_ESTIMATES
+            info["reorth_estimates"] = PARTIAL_ESTIMATES
         self.manifest["finished_draws"] = sorted(int(d) for d in self.manifest["draw_info"])
         self.dir.write_json(MANIFEST, self.manifest)
 

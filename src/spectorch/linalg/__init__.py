@@ -13,6 +13,7 @@ from spectorch.linalg._lanczos import (
     lanczos_block,
     rademacher_signs,
     random_start,
+    resolve_reorth,
 )
 from spectorch.linalg._operator import (
     MatrixOperator,
@@ -43,6 +44,7 @@ __all__ = [
     "lanczos_block",
     "rademacher_signs",
     "random_start",
+    "resolve_reorth",
     # extreme eigenpairs
     "WHICH",
     "Eigenpairs",

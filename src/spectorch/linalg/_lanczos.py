@@ -30,12 +30,15 @@ __all__ = [
     "lanczos_block",
     "rademacher_signs",
     "random_start",
+    "resolve_reorth",
 ]
 
 _STARTS = ("rademacher", "gaussian")
-#: how the Lanczos vectors are kept orthogonal: against the whole basis at every step,
-#: or only when Simon's estimate of the loss of orthogonality says so
-REORTH_MODES = ("full", "partial")
+#: how the Lanczos vectors are kept orthogonal: against the whole basis at every step
+#: ("full"), only when Simon's estimate of the loss of orthogonality says so
+#: ("partial"), or "auto": partial on an operator that declares its compute_dtype,
+#: else full (:func:`resolve_reorth`)
+REORTH_MODES = ("auto", "full", "partial")
 
 
 @dataclass(frozen=True)
@@ -267,11 +270,13 @@ def lanczos(
             ``"disk"`` (a ``.npy`` file in ``basis_dir``, read back chunk by chunk, so
             memory does not grow with ``steps``). The recurrence stays in ``dtype``.
         basis_dir: directory of the ``"disk"`` files; default a temporary one.
-        reorth: ``"full"`` (the default: the basis orthonormal to working precision)
-            or ``"partial"`` (orthogonal to ``√eps``, the same ``T`` to working
+        reorth: ``"full"`` (the default: the basis orthonormal to working precision),
+            ``"partial"`` (orthogonal to ``√eps``, the same ``T`` to working
             precision, fewer passes over the basis: the cheaper choice when only ``T``
             -- a density, Ritz values -- is wanted; docs/benchmarks.md has the
-            measured costs).
+            measured costs) or ``"auto"`` (partial on an operator that declares its
+            ``compute_dtype``, as the curvature operators do, else full:
+            :func:`resolve_reorth`; the density's default).
         progress: show a progress bar over the steps.
         desc: label of the progress bar.
 
@@ -379,6 +384,7 @@ def lanczos_block(
     if basis not in BASIS_MODES:
         raise ValueError(f"basis must be one of {list(BASIS_MODES)}, got {basis!r}")
     _check_reorth(reorth)
+    reorth = resolve_reorth(reorth, op)
     device = operator_device(op)
     b = starts.shape[0]
     if workspace is not None:
@@ -575,6 +581,27 @@ def _check_finite(values: torch.Tensor, j: int) -> None:
 def _check_start(kind: Any) -> None:
     if kind not in _STARTS:
         raise ValueError(f"start must be one of {list(_STARTS)} or a tensor, got {kind!r}")
+
+
+def resolve_reorth(reorth: str, op: Any) -> str:
+    """The reorthogonalisation that ``reorth`` stands for on ``op``: ``"full"`` and
+    ``"partial"`` as they are; ``"auto"`` is ``"partial"`` on an operator that declares
+    the precision its products are computed in (``compute_dtype``, as spectorch's
+    curvature operators do), where a run is long and only ``T`` is wanted, and
+    ``"full"`` on any other (a tensor, an operator of one's own), whose basis stays
+    orthonormal to working precision as before. Partial reorthogonalisation takes the
+    products' round-off from that precision: a ``dtype`` that hid products computed in
+    a narrower one would make it skip passes the basis needs (ghost eigenvalues).
+
+    Example:
+        >>> import torch
+        >>> resolve_reorth("auto", torch.eye(3)), resolve_reorth("partial", torch.eye(3))
+        ('full', 'partial')
+    """
+    _check_reorth(reorth)
+    if reorth != "auto":
+        return reorth
+    return "partial" if hasattr(as_operator(op), "compute_dtype") else "full"
 
 
 def _check_reorth(reorth: Any) -> None:
