@@ -397,11 +397,15 @@ def measure_row(
                     res = libs[name]["lanczos"]()
                     step[name].append((_clock() - t0) / steps)
                     times = inner()  # the products the run made, before any more
+                    if name.startswith("spectorch"):
+                        passes[name] = {"passes": res.reorth_passes, "rows": res.reorth_rows}
+                    # a run's basis is not kept into the next: at 10^8 parameters two bases
+                    # and a density's rows are more than the machine's 23 GB
+                    del res
                     after = _timed(libs[of]["product"], reps[of])
                     paired[name].append(step[name][-1] / ((before[of] + after) / 2))
                     before[of] = after  # the next run's product before it
                     if name.startswith("spectorch"):
-                        passes[name] = {"passes": res.reorth_passes, "rows": res.reorth_rows}
                         # the step's own work: the run less the products it made
                         inrun[name] += times
                         own[name].append(step[name][-1] - sum(times) / steps)
