@@ -240,13 +240,16 @@ def libraries(model, peer_model, batch, loss, family: str, steps: int, peers: li
                 "lanczos": lambda op=op: lanczos(op, steps, seed=0, reorth="partial"),
                 "of": name,
             }
-            # a density's draws after its first: into the basis rows it already wrote
+            # a density's draws after its first: into the basis rows it already wrote,
+            # held only around those draws (with a new basis too, the GPT at 10^8 is
+            # more than the machine's 23 GB)
             rows = []
             for mode in ("full", "partial"):
                 libs[f"spectorch-draw-{mode}"] = {
                     "product": None,
                     "lanczos": lambda op=op, m=mode, r=rows: _density_draw(op, steps, r, m),
                     "prepare": lambda rows=rows: _written_rows(rows, steps, dim),
+                    "release": lambda rows=rows: _released(rows),
                     "of": name,
                 }
         else:
@@ -309,11 +312,28 @@ def libraries(model, peer_model, batch, loss, family: str, steps: int, peers: li
 
 
 # ---------------------------------------------------------------------- one row
-def _written_rows(rows: list, steps: int, dim: int) -> None:
-    """The basis rows of a density's draws, written once (as its first draw does), in
-    ``rows`` (a list, empty until then)."""
-    if not rows:
-        rows.append(torch.empty(1, steps, dim, dtype=F64, device=DEVICE).fill_(0.0))
+def _written_rows(rows: list, steps: int, dim: int) -> bool:
+    """The basis rows of a density's draws, written (as its first draw does) into
+    ``rows`` (a list) when it is empty; whether they were."""
+    if rows:
+        return False
+    rows.append(torch.empty(1, steps, dim, dtype=F64, device=DEVICE).fill_(0.0))
+    return True
+
+
+def _released(rows: list) -> bool:
+    """Free the rows of ``_written_rows``; whether there were any."""
+    held = bool(rows)
+    rows.clear()
+    return held
+
+
+def _hold_rows(libs: dict, name: str) -> bool:
+    """Hold a density's basis rows for its draws' runs (``prepare``), and free them for
+    every other run (``release``); whether that changed the memory held."""
+    if "prepare" in libs[name]:
+        return libs[name]["prepare"]()
+    return any([lib["release"]() for lib in libs.values() if "release" in lib])
 
 
 def _density_draw(op: Any, steps: int, rows: list, reorth: str) -> Any:
@@ -355,9 +375,8 @@ def measure_row(
             try:
                 if lib["product"] is not None:
                     lib["product"]()
-                if lib.get("prepare") is not None:
-                    lib["prepare"]()
                 if DEVICE.type == "cuda" and lib.get("lanczos") is not None:
+                    _hold_rows(libs, name)
                     lib["lanczos"]()
             except Exception as e:
                 if name not in PEERS:
@@ -390,7 +409,8 @@ def measure_row(
             if r < lanczos_rounds:
                 for name in step:
                     of = libs[name].get("of", name)
-                    if of not in before:  # a round of Lanczos runs alone
+                    # the rows written or freed before the product before the run is timed
+                    if _hold_rows(libs, name) or of not in before:
                         before[of] = _timed(libs[of]["product"], reps[of])
                     inner = _time_products(libs[of].get("op"))
                     t0 = _clock()
