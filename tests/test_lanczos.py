@@ -363,6 +363,12 @@ def test_auto_reorth_is_partial_only_where_the_operator_declares_its_precision()
     assert resolve_reorth("auto", Declared(A)) == "partial"
     for mode in ("full", "partial"):
         assert resolve_reorth(mode, A) == resolve_reorth(mode, Declared(A)) == mode
+    # a preconditioned operator chooses as the operator it wraps
+    from spectorch.curvature import PreconditionedOperator
+
+    ones = torch.ones(40, dtype=torch.float64)
+    assert resolve_reorth("auto", PreconditionedOperator(A, ones)) == "full"
+    assert resolve_reorth("auto", PreconditionedOperator(Declared(A), ones)) == "partial"
     # lanczos takes "auto" too: the run is the resolved mode's, bit for bit
     for op, mode in ((A, "full"), (Declared(A), "partial")):
         auto = lanczos(op, 20, seed=0, reorth="auto")

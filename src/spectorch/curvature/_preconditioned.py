@@ -71,8 +71,10 @@ class PreconditionedOperator:
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        """The wrapped operator's compute dtype (it bounds the products' accuracy)."""
-        return getattr(self.op, "compute_dtype", self.op.dtype)
+        """The wrapped operator's compute dtype (it bounds the products' accuracy); like
+        the wrapped operator, none (``AttributeError``) where it declares none, so
+        ``reorth="auto"`` chooses for this operator what it chooses for that one."""
+        return self.op.compute_dtype
 
     @property
     def param_names(self) -> list[str] | None:

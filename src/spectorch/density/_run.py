@@ -115,11 +115,11 @@ def spectral_density(
         reorth: ``"auto"`` (the default: ``"partial"`` on spectorch's curvature
             operators, ``"full"`` on a tensor or any other operator, see
             :func:`~spectorch.linalg.resolve_reorth`; earlier versions defaulted to
-            ``"full"``), ``"full"`` (every step against
-            the whole basis, as google/spectral-density does) or ``"partial"`` (Simon's
-            partial reorthogonalisation: the same tridiagonals to working precision,
-            fewer reads of the basis; see :func:`~spectorch.linalg.lanczos`). The mode
-            it resolves to is logged and written in the manifest, for each draw too;
+            ``"full"``), ``"full"`` (every step against the whole basis, as
+            google/spectral-density does) or ``"partial"`` (Simon's partial
+            reorthogonalisation: the same tridiagonals to working precision, fewer
+            reads of the basis; see :func:`~spectorch.linalg.lanczos`). The mode it
+            resolves to is written in the manifest, for each draw too;
             like ``basis`` it does not stop a resume, but a partial run made before its
             estimates followed a float32 network's round-off is refused (its draws can
             hold spurious eigenvalues).
