@@ -12,6 +12,7 @@ from spectorch.linalg import (
     MatrixOperator,
     _basis,
     _lanczos,
+    accepts_out,
     check_symmetric,
     gauss_quadrature,
     hutchinson_trace,
@@ -299,6 +300,42 @@ def test_partial_reorthogonalisation_follows_a_float32_operator():
     torch.testing.assert_close(top, d[-6:], rtol=1e-6, atol=0)
 
 
+def test_partial_estimates_advance_alike_in_python_and_in_numpy():
+    # Simon's recurrence runs as a Python loop for the first steps and as numpy
+    # arrays after: both must give the same floats and the same reorthogonalisations.
+    # Checked against the recurrence written out in full, on the coefficients of a
+    # run whose estimates pass √eps many times (a spectrum with converged outliers).
+    n = 400
+    d = torch.cat([torch.linspace(0, 1, n - 5, dtype=torch.float64), torch.arange(3.0, 8.0)])
+    res = lanczos(torch.diag(d), 150, seed=0)
+    alphas, betas = res.alphas.tolist(), res.betas.tolist()
+    for kept, driven, size in ((torch.float64, torch.float32, 10**8), (torch.float64,) * 2 + (n,)):
+        runs = [_lanczos._Orthogonality(size, 150, kept, driven) for _ in range(2)]
+        runs[1].vector_from = 0  # numpy from the start
+        eps, floor = torch.finfo(driven).eps, torch.finfo(kept).eps * size**0.5
+        cur, prev, restarted = np.ones(1), np.zeros(0), 0
+        for j in range(149):
+            due = [est.due(alphas[j], betas[j], 7.0, j) for est in runs]
+            assert due[0] == due[1]
+            assert runs[0].cur == runs[1].cur  # the same floats, bit for bit
+            # the recurrence as written in Simon (1984), restarted where they restarted
+            new = np.empty(j + 2)
+            a, b = np.array(alphas[: j + 1]), np.array(betas[:j])
+            if j:
+                t = b * cur[1:] + (a[:j] - a[j]) * cur[:j] - b[j - 1] * prev
+                t[1:] += b[:-1] * cur[: j - 1]
+                new[:j] = (t + np.where(t >= 0, 1.0, -1.0) * 2 * eps * 7.0) / betas[j]
+            new[j], new[j + 1] = floor * max(1.0, 7.0 / betas[j]), 1.0
+            for start, stop in due[0]:
+                new[start:stop] = floor
+            np.testing.assert_allclose(runs[0].cur, new, rtol=1e-12, atol=0)
+            cur, prev = new, cur
+            restarted += bool(due[0])
+            for est in runs:
+                est.kept(j, betas[j])
+        assert restarted > 40  # the comparison went through many restarts
+
+
 def test_partial_estimates_take_the_loss_between_neighbours_at_the_basis_precision():
     # A float32 network of 10^8 parameters in a float64 basis: its products feed
     # float32 round-off into the older rows, but each new vector is formed against its
@@ -307,15 +344,14 @@ def test_partial_estimates_take_the_loss_between_neighbours_at_the_basis_precisi
     # reorthogonalised at every step from about 8·10^6 parameters. A spectrum with
     # no converged Ritz value needs no pass in ten steps.
     n = 10**8
-    kept = _lanczos._Orthogonality(n, torch.float64, torch.float32)
-    coarse = _lanczos._Orthogonality(n, torch.float32, torch.float32)
-    fine = _lanczos._Orthogonality(n, torch.float64, torch.float64)
-    alphas, betas, due = [], [], {"kept": [], "coarse": [], "fine": []}
+    kept = _lanczos._Orthogonality(n, 10, torch.float64, torch.float32)
+    coarse = _lanczos._Orthogonality(n, 10, torch.float32, torch.float32)
+    fine = _lanczos._Orthogonality(n, 10, torch.float64, torch.float64)
+    due = {"kept": [], "coarse": [], "fine": []}
     for j in range(10):
-        alphas.append(1.0 + 0.01 * j)
         for name, est in (("kept", kept), ("coarse", coarse), ("fine", fine)):
-            due[name].append(est.due(alphas, betas, 0.5, 2.0, j))
-        betas.append(0.5)
+            due[name].append(est.due(1.0 + 0.01 * j, 0.5, 2.0, j))
+            est.kept(j, 0.5)
     assert due["kept"] == due["fine"] == [[]] * 10
     assert all(due["coarse"])
     # the older rows' estimates grow with float32's round-off, not float64's
@@ -445,15 +481,15 @@ def test_pythagorean_dgks_matches_the_measured_norm():
         w = q.T @ torch.ones(m, dtype=torch.float64) * (1.0 if near else 0.0)
         w = w + 1e-3 * torch.randn(n, dtype=torch.float64, generator=_generator(1))
         runs = []
-        for norms in (None, w.norm().reshape(1)):
+        for norms in (None, [w.norm().item()]):
             store = BlockBasis(1, m, n, dtype=torch.float64, device=torch.device("cpu"))
             store.Q[0] = q
             x = w.clone().reshape(1, n)
             read = torch.tensor([3.25], dtype=torch.float64)
-            after, floats, values = store.orthogonalize(x, m, norms, read=read)
-            # the norms also as the floats read to the host, α read along with them
-            assert floats == after.tolist() and values == [3.25]
-            runs.append((store.passes[0], float(after[0]), x))
+            floats, values = store.orthogonalize(x, m, norms, read=read)
+            # the norm after as measured, α read along with it
+            assert floats == [x.norm().item()] and values == [3.25]
+            runs.append((store.passes[0], floats[0], x))
         assert runs[0][0] == runs[1][0] == (2 if near else 1)
         assert runs[0][1] == pytest.approx(runs[1][1], rel=1e-12)
         torch.testing.assert_close(runs[0][2], runs[1][2], rtol=0, atol=1e-15)
@@ -571,3 +607,37 @@ def test_one_read_to_the_host_per_step(reorth, monkeypatch):
     res = lanczos(A, 30, seed=0, reorth=reorth)
     assert res.steps == 30
     assert len(reads) <= 30 + 2, reads
+
+
+def test_accepts_out_reads_each_signature_once_and_keeps_nothing_alive():
+    import gc
+    import weakref
+
+    from spectorch.linalg import _operator
+
+    class Takes:
+        shape, dtype = (2, 2), torch.float64
+
+        def matvec(self, v, *, out=None):
+            return v
+
+    class Refuses:
+        shape, dtype = (2, 2), torch.float64
+
+        def matvec(self, v):
+            return v
+
+    assert accepts_out(Takes()) and not accepts_out(Refuses())
+    assert not accepts_out(Takes(), block=True)  # no matmat
+    assert _operator._OUT[Takes.matvec] is True  # the class's function, recorded once
+
+    def closure(v, *, out=None):  # a function of one's own, here bound to an instance
+        return v
+
+    op = Refuses()
+    op.matvec = closure
+    assert accepts_out(op)
+    gone = weakref.ref(closure)
+    del op, closure
+    gc.collect()
+    assert gone() is None  # the record does not keep it (nor what it holds) alive

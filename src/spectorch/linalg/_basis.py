@@ -178,6 +178,12 @@ class BlockBasis:
             store = dtype if mode == "memory" else torch.float32
             # every row is written (push) before it is read
             self.Q = torch.empty(b, steps, n, dtype=store, device=device) if out is None else out
+        if mode == "memory":
+            # the views a step works on, made once: row j of every recurrence, and rows
+            # j-1 and j of each side by side as the columns of an (n, 2) matrix
+            self._rows = self.Q.unbind(1)
+            pairs = [self.Q[d].unfold(0, 2, 1) for d in range(b)] if steps > 1 else []
+            self._pairs = [p.unbind(0) for p in pairs]
 
     def set(self, j: int, rows: torch.Tensor) -> None:
         """Store row ``j`` of every recurrence from ``rows`` of shape ``(b, n)``."""
@@ -187,15 +193,18 @@ class BlockBasis:
             for d, f in enumerate(self.files):
                 f.write(j, rows[d])
 
-    def push(self, j: int, w: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-        """Store ``w / norms`` (per row) as row ``j`` and return it in the recurrence
-        dtype: in ``"memory"`` mode a view of the stored rows, written in one pass;
-        otherwise ``w`` itself, divided in place."""
+    def push(self, j: int, w: torch.Tensor, scale: list[float]) -> torch.Tensor:
+        """Store ``w`` times ``scale`` (one factor per row: the reciprocals of the
+        norms) as row ``j`` and return it in the recurrence dtype: in ``"memory"``
+        mode a view of the stored rows, written in one pass; otherwise ``w`` itself,
+        scaled in place. A product with the reciprocal rather than a division: on the
+        CPU a division costs several times a product's arithmetic."""
+        factor = scale[0] if self.b == 1 else w.new_tensor(scale)[:, None]
         if self.mode == "memory":
-            out = self.Q[:, j]
-            torch.div(w, norms[:, None], out=out)
+            out = self._rows[j]
+            torch.mul(w, factor, out=out)
             return out
-        w = w.div_(norms[:, None]) if w.dtype == norms.dtype else w / norms[:, None]
+        w = w.mul_(factor)
         self.set(j, w)
         return w
 
@@ -213,7 +222,7 @@ class BlockBasis:
         side, so both terms go in one pass over ``w``."""
         if self.mode == "memory" and j > 0:
             for d in range(self.b):
-                w[d].addmv_(self.Q[d, j - 1 : j + 1].T, coef[d], alpha=-1.0)
+                w[d].addmv_(self._pairs[d][j - 1], coef[d], alpha=-1.0)
             return
         w.addcmul_(q, coef[:, 1:], value=-1.0)
         if j > 0:
@@ -223,11 +232,11 @@ class BlockBasis:
         self,
         w: torch.Tensor,
         m: int,
-        norms: torch.Tensor | None,
+        norms: list[float] | None,
         rows: list[int] | None = None,
         spans: dict[int, list[tuple[int, int]]] | None = None,
         read: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, list[float], list[float] | None]:
+    ) -> tuple[list[float], list[float] | None]:
         """Remove from ``w`` (``(b, n)``, in place) its projections on rows ``0..m-1``.
 
         One classical Gram-Schmidt pass (two reads of the basis), and a second one only
@@ -236,10 +245,10 @@ class BlockBasis:
         working precision, one that removed much may have lost digits to cancellation.
 
         Args:
-            norms: the rows' norms before, shape ``(b,)``; ``None``: not computed, the
-                norm before a pass is then ``√(after² + ‖c‖²)`` with ``c`` the removed
-                coefficients (Pythagoras; the basis rows are orthonormal), which saves
-                a pass over ``w``.
+            norms: the rows' norms before, as Python floats; ``None``: not computed,
+                the norm before a pass is then ``√(after² + ‖c‖²)`` with ``c`` the
+                removed coefficients (Pythagoras; the basis rows are orthonormal),
+                which saves a pass over ``w``.
             rows: the recurrences to orthogonalise; default all ``b``.
             spans: per recurrence, the ``[start, stop)`` ranges of basis rows to
                 orthogonalise against (partial reorthogonalisation); default all ``m``.
@@ -248,18 +257,14 @@ class BlockBasis:
                 for the device).
 
         Returns:
-            The rows' norms after (``norms``, or zero without them, where a row was
-            left alone), the same as Python floats, and ``read``'s values (``None``
-            without it). Each pass is counted in :attr:`passes` and the basis rows it
-            read in :attr:`rows_read`.
+            The rows' norms after, as Python floats (``norms``, or zero without them,
+            where a row was left alone), and ``read``'s values (``None`` without it).
+            Each pass is counted in :attr:`passes` and the basis rows it read in
+            :attr:`rows_read`.
         """
         given = norms is not None
         rows = list(range(self.b)) if rows is None else rows
-        alone = not given and rows == [0] and self.b == 1  # the norm itself is the result
-        out = None
-        if not alone:
-            out = norms.clone() if given else torch.zeros(self.b, dtype=w.dtype, device=w.device)
-        floats = out.tolist() if given else [0.0] * self.b
+        floats = list(norms) if given else [0.0] * self.b
         values = None
         for d in rows:
             ranges = [(0, m)] if spans is None else spans[d]
@@ -269,16 +274,14 @@ class BlockBasis:
                 self.rows_read[d] += sum(stop - start for start, stop in ranges)
                 self.passes[d] += 1
                 after = torch.linalg.vector_norm(w[d], dim=0, keepdim=True)
-                if alone:
-                    out = after
-                else:
-                    out[d] = after[0]
                 # the test on Python floats, one transfer with the coefficients removed
-                # (a step of a small operator is otherwise dominated by tiny tensor
-                # operations, and on a GPU each read waits for the device)
+                # where the norm before is inferred from them (a step of a small
+                # operator is otherwise dominated by tiny tensor operations, and on a
+                # GPU each read waits for the device)
                 extra = [read] if read is not None and values is None else []
-                got = torch.cat([after, *parts, *extra]).tolist()
-                k = 1 + sum(len(c) for c in parts)  # the norm, then the coefficients
+                coefficients = parts if before is None else []
+                got = torch.cat([after, *coefficients, *extra]).tolist()
+                k = 1 + sum(len(c) for c in coefficients)  # the norm, the coefficients
                 if extra:
                     values = got[k:]
                 floats[d] = got[0]
@@ -288,7 +291,7 @@ class BlockBasis:
                     before = (got[0] ** 2 + sum(x * x for x in got[1:k])) ** 0.5
                 if not got[0] < _DGKS * before:
                     break
-        return out, floats, values
+        return floats, values
 
     def _pass(self, w: torch.Tensor, d: int, start: int, stop: int) -> torch.Tensor:
         """One classical Gram-Schmidt pass of row ``d`` of ``w`` against basis rows

@@ -393,8 +393,8 @@ def lanczos_block(
     # never the caller's tensor: "memory" mode writes q0 / norms into its own rows, the
     # other modes divide a copy in place
     q0 = starts.to(device=device, dtype=dtype, copy=basis != "memory")
-    norms = q0.norm(dim=1)
-    if not torch.all(torch.isfinite(norms) & (norms > 0)):
+    norms = q0.norm(dim=1).tolist()
+    if not all(math.isfinite(x) and x > 0 for x in norms):
         raise ValueError("every start vector must be finite and non-zero")
     store = BlockBasis(
         b,
@@ -407,7 +407,7 @@ def lanczos_block(
         names=basis_names,
         out=workspace,
     )
-    q = store.push(0, q0, norms)  # in memory mode a view of the stored row
+    q = store.push(0, q0, [1.0 / x for x in norms])  # in memory mode a view of the stored row
     # never read before it is written (β q_prev enters from step 1); in memory mode the
     # recurrence reads the basis rows instead, elsewhere it is the first spare buffer
     if basis == "memory":
@@ -418,6 +418,13 @@ def lanczos_block(
     # recurrence takes its two coefficients as one view, no tensor built per step
     coefs = torch.zeros(b, steps, 2, dtype=dtype, device=device)
     alphas, betas = coefs[:, :, 1], coefs[:, 1:, 0]  # β_j is betas[:, j]
+    # the views a step works on, made once (on a small operator the step's own work is
+    # mostly such bookkeeping, and it runs with the caches emptied by the product):
+    # (β_{j-1}, α_j), α_j, β_j, and α_j with β_j, adjacent, to read in one transfer
+    coef_at, alpha_at, beta_at = coefs.unbind(1), alphas.unbind(1), betas.unbind(1)
+    read_at = coefs.view(b, 2 * steps)[:, 1 : 2 * steps - 1].unflatten(1, (steps - 1, 2))
+    read_at = read_at.unbind(1)
+    dots = alphas[0].unbind(0) if b == 1 else ()
     lengths = [steps] * b
     # The per-step bookkeeping (norms, breakdowns, ‖A‖) is on Python floats, read with
     # one transfer per step: for small operators a step is otherwise tens of tiny
@@ -436,9 +443,7 @@ def lanczos_block(
     if reorth == "partial":
         kept = torch.float32 if basis == "float32" else dtype
         driven = _coarsest(kept, operator_precision(op))
-        levels = [_Orthogonality(n, kept, driven) for _ in range(b)]
-    # each recurrence's α and β so far, as read (Python floats), for those estimates
-    history: list[tuple[list[float], list[float]]] = [([], []) for _ in range(b)]
+        levels = [_Orthogonality(n, steps, kept, driven) for _ in range(b)]
     # An operator that takes out= writes each product into a vector kept from step to
     # step: at 10⁸ entries a new one costs more (page faults) than the arithmetic.
     # "memory" mode frees w at every step (push copies it into the basis); the other
@@ -447,7 +452,8 @@ def lanczos_block(
     if op.dtype == dtype and accepts_out(op, block=b > 1):
         spare = torch.empty(b, n, dtype=dtype, device=device)
 
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, unit="step")
+    # no bar object at all without progress: a disabled one costs 0.1 ms to make
+    bar = tqdm(total=steps, desc=desc, leave=False, unit="step") if progress else None
     try:
         for j in range(steps):
             if spare is not None:
@@ -467,15 +473,16 @@ def lanczos_block(
                 w = operator_matmat(op, q.T.contiguous()).to(dtype).T.contiguous()
             # the three-term recurrence, in place: w = A q − α q − β q_prev; a finished
             # recurrence has q = 0, so its α (and β below) is 0
-            alpha = alphas[:, j]
+            alpha = alpha_at[j]
             if b == 1:  # written where it is kept
-                torch.dot(w[0], q[0], out=alpha[0])
+                torch.dot(w[0], q[0], out=dots[j])
             else:
                 alpha.copy_(torch.einsum("bn,bn->b", w, q))
-            store.recurrence(w, j, q, q_prev, coefs[:, j])
+            store.recurrence(w, j, q, q_prev, coef_at[j])
             if j == steps - 1:  # the last w is not used: no norm, no reorthogonalisation
                 _check_finite(alpha, j)  # a NaN or inf product makes α non-finite
-                bar.update(1)
+                if bar is not None:
+                    bar.update(1)
                 break
             rows = [d for d in range(b) if active[d]]
             if levels is None:
@@ -483,50 +490,60 @@ def lanczos_block(
                 # Gram-Schmidt pass, a second where the first cancelled: DGKS); the
                 # norm before it is not needed: the pass returns it by Pythagoras. α
                 # is read with the pass's norms: one wait for the device per step
-                beta, bt, a = store.orthogonalize(w, j + 1, None, rows, read=alpha)
-                _check_floats(a, bt, alpha, beta, j)
+                bt, a = store.orthogonalize(w, j + 1, None, rows, read=alpha)
+                _check_floats(a, bt, j)
+                stored = False
             else:
-                beta = torch.linalg.vector_norm(w, dim=1)
-                a, bt = _floats(alpha, beta, j)
+                # β written where it is kept, and read to the host with α
+                torch.linalg.vector_norm(w, dim=1, out=beta_at[j])
+                read = read_at[j].tolist()
+                a, bt = [x for x, _ in read], [x for _, x in read]
+                _check_floats(a, bt, j)
+                stored = True
             for d in rows:
                 anorm[d] = max(anorm[d], (previous[d] ** 2 + a[d] ** 2 + bt[d] ** 2) ** 0.5)
             if levels is not None:
                 # Simon's estimates from the coefficients already read (no transfer)
                 spans = {}
                 for d in rows:
-                    history[d][0].append(a[d])
-                    spans[d] = levels[d].due(*history[d], bt[d], anorm[d], j)
+                    spans[d] = levels[d].due(a[d], bt[d], anorm[d], j)
                 spans = {d: s for d, s in spans.items() if s}
                 if spans:
-                    beta, bt, _ = store.orthogonalize(w, j + 1, beta, list(spans), spans)
-                    _check_floats(a, bt, alpha, beta, j)
-            bar.update(1)
+                    bt, _ = store.orthogonalize(w, j + 1, bt, list(spans), spans)
+                    _check_floats(a, bt, j)
+                    stored = False
+            if bar is not None:
+                bar.update(1)
             for d in rows:
                 if bt[d] <= breakdown_tol * anorm[d]:
                     lengths[d], active[d] = j + 1, False
             if not any(active):
                 break
-            # β is stored after reorthogonalisation, so T matches the basis.
-            norms = beta
-            if not all(active):
-                stopped = torch.tensor([not x for x in active], device=device)
-                beta = beta.masked_fill(stopped, 0.0)
-                norms = beta.masked_fill(stopped, 1.0)
-                w[stopped] = 0.0
-            betas[:, j] = beta
+            # β is stored after reorthogonalisation, so T matches the basis; a stopped
+            # recurrence's is 0
             previous = [x if active[d] else 0.0 for d, x in enumerate(bt)]
+            if not all(active):
+                w[torch.tensor([not x for x in active], device=device)] = 0.0
+                stored = False
+            if not stored:  # (a scalar fill does not wait for a GPU; a copy from the host may)
+                if b == 1:
+                    beta_at[j].fill_(previous[0])
+                else:
+                    beta_at[j].copy_(torch.tensor(previous, dtype=dtype), non_blocking=True)
             if levels is not None:
                 for d in rows:
-                    history[d][1].append(previous[d])
+                    levels[d].kept(j, previous[d])
             freed = w if basis == "memory" else q_prev
-            q_prev, q = q, store.push(j + 1, w, norms)
+            scale = [1.0 / x if active[d] else 1.0 for d, x in enumerate(bt)]
+            q_prev, q = q, store.push(j + 1, w, scale)
             if spare is not None:
                 spare = freed
     except BaseException:
         store.discard()
         raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
     results = []
     for d in range(b):
@@ -554,28 +571,23 @@ def _check_workspace(
     checks.buffer("workspace", workspace, shape, dtype, device)
 
 
-def _floats(alpha: torch.Tensor, beta: torch.Tensor, j: int) -> tuple[list, list]:
-    """``α`` and ``β`` of step ``j`` as Python floats (one transfer), checked finite."""
-    a, b = torch.stack([alpha, beta]).tolist()
-    _check_floats(a, b, alpha, beta, j)
-    return a, b
-
-
-def _check_floats(
-    a: list[float], b: list[float], alpha: torch.Tensor, beta: torch.Tensor, j: int
-) -> None:
-    """Raise when the floats read of ``α`` and ``β`` are not all finite."""
+def _check_floats(a: list[float], b: list[float], j: int) -> None:
+    """Raise when the floats read of ``α`` and ``β`` of step ``j`` are not all finite."""
     if not all(map(math.isfinite, a + b)):
-        _check_finite(torch.stack([alpha, beta]), j)
+        _non_finite(j)
 
 
 def _check_finite(values: torch.Tensor, j: int) -> None:
     """Raise when ``α`` or ``β`` of step ``j`` is NaN or inf (a non-finite product)."""
     if not bool(torch.isfinite(values).all()):
-        raise FloatingPointError(
-            f"the operator returned NaN or inf at Lanczos step {j + 1}; check the "
-            "model, loss and data for non-finite values, or use a wider dtype"
-        )
+        _non_finite(j)
+
+
+def _non_finite(j: int) -> None:
+    raise FloatingPointError(
+        f"the operator returned NaN or inf at Lanczos step {j + 1}; check the "
+        "model, loss and data for non-finite values, or use a wider dtype"
+    )
 
 
 def _check_start(kind: Any) -> None:
@@ -675,55 +687,72 @@ class _Orthogonality:
     eigenvalues; tests/test_digits_slq.py).
     """
 
-    def __init__(self, n: int, kept: torch.dtype, driven: torch.dtype) -> None:
+    #: from this step on the estimates are advanced by numpy, before it in Python:
+    #: after a product the caches hold the product's data and code, and there a few
+    #: numpy calls on short arrays cost more than a Python loop over tens of numbers
+    #: (3.5x, measured on a network of 10⁴ parameters); the two give the same floats
+    vector_from = 64
+
+    def __init__(self, n: int, steps: int, kept: torch.dtype, driven: torch.dtype) -> None:
         self.eps = float(torch.finfo(driven).eps)
         self.limit = self.eps**0.5
         self.band = self.eps**0.75
         self.floor = float(torch.finfo(kept).eps) * n**0.5
-        self.cur = np.ones(1)  # ω_{j, 0..j}
-        self.prev = np.zeros(0)  # ω_{j-1, 0..j-1}
+        self.alphas = [0.0] * steps  # the recurrence's coefficients so far
+        self.betas = [0.0] * steps
+        self.cur = [1.0]  # ω_{j, 0..j}
+        self.prev: list[float] = []  # ω_{j-1, 0..j-1}
         self.pending: list[tuple[int, int]] = []  # rows the next vector must meet
 
-    def due(
-        self,
-        alphas: list[float],
-        betas: list[float],
-        beta: float,
-        anorm: float,
-        j: int,
-    ) -> list[tuple[int, int]]:
-        """Advance the estimates to ``q_{j+1}`` (norm ``beta`` before normalising) and
-        return the ``[start, stop)`` row ranges it must be reorthogonalised against
-        (empty: none); the estimates of those rows restart. ``alphas`` and ``betas``
-        are the recurrence's coefficients so far, as read to the host."""
-        beta, anorm = float(beta), float(anorm)
-        new = np.empty(j + 2)
-        new[j + 1] = 1.0
-        if beta <= 0.0 or not np.isfinite(beta):
+    def due(self, alpha: float, beta: float, anorm: float, j: int) -> list[tuple[int, int]]:
+        """Advance the estimates to ``q_{j+1}`` (``α_j`` of this step, ``beta`` the new
+        vector's norm before normalising) and return the ``[start, stop)`` row ranges
+        it must be reorthogonalised against (empty: none); the estimates of those rows
+        restart. :meth:`kept` records ``β_j`` once it is final."""
+        self.alphas[j] = alpha
+        if not (beta > 0.0 and math.isfinite(beta)):
+            new = [0.0] * (j + 1)
             spans = [(0, j + 1)]
         else:
-            a = np.asarray(alphas[: j + 1], dtype=np.float64)
-            b = np.asarray(betas[:j], dtype=np.float64)
-            if j > 0:
-                cur, prev = self.cur, self.prev
-                t = b * cur[1 : j + 1] + (a[:j] - a[j]) * cur[:j] - b[j - 1] * prev
-                t[1:] += b[: j - 1] * cur[: j - 1]
-                t += np.where(t >= 0, 1.0, -1.0) * 2.0 * self.eps * anorm
-                new[:j] = t / beta
-            new[j] = self.floor * max(1.0, anorm / beta)
-            level = np.abs(new[: j + 1])
+            new = self._older(alpha, beta, anorm, j) if j > 0 else []
+            new.append(self.floor * max(1.0, anorm / beta))  # ω_{j+1, j}
             if self.pending:
                 spans, self.pending = self.pending, []
                 spans = [(start, min(stop, j + 1)) for start, stop in spans]
-            elif level.max() > self.limit:
-                spans = _intervals(level, self.limit, self.band)
+            elif max(map(abs, new)) > self.limit:
+                spans = _intervals(np.abs(np.array(new)), self.limit, self.band)
                 self.pending = spans
             else:
                 spans = []
+        new.append(1.0)  # ω_{j+1, j+1}
         for start, stop in spans:
-            new[start:stop] = self.floor
+            new[start:stop] = [self.floor] * (stop - start)
         self.prev, self.cur = self.cur, new
         return spans
+
+    def _older(self, alpha: float, beta: float, anorm: float, j: int) -> list[float]:
+        """``ω_{j+1, k}`` for ``k < j``: ``(β_k ω_{j,k+1} + (α_k − α_j) ω_{j,k}
+        − β_{j-1} ω_{j-1,k} + β_{k-1} ω_{j,k-1} ± 2 eps ‖A‖) / β_j``, in this order."""
+        a, b, cur, prev = self.alphas, self.betas, self.cur, self.prev
+        grow, last = 2.0 * self.eps * anorm, b[j - 1]
+        if j >= self.vector_from:
+            bv, cv = np.array(b[:j]), np.array(cur)
+            t = bv * cv[1:] + (np.array(a[:j]) - alpha) * cv[:j] - last * np.array(prev)
+            t[1:] += bv[:-1] * cv[: j - 1]
+            t += np.where(t >= 0, grow, -grow)
+            t /= beta
+            return t.tolist()
+        out = []
+        for k in range(j):
+            x = b[k] * cur[k + 1] + (a[k] - alpha) * cur[k] - last * prev[k]
+            if k:
+                x += b[k - 1] * cur[k - 1]
+            out.append((x + grow if x >= 0 else x - grow) / beta)
+        return out
+
+    def kept(self, j: int, beta: float) -> None:
+        """Record ``β_j`` as stored (after any reorthogonalisation; 0 once stopped)."""
+        self.betas[j] = beta
 
 
 def _intervals(level: np.ndarray, limit: float, band: float) -> list[tuple[int, int]]:

@@ -9,8 +9,10 @@ are written once and tested on matrices whose spectrum is known exactly.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import weakref
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -130,13 +132,30 @@ def accepts_out(op: Any, block: bool = False) -> bool:
     tensor to write the product into, as spectorch's curvature operators do."""
     names = ("matvec", "matmat") if block else ("matvec",)
     for name in names:
-        try:
-            parameters = inspect.signature(getattr(op, name)).parameters
-        except (AttributeError, TypeError, ValueError):
-            return False
-        if "out" not in parameters:
+        method = getattr(op, name, None)
+        if method is None or not _takes_out(getattr(method, "__func__", method)):
             return False
     return True
+
+
+# what _takes_out found per function: reading a signature costs about 0.1 ms, as much
+# as the rest of a small operator's Lanczos set-up; weak keys, so a function (and what
+# its closure holds) is not kept alive by this record
+_OUT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _takes_out(func: Any) -> bool:
+    try:
+        return _OUT[func]
+    except (KeyError, TypeError):  # TypeError: not weakly referenceable, not hashable
+        pass
+    try:
+        found = "out" in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        found = False
+    with contextlib.suppress(TypeError):
+        _OUT[func] = found
+    return found
 
 
 def operator_matmat(op: Any, V: torch.Tensor) -> torch.Tensor:
