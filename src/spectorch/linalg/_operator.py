@@ -138,9 +138,9 @@ def accepts_out(op: Any, block: bool = False) -> bool:
     return True
 
 
-# what _takes_out found per function: reading a signature costs 15 µs in a hot loop
-# and several times that once a product has filled the caches, at every Lanczos run;
-# weak keys, so a function (and what its closure holds) is not kept alive by this record
+# what _takes_out found per function: reading a signature costs 15 µs in a hot loop,
+# at every Lanczos run; weak keys, so a function (and what its closure holds) is not
+# kept alive by this record
 _OUT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
