@@ -46,7 +46,9 @@ process per row with a fixed glibc mmap threshold. ``--allocator keep`` times th
 with glibc serving every allocation from its heap and keeping what is freed, so a
 product's temporaries reuse memory already written instead of fresh pages (the remedy
 ``bench_held_memory.py`` measures for the 10^8 rows); its rows are kept apart from the
-default's in the results file.
+default's in the results file. ``--basis float32`` keeps spectorch's Lanczos rows
+in float32 (``lanczos(basis="float32")``: half the memory, reorthogonalised in
+float64), likewise kept apart.
 
 ``--device cuda`` runs the rows on the first GPU: times are wall time with the device
 synchronised before and after each timed call, every library runs one Lanczos run as
@@ -215,8 +217,12 @@ def build(family: str, size: str) -> tuple[nn.Module, nn.Module, Any, Any, dict]
 
 
 # ---------------------------------------------------------------------- libraries
-def libraries(model, peer_model, batch, loss, family: str, steps: int, peers: list[str]) -> dict:
-    """``{name: {"product": f, "lanczos": f or None}}`` on the same model and data."""
+def libraries(
+    model, peer_model, batch, loss, family: str, steps: int, peers: list[str], basis: str = "memory"
+) -> dict:
+    """``{name: {"product": f, "lanczos": f or None}}`` on the same model and data;
+    spectorch's Lanczos runs keep their rows as ``basis`` says (``lanczos``'s
+    ``basis``: ``"memory"``, float64 rows, or ``"float32"``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     dim = sum(p.numel() for p in params)
     v64 = torch.randn(dim, generator=torch.Generator().manual_seed(0), dtype=F64)
@@ -239,10 +245,10 @@ def libraries(model, peer_model, batch, loss, family: str, steps: int, peers: li
         op = HessianOperator(model, loss, data, cache_graphs=cache)
         libs[name] = {"product": lambda op=op: op.matvec(v64), "op": op}
         if cache:
-            libs[name]["lanczos"] = lambda op=op: lanczos(op, steps, seed=0)
+            libs[name]["lanczos"] = lambda op=op: lanczos(op, steps, seed=0, basis=basis)
             libs["spectorch-partial"] = {
                 "product": None,
-                "lanczos": lambda op=op: lanczos(op, steps, seed=0, reorth="partial"),
+                "lanczos": lambda op=op: lanczos(op, steps, seed=0, reorth="partial", basis=basis),
                 "of": name,
             }
             # a density's draws after its first: into the basis rows it already wrote,
@@ -253,7 +259,7 @@ def libraries(model, peer_model, batch, loss, family: str, steps: int, peers: li
                 libs[f"spectorch-draw-{mode}"] = {
                     "product": None,
                     "lanczos": lambda op=op, m=mode, r=rows: _density_draw(op, steps, r, m),
-                    "prepare": lambda rows=rows: _written_rows(rows, steps, dim),
+                    "prepare": lambda rows=rows: _written_rows(rows, steps, dim, basis),
                     "release": lambda rows=rows: _released(rows),
                     "of": name,
                 }
@@ -317,12 +323,14 @@ def libraries(model, peer_model, batch, loss, family: str, steps: int, peers: li
 
 
 # ---------------------------------------------------------------------- one row
-def _written_rows(rows: list, steps: int, dim: int) -> bool:
-    """The basis rows of a density's draws, written (as its first draw does) into
-    ``rows`` (a list) when it is empty; whether they were."""
+def _written_rows(rows: list, steps: int, dim: int, basis: str = "memory") -> bool:
+    """The basis rows of a density's draws (float32 ones for ``basis="float32"``),
+    written (as its first draw does) into ``rows`` (a list) when it is empty; whether
+    they were."""
     if rows:
         return False
-    rows.append(torch.empty(1, steps, dim, dtype=F64, device=DEVICE).fill_(0.0))
+    kept = torch.float32 if basis == "float32" else F64
+    rows.append(torch.empty(1, steps, dim, dtype=kept, device=DEVICE).fill_(0.0))
     return True
 
 
@@ -347,7 +355,10 @@ def _density_draw(op: Any, steps: int, rows: list, reorth: str) -> Any:
     workspace = rows[0]
     random_start(op.shape[0], kind="rademacher", generator=draw_generator(0, 1),
                  out=workspace[0, 0])  # fmt: skip
-    return lanczos_block(op, steps, workspace[:, 0], reorth=reorth, workspace=workspace)[0]
+    basis = "float32" if workspace.dtype == torch.float32 else "memory"
+    return lanczos_block(
+        op, steps, workspace[:, 0], reorth=reorth, basis=basis, workspace=workspace
+    )[0]
 
 
 def measure_row(
@@ -358,6 +369,7 @@ def measure_row(
     memory: bool,
     lanczos_rounds: int | None = None,
     steps: int | None = None,
+    basis: str = "memory",
 ) -> dict:
     torch.set_num_threads(1)
     model, peer_model, batch, loss, desc = build(family, size)
@@ -369,7 +381,7 @@ def measure_row(
         return sdpa_kernel(SDPBackend.MATH) if family == "gpt" else nullcontext()
 
     with kernel():
-        libs = libraries(model, peer_model, batch, loss, family, steps, peers)
+        libs = libraries(model, peer_model, batch, loss, family, steps, peers, basis)
         if memory:  # a density's draw holds its basis from before: no step memory
             return {name: _memory(lib) for name, lib in libs.items() if "prepare" not in lib}
         # warm-up (spectorch's graphs are kept from here on; on a GPU a Lanczos run too,
@@ -540,6 +552,13 @@ def main() -> None:
         help="Lanczos steps of every row (default: 30 up to 1e6, 20 at 1e7, 8 at 1e8)",
     )
     parser.add_argument(
+        "--basis",
+        choices=("memory", "float32"),
+        default="memory",
+        help="spectorch's Lanczos rows: 'memory' (float64, lanczos's default) or "
+        "'float32' (stored in float32, reorthogonalised in float64)",
+    )
+    parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
         default="cpu",
@@ -573,7 +592,14 @@ def main() -> None:
     if args.row:
         family, size = args.row.split(":")
         row = measure_row(
-            family, size, args.rounds, peers, args.memory, args.lanczos_rounds, args.steps
+            family,
+            size,
+            args.rounds,
+            peers,
+            args.memory,
+            args.lanczos_rounds,
+            args.steps,
+            args.basis,
         )
         row["settings"] = settings_of(args, peers, paired=True)  # a row saved alone says how it ran
         print(json.dumps(row))
@@ -658,6 +684,8 @@ def settings_of(args: argparse.Namespace, peers: list[str], paired: bool = False
         settings["lanczos_rounds"] = args.lanczos_rounds
     if getattr(args, "steps", None) is not None:  # likewise
         settings["steps"] = args.steps
+    if getattr(args, "basis", "memory") != "memory":  # likewise: float64 rows before it
+        settings["basis"] = args.basis
     if args.allocator != "default":  # earlier results, without the key, are "default"
         settings["allocator"] = args.allocator
     device = getattr(args, "device", "cpu")  # bench_compile.py has no --device
@@ -684,6 +712,8 @@ def run_row(script: str, family: str, size: str, args: argparse.Namespace) -> di
         base += ["--lanczos-rounds", str(args.lanczos_rounds)]
     if getattr(args, "steps", None) is not None:
         base += ["--steps", str(args.steps)]
+    if getattr(args, "basis", "memory") != "memory":
+        base += ["--basis", args.basis]
     t0 = time.time()
     env = dict(os.environ)
     if ALLOCATORS[args.allocator]:

@@ -336,6 +336,29 @@ def test_partial_estimates_advance_alike_in_python_and_in_numpy():
         assert restarted > 40  # the comparison went through many restarts
 
 
+def test_partial_estimates_of_float32_rows_restart_at_their_rounding():
+    # basis="float32" rounds only the stored rows: q and q_prev stay in float64, so
+    # the loss between neighbours is float64's and 10^8 entries need no pass in ten
+    # steps (with float32's, eps32·√n passed √eps32 and every step had one). A pass
+    # against the float32 rows leaves their rounding (up to eps32 / 2 whatever n), so
+    # the estimates of the rows it met restart at eps32, not at float64's local loss.
+    n = 10**8
+    f32, f64 = torch.float32, torch.float64
+    rows32 = _lanczos._Orthogonality(n, 12, f64, f32, f32)
+    rows64 = _lanczos._Orthogonality(n, 12, f64, f32)
+    for j in range(10):
+        for est in (rows32, rows64):
+            assert est.due(1.0 + 0.01 * j, 0.5, 2.0, j) == []
+            est.kept(j, 0.5)
+    assert rows32.cur == rows64.cur  # no pass yet: the same estimates
+    for est in (rows32, rows64):  # a breakdown: a pass against every row
+        assert est.due(1.1, 0.0, 2.0, 10) == [(0, 11)]
+    eps32 = torch.finfo(f32).eps
+    assert rows32.cur[:11] == [eps32] * 11
+    assert rows64.cur[:11] == [torch.finfo(f64).eps * n**0.5] * 11
+    assert rows64.cur[0] < eps32 / 1e3
+
+
 def test_partial_estimates_take_the_loss_between_neighbours_at_the_basis_precision():
     # A float32 network of 10^8 parameters in a float64 basis: its products feed
     # float32 round-off into the older rows, but each new vector is formed against its

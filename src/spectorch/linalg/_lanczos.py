@@ -437,13 +437,15 @@ def lanczos_block(
     # in: float32 rows carry float32's eps, and so do the products of a network that
     # computes in float32 (its compute_dtype) even when they are returned in float64;
     # the recurrence's float64 eps would underestimate the loss and skip passes it
-    # needs. The loss between neighbours arises where the new vector is formed and
-    # kept, at the basis's precision (_Orthogonality)
+    # needs. The loss between neighbours arises where the new vector is formed, in the
+    # recurrence's dtype (a float32 basis rounds only the stored copies; q and q_prev
+    # stay in dtype), and a pass against float32 rows leaves their rounding
+    # (_Orthogonality)
     levels = None
     if reorth == "partial":
-        kept = torch.float32 if basis == "float32" else dtype
-        driven = _coarsest(kept, operator_precision(op))
-        levels = [_Orthogonality(n, steps, kept, driven) for _ in range(b)]
+        stored = torch.float32 if basis == "float32" else dtype
+        driven = _coarsest(stored, operator_precision(op))
+        levels = [_Orthogonality(n, steps, dtype, driven, stored) for _ in range(b)]
     # An operator that takes out= writes each product into a vector kept from step to
     # step: at 10⁸ entries a new one costs more (page faults) than the arithmetic.
     # "memory" mode frees w at every step (push copies it into the basis); the other
@@ -676,15 +678,21 @@ class _Orthogonality:
     inherits the loss through the recurrence; their estimates restart at the local
     loss.
 
-    Two precisions: ``kept``, the basis's, in which each new vector is formed against
-    its two neighbours (``α`` is read from the product as computed, so the product's
-    own error does not enter ``q_{j+1}ᵀ q_j``), and ``driven`` (``eps`` above), the
-    coarsest of it and the operator's, whose products carry their round-off into
-    ``q_{j+1}ᵀ q_k`` for the older rows (Paige 1976: ``q_kᵀ f_j − q_jᵀ f_k``, with
-    ``‖f‖ ≈ eps ‖A‖``). Taking ``driven`` for both made a float32 network of 8·10⁶
-    parameters or more reorthogonalise at every step, as its ``eps √n`` alone passes
-    ``√eps``; taking ``kept`` for both skipped passes a float32 network needs (ghost
-    eigenvalues; tests/test_digits_slq.py).
+    Three precisions: ``kept``, the recurrence's, in which each new vector is formed
+    against its two neighbours (``α`` is read from the product as computed, so the
+    product's own error does not enter ``q_{j+1}ᵀ q_j``); ``driven`` (``eps`` above),
+    the coarsest of the stored rows' and the operator's, whose products carry their
+    round-off into ``q_{j+1}ᵀ q_k`` for the older rows (Paige 1976: ``q_kᵀ f_j −
+    q_jᵀ f_k``, with ``‖f‖ ≈ eps ‖A‖``); and ``stored``, the rows' as kept for the
+    passes (default ``kept``). Taking ``driven`` for the neighbours made a float32
+    network of 8·10⁶ parameters or more reorthogonalise at every step, as its
+    ``eps √n`` alone passes ``√eps``; taking ``kept`` for the older rows skipped passes
+    a float32 network needs (ghost eigenvalues; tests/test_digits_slq.py). Rows stored
+    coarser than the recurrence (``basis="float32"``: the neighbours stay in the
+    recurrence's precision, only the stored copies are rounded) leave a vector
+    orthogonalised against them off by up to the storage's rounding, ``eps_stored / 2``
+    by Cauchy-Schwarz and independent of ``n``: the estimates of those rows restart at
+    ``eps_stored`` rather than at the local loss.
     """
 
     #: from this step on the estimates are advanced by numpy, before it in Python:
@@ -693,11 +701,20 @@ class _Orthogonality:
     #: (3.5x, measured on a network of 10⁴ parameters); the two give the same floats
     vector_from = 64
 
-    def __init__(self, n: int, steps: int, kept: torch.dtype, driven: torch.dtype) -> None:
+    def __init__(
+        self,
+        n: int,
+        steps: int,
+        kept: torch.dtype,
+        driven: torch.dtype,
+        stored: torch.dtype | None = None,
+    ) -> None:
         self.eps = float(torch.finfo(driven).eps)
         self.limit = self.eps**0.5
         self.band = self.eps**0.75
         self.floor = float(torch.finfo(kept).eps) * n**0.5
+        #: where the estimates of rows just reorthogonalised against restart
+        self.restart = max(self.floor, float(torch.finfo(stored or kept).eps))
         self.alphas = [0.0] * steps  # the recurrence's coefficients so far
         self.betas = [0.0] * steps
         self.cur = [1.0]  # ω_{j, 0..j}
@@ -726,7 +743,7 @@ class _Orthogonality:
                 spans = []
         new.append(1.0)  # ω_{j+1, j+1}
         for start, stop in spans:
-            new[start:stop] = [self.floor] * (stop - start)
+            new[start:stop] = [self.restart] * (stop - start)
         self.prev, self.cur = self.cur, new
         return spans
 
