@@ -353,12 +353,16 @@ def _density_draw(op: Any, steps: int, rows: list, reorth: str) -> Any:
     """One draw of ``spectral_density`` after its first: its start drawn into the first
     of the rows the earlier draws wrote, the Lanczos run into them (its workspace)."""
     workspace = rows[0]
-    random_start(op.shape[0], kind="rademacher", generator=draw_generator(0, 1),
-                 out=workspace[0, 0])  # fmt: skip
-    basis = "float32" if workspace.dtype == torch.float32 else "memory"
-    return lanczos_block(
-        op, steps, workspace[:, 0], reorth=reorth, basis=basis, workspace=workspace
-    )[0]
+    if workspace.dtype == F64:  # drawn straight into the first row, as the density does
+        start = workspace[:, 0]
+        random_start(op.shape[0], kind="rademacher", generator=draw_generator(0, 1),
+                     out=start[0])  # fmt: skip
+        basis = "memory"
+    else:  # float32 rows: the start is drawn in float64 and stored by the run
+        start = random_start(op.shape[0], kind="rademacher", generator=draw_generator(0, 1),
+                             device=workspace.device)[None]  # fmt: skip
+        basis = "float32"
+    return lanczos_block(op, steps, start, reorth=reorth, basis=basis, workspace=workspace)[0]
 
 
 def measure_row(
