@@ -94,7 +94,10 @@ PEERS = ("hessian-eigenthings", "pyhessian", "pyhessian-loader", "curvlinops")
 #: round-off at the operator's precision (a float32 network's) and the loss between
 #: neighbours at the basis's (sixteenth round) carry this in their settings; those of the
 #: fifteenth round carry "coarsest precision" (float32's for both: a pass on every step
-#: from about 8·10^6 parameters), those before no key (float64's for both: passes skipped)
+#: from about 8·10^6 parameters), those before no key (float64's for both: passes skipped).
+#: With float64 rows (every results file before ``--basis``) "the basis's" precision is
+#: the recurrence's, which is what the neighbours take with float32 rows too since the
+#: twentieth round; rows with ``--basis float32`` all date from after it
 PARTIAL_ESTIMATES = "operator precision, neighbours in the basis's"
 _FIFTEENTH_ESTIMATES = "coarsest precision"
 #: how step/product is measured: each Lanczos run over the mean of its library's product
