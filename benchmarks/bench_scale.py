@@ -48,7 +48,9 @@ product's temporaries reuse memory already written instead of fresh pages (the r
 ``bench_held_memory.py`` measures for the 10^8 rows); its rows are kept apart from the
 default's in the results file. ``--basis float32`` keeps spectorch's Lanczos rows
 in float32 (``lanczos(basis="float32")``: half the memory, reorthogonalised in
-float64), likewise kept apart.
+float64), likewise kept apart; ``--basis auto`` as the density does by default
+(``basis="auto"``: float32 rows with partial reorthogonalisation on these float32
+networks, float64 rows with full).
 
 ``--device cuda`` runs the rows on the first GPU: times are wall time with the device
 synchronised before and after each timed call, every library runs one Lanczos run as
@@ -83,7 +85,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from spectorch.curvature import HessianOperator
 from spectorch.density import draw_generator
-from spectorch.linalg import lanczos, lanczos_block, random_start
+from spectorch.linalg import lanczos, lanczos_block, random_start, resolve_basis
 
 F64 = torch.float64
 SIZES = ("1e4", "1e5", "1e6", "1e7", "1e8")
@@ -225,7 +227,9 @@ def libraries(
 ) -> dict:
     """``{name: {"product": f, "lanczos": f or None}}`` on the same model and data;
     spectorch's Lanczos runs keep their rows as ``basis`` says (``lanczos``'s
-    ``basis``: ``"memory"``, float64 rows, or ``"float32"``)."""
+    ``basis``: ``"memory"``, float64 rows, ``"float32"``, or ``"auto"``, the
+    density's default: float32 rows with partial reorthogonalisation on these float32
+    networks, float64 ones with full)."""
     params = [p for p in model.parameters() if p.requires_grad]
     dim = sum(p.numel() for p in params)
     v64 = torch.randn(dim, generator=torch.Generator().manual_seed(0), dtype=F64)
@@ -259,10 +263,11 @@ def libraries(
             # more than the machine's 23 GB)
             rows = []
             for mode in ("full", "partial"):
+                kept = torch.float32 if resolve_basis(basis, op, mode) == "float32" else F64
                 libs[f"spectorch-draw-{mode}"] = {
                     "product": None,
                     "lanczos": lambda op=op, m=mode, r=rows: _density_draw(op, steps, r, m),
-                    "prepare": lambda rows=rows: _written_rows(rows, steps, dim, basis),
+                    "prepare": lambda rows=rows, k=kept: _written_rows(rows, steps, dim, k),
                     "release": lambda rows=rows: _released(rows),
                     "of": name,
                 }
@@ -326,13 +331,15 @@ def libraries(
 
 
 # ---------------------------------------------------------------------- one row
-def _written_rows(rows: list, steps: int, dim: int, basis: str = "memory") -> bool:
-    """The basis rows of a density's draws (float32 ones for ``basis="float32"``),
-    written (as its first draw does) into ``rows`` (a list) when it is empty; whether
-    they were."""
-    if rows:
+def _written_rows(rows: list, steps: int, dim: int, kept: torch.dtype = F64) -> bool:
+    """The basis rows of a density's draws, of dtype ``kept`` (float32 for float32
+    rows), written (as its first draw does) into ``rows`` (a list) unless it holds
+    such rows already (with ``--basis auto`` full reorthogonalisation's draws keep
+    float64 rows and partial's float32 ones: each writes its own before its run, the
+    other's freed first); whether they were."""
+    if rows and rows[0].dtype == kept:
         return False
-    kept = torch.float32 if basis == "float32" else F64
+    rows.clear()
     rows.append(torch.empty(1, steps, dim, dtype=kept, device=DEVICE).fill_(0.0))
     return True
 
@@ -560,10 +567,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--basis",
-        choices=("memory", "float32"),
+        choices=("memory", "float32", "auto"),
         default="memory",
-        help="spectorch's Lanczos rows: 'memory' (float64, lanczos's default) or "
-        "'float32' (stored in float32, reorthogonalised in float64)",
+        help="spectorch's Lanczos rows: 'memory' (float64, lanczos's default), "
+        "'float32' (stored in float32, reorthogonalised in float64) or 'auto' (the "
+        "density's default: float32 with partial reorthogonalisation, float64 with full)",
     )
     parser.add_argument(
         "--device",
@@ -797,7 +805,8 @@ def report(rows: list[dict]) -> None:
     print("| model | parameters | data | steps | gradient (ms) | product, graphs kept (ms) | "
           "product, not kept (ms) | step full (ms) | step partial (ms) | step/product full | "
           "step/product partial | draw step/product full / partial | own work (ms) | "
-          "1 + own/product | data for 1.1 | product MB kept / not | step MB |")  # fmt: skip
+          "1 + own/product | data for 1.1 | product MB kept / not | step MB full / partial "
+          "|")  # fmt: skip
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     stale = set()
     for row in rows:
@@ -821,7 +830,7 @@ def report(rows: list[dict]) -> None:
             f"{_fmt(s.get('own_s'), 'ms')} / {_fmt(p.get('own_s'), 'ms')} | "
             f"{_own(s)} / {_own(p)} | {_enough(row, s)} | "
             f"{_fmt(s.get('product_mb'), 'MB')} / {_fmt(n.get('product_mb'), 'MB')} | "
-            f"{_fmt(s.get('step_mb'), 'MB')} |"
+            f"{_fmt(s.get('step_mb'), 'MB')} / {_fmt(p.get('step_mb'), 'MB')} |"
         )
     if " †" in stale:
         print("\n† partial reorthogonalisation measured before its estimates followed the "
@@ -835,7 +844,7 @@ def report(rows: list[dict]) -> None:
               "than spectorch does now")  # fmt: skip
     print("\n### peers, ratio peer / spectorch (above 1: spectorch is faster or leaner)\n")
     print("| model | parameters | library | product | product vs spectorch | step | "
-          "step/product | product memory | step memory |")  # fmt: skip
+          "step/product | product memory | step memory vs full / partial |")  # fmt: skip
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         r = row["results"]
@@ -854,7 +863,8 @@ def report(rows: list[dict]) -> None:
                 f" ({_fmt(x['step_s'] / r['spectorch']['step_s']) if 'step_s' in x else '–'}x) | "
                 f"{_fmt(x.get('step_over_product'))} | "
                 f"{_ratio(x.get('product_mb'), ours.get('product_mb'))} | "
-                f"{_ratio(x.get('step_mb'), r['spectorch'].get('step_mb'))} |"
+                f"{_ratio(x.get('step_mb'), r['spectorch'].get('step_mb'))} / "
+                f"{_ratio(x.get('step_mb'), r['spectorch-partial'].get('step_mb'))} |"
             )
     for row in rows:
         for name, error in row.get("skipped", {}).items():

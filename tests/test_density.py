@@ -397,3 +397,40 @@ def test_partial_reorthogonalisation_gives_the_same_density(tmp_path):
         combine_densities([tmp_path], out=tmp_path / "merged")
     with pytest.raises(ValueError, match="reorth must be one of"):
         spectral_density(A, steps=5, draws=1, reorth="none", progress=False)
+
+
+def _network_hessian(dtype: torch.dtype):
+    from torch import nn
+
+    from spectorch.curvature import HessianOperator
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3)).to(dtype)
+    X = torch.randn(50, 6, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    return HessianOperator(model, nn.CrossEntropyLoss(), [(X, torch.arange(50) % 3)])
+
+
+def test_auto_basis_keeps_a_float32_networks_rows_in_float32(tmp_path):
+    # basis="auto", the default: a float32 network's products carry float32 round-off
+    # and partial reorthogonalisation keeps the rows orthogonal to its √eps, no better,
+    # so the rows are float32: the density of basis="float32" bit for bit, said in the
+    # manifest (for each draw too) and in the saved vectors' dtype
+    H = _network_hessian(torch.float32)
+    kw = dict(steps=20, draws=3, seed=1, progress=False)
+    auto = spectral_density(H, out=tmp_path / "auto", **kw)
+    named = spectral_density(H, basis="float32", **kw)
+    for a, b in zip(auto.nodes + auto.weights, named.nodes + named.weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
+    assert manifest["basis"] == "float32" and manifest["reorth"] == "partial"
+    assert {info["basis"] for info in manifest["draw_info"].values()} == {"float32"}
+    assert np.load(tmp_path / "auto" / "lanczos_vec_0.npy").dtype == np.float32
+    # float64 rows where they keep more: a float64 network, full reorthogonalisation,
+    # a float32 recurrence (whose rows are float32 anyway)
+    for op, extra in ((_network_hessian(torch.float64), {}), (H, {"reorth": "full"}),
+                      (H, {"dtype": torch.float32})):  # fmt: skip
+        out = tmp_path / f"other{len(list(tmp_path.iterdir()))}"
+        spectral_density(op, out=out, **extra, **kw)
+        assert json.loads((out / "manifest.json").read_text())["basis"] == "memory"
+        dtype = np.float32 if extra.get("dtype") == torch.float32 else np.float64
+        assert np.load(out / "lanczos_vec_0.npy").dtype == dtype

@@ -664,3 +664,34 @@ def test_accepts_out_reads_each_signature_once_and_keeps_nothing_alive():
     del op, closure
     gc.collect()
     assert gone() is None  # the record does not keep it (nor what it holds) alive
+
+
+def test_auto_basis_is_float32_only_where_the_products_are():
+    from spectorch.linalg import resolve_basis
+
+    f32, f64 = torch.eye(4), torch.eye(4, dtype=torch.float64)
+
+    class Network:  # declares its products' precision, as the curvature operators do
+        shape, dtype, compute_dtype = (4, 4), torch.float64, torch.float32
+
+        def matvec(self, v):
+            return v.clone()
+
+    cases = [
+        ((Network(), "auto"), "float32"),  # partial on a float32 network
+        ((Network(), "full"), "memory"),
+        ((Network(), "auto", torch.float32), "memory"),  # the recurrence is float32
+        ((f32, "partial"), "float32"),
+        ((f32, "auto"), "memory"),  # auto is full on a plain tensor
+        ((f64, "partial"), "memory"),
+        ((torch.eye(4, dtype=torch.bfloat16), "partial"), "float32"),
+    ]
+    for args, want in cases:
+        assert resolve_basis("auto", *args) == want, args
+    for basis in ("memory", "float32", "disk"):
+        assert resolve_basis(basis, f32, "partial") == basis
+    with pytest.raises(ValueError, match="basis must be one of"):
+        resolve_basis("ram", f32)
+    res = lanczos(Network(), 3, seed=0, reorth="partial", basis="auto")
+    assert res.basis.dtype == torch.float32
+    assert lanczos(Network(), 3, seed=0, basis="auto").basis.dtype == torch.float64

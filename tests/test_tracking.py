@@ -199,3 +199,21 @@ def test_bad_tracker_arguments():
         SharpnessTracker(torch.eye(3))
     with pytest.raises(TypeError, match="keep_basis must be a bool"):
         SharpnessTracker(H, keep_basis="yes")
+
+
+def test_kept_basis_holds_a_float32_networks_density_rows_in_float32():
+    # a float32 network's density keeps float32 rows (basis="auto"): in the kept
+    # float64 rows read as float32, half as many rows as steps, the same densities
+    model, data = _setup()
+    model = model.float()
+    data = [(data[0][0].float(), data[0][1])]
+    H = HessianOperator(model, nn.CrossEntropyLoss(), data)
+    kw = dict(k=2, density_every=1, density_steps=60)
+    plain, kept = SharpnessTracker(H, **kw), SharpnessTracker(H, keep_basis=True, **kw)
+    for step in range(2):
+        a, b = plain.measure(step), kept.measure(step)
+        assert a["eig_1"] == b["eig_1"]
+        for x, y in zip(plain.densities[step].nodes, kept.densities[step].nodes, strict=True):
+            assert (x == y).all()
+    n = sum(p.numel() for p in model.parameters())
+    assert tuple(kept._workspace.shape) == (30, n)  # 60 float32 rows in 30 float64 ones

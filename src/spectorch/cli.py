@@ -248,7 +248,7 @@ def _check_shard(args: argparse.Namespace) -> None:
             ("--draw-index", args.draw_index is not None),
             ("--dtype float32", args.dtype != "float64"),
             ("--probes-per-pass", args.probes_per_pass != 1),
-            ("--basis", args.basis != "memory"),
+            ("--basis", args.basis not in ("auto", "memory")),
             ("--reorth partial", args.reorth == "partial"),
             ("--hvp", args.hvp is not None),
             ("--cache-graphs", args.cache_graphs is not None),
@@ -334,15 +334,18 @@ def _density_run(
     blocks: Any = None,
     problem: Any = None,
 ) -> int:
+    import torch
+
     from spectorch.density import spectral_density
-    from spectorch.linalg import resolve_reorth
+    from spectorch.linalg import resolve_basis, resolve_reorth
 
     what = f"draw {draws[0]}" if isinstance(draws, list) else f"{draws} draws"
     ranks = f" on {world_size} processes" if world_size > 1 else ""
     reorth = resolve_reorth(args.reorth, op)
+    basis = resolve_basis(args.basis, op, reorth, getattr(torch, args.dtype))
     print(
         f"spectorch density: {op!r}, {what} x {args.steps} steps{ranks}, {reorth} "
-        f"reorthogonalisation -> {out}/"
+        f"reorthogonalisation, basis {basis} -> {out}/"
     )
     result = spectral_density(
         op,
@@ -702,7 +705,12 @@ def _add_cifar(sub: Any) -> None:
         )
     dens.add_argument("--operator", choices=sorted(OPERATORS), default="hessian")
     dens.add_argument("--seed", type=_nonnegative_int, default=0)
-    dens.add_argument("--basis", choices=("memory", "float32", "disk"), default="memory")
+    dens.add_argument(
+        "--basis",
+        choices=("auto", "memory", "float32", "disk"),
+        default="auto",
+        help="where the Lanczos vectors are kept (auto: float32 rows for a float32 network)",
+    )
     dens.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     dens.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto")
     dens.add_argument("--timeout", type=_positive_float, default=1800.0)
@@ -1292,10 +1300,12 @@ def _add_density(sub: Any) -> None:
     )
     dens.add_argument(
         "--basis",
-        choices=("memory", "float32", "disk"),
-        default="memory",
+        choices=("auto", "memory", "float32", "disk"),
+        default="auto",
         help="where the Lanczos vectors are kept: memory, float32 (half of it) or disk "
-        "(in --out; memory no longer grows with --steps); the recurrence stays float64",
+        "(in --out; memory no longer grows with --steps); the recurrence stays float64. "
+        "auto, the default (memory in earlier versions), is float32 for a float32 "
+        "network with partial reorthogonalisation, else memory",
     )
     dens.add_argument(
         "--reorth",

@@ -28,6 +28,7 @@ from spectorch.linalg import (
     default_basis_size,
     hutchinson_trace,
     operator_device,
+    resolve_basis,
     top_eigenpairs,
 )
 
@@ -79,7 +80,9 @@ class SharpnessTracker:
         initial: also measure at the start of a fresh run (step 0); ``False`` for a
             preconditioner that exists only after a step (Adam's).
         keep_basis: keep the Lanczos basis (``max(2k + 1, k + 20) + 1`` float64
-            vectors of the parameters' length, or ``density_steps`` if more) between
+            vectors of the parameters' length, or as many as a density's
+            ``density_steps`` rows take if more: half as many for the float32 rows of a
+            float32 network's density, see :func:`spectorch.linalg.resolve_basis`) between
             measurements instead of a new one each time, for the eigenpairs and the
             densities alike. A new one is fresh memory, whose every page is a fault the
             first time it is written: on the CPU measured here a kept basis makes the
@@ -193,14 +196,16 @@ class SharpnessTracker:
                 from spectorch.density import spectral_density
 
                 steps = min(self.density_steps, op.shape[0])
+                basis = resolve_basis("auto", op)  # the density's default
                 density = spectral_density(
                     op,
                     steps=steps,
                     draws=self.density_draws,
                     seed=self.seed + step,
+                    basis=basis,
                     check_symmetry=False,
                     progress=False,
-                    workspace=None if kept is None else kept[:steps].view(1, steps, -1),
+                    workspace=None if kept is None else _rows(kept, steps, basis),
                 )
                 row["products"] += steps * self.density_draws
             row["cpu_seconds"] = time.process_time() - t0
@@ -222,7 +227,10 @@ class SharpnessTracker:
         n = int(op.shape[0])
         rows = default_basis_size(self.k, n) + 1
         if self.density_every is not None:
-            rows = max(rows, min(self.density_steps, n))
+            steps = min(self.density_steps, n)
+            if resolve_basis("auto", op) == "float32":  # float32 rows: half as many bytes
+                steps = (steps + 1) // 2
+            rows = max(rows, steps)
         device = operator_device(op)
         if self._workspace is not None:
             try:
@@ -326,3 +334,13 @@ def _cell(key: str, value: Any) -> Any:
     if key in ("step", "products", "converged"):
         return int(value)
     return repr(float(value))
+
+
+def _rows(kept: torch.Tensor, steps: int, basis: str) -> torch.Tensor:
+    """A density's ``(1, steps, n)`` workspace in the tracker's kept float64 rows:
+    the first ``steps`` rows, or with ``basis="float32"`` the same memory read as
+    float32 (half of it), no new memory either way."""
+    n = kept.shape[1]
+    if basis == "float32":
+        return kept.view(torch.float32).view(-1)[: steps * n].view(1, steps, n)
+    return kept[:steps].view(1, steps, n)

@@ -29,6 +29,7 @@ from spectorch.linalg import (
     lanczos_block,
     operator_device,
     random_start,
+    resolve_basis,
     resolve_reorth,
 )
 from spectorch.train import RunDirectory
@@ -79,7 +80,7 @@ def spectral_density(
     start: str = "rademacher",
     dtype: torch.dtype | str = torch.float64,
     probes_per_pass: int = 1,
-    basis: str = "memory",
+    basis: str = "auto",
     reorth: str = "auto",
     out: str | os.PathLike | None = None,
     save_vectors: bool = True,
@@ -109,9 +110,14 @@ def spectral_density(
         dtype: dtype of the recurrence and basis (``float64`` or ``float32``).
         probes_per_pass: draws advanced together, one ``matmat`` per step (one pass
             over the data for all of them; memory grows with it).
-        basis: where the Lanczos vectors are kept while a draw runs: ``"memory"``,
-            ``"float32"`` or ``"disk"`` (in ``out``, or a temporary directory); see
-            :func:`~spectorch.linalg.lanczos`. The recurrence stays in ``dtype``.
+        basis: where the Lanczos vectors are kept while a draw runs: ``"auto"`` (the
+            default; ``"memory"`` in earlier versions): float32 rows where the products
+            are float32 (a float32 network) and ``reorth`` resolves to partial, else
+            ``"memory"`` (see :func:`~spectorch.linalg.resolve_basis`); ``"memory"``
+            (in ``dtype``), ``"float32"`` or ``"disk"`` (in ``out``, or a temporary
+            directory); see :func:`~spectorch.linalg.lanczos`. The recurrence stays in
+            ``dtype``; the saved vectors are the rows as kept. The mode it resolves to
+            is written in the manifest.
         reorth: ``"auto"`` (the default: ``"partial"`` on spectorch's curvature
             operators, ``"full"`` on a tensor or any other operator, see
             :func:`~spectorch.linalg.resolve_reorth`; earlier versions defaulted to
@@ -210,6 +216,9 @@ def spectral_density(
             reorth,
             type(op).__name__,
         )
+    asked, basis = basis, resolve_basis(basis, op, reorth, dtype)
+    if asked == "auto":  # the default (earlier versions: memory); the manifest says which
+        log.debug("basis='auto': basis=%r for %s", basis, type(op).__name__)
     if workspace is not None:
         if basis == "disk":
             raise ValueError("workspace keeps the bases in memory; basis='disk' takes none")
@@ -643,6 +652,7 @@ class _RunDir:
         }
         info = self.manifest["draw_info"][str(k)]
         info["reorth"] = self.settings.get("reorth", "full")  # a resumed run's may differ
+        info["basis"] = self.settings["basis"]  # likewise
         if "reorth_estimates" in self.settings:  # a resumed run's may be older
             info["reorth_estimates"] = PARTIAL_ESTIMATES
         self.manifest["finished_draws"] = sorted(int(d) for d in self.manifest["draw_info"])

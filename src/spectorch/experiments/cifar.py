@@ -338,7 +338,7 @@ def checkpoint_densities(
     steps: int = 90,
     draws: int = 10,
     seed: int = 0,
-    basis: str = "memory",
+    basis: str = "auto",
     device: str | torch.device | None = None,
     rank: int = 0,
     world_size: int = 1,

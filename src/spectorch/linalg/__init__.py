@@ -13,6 +13,7 @@ from spectorch.linalg._lanczos import (
     lanczos_block,
     rademacher_signs,
     random_start,
+    resolve_basis,
     resolve_reorth,
 )
 from spectorch.linalg._operator import (
@@ -44,6 +45,7 @@ __all__ = [
     "lanczos_block",
     "rademacher_signs",
     "random_start",
+    "resolve_basis",
     "resolve_reorth",
     # extreme eigenpairs
     "WHICH",

@@ -18,7 +18,11 @@ import torch
 
 __all__ = ["BASIS_MODES", "BlockBasis", "DiskRows"]
 
-BASIS_MODES = ("memory", "float32", "disk")
+#: where the Lanczos vectors are kept: in the recurrence's dtype ("memory"), as float32
+#: rows ("float32"), in a file ("disk"), or "auto": float32 rows where the products are
+#: float32 and only T is wanted, else "memory" (spectorch.linalg.resolve_basis)
+BASIS_MODES = ("auto", "memory", "float32", "disk")
+_STORED = BASIS_MODES[1:]
 # Temporary float64 working set of one reorthogonalisation chunk (disk mode).
 _CHUNK_BYTES = 64 << 20
 # The float32 rows converted to the recurrence dtype a column chunk at a time for each
@@ -151,8 +155,8 @@ class BlockBasis:
         names: list[str] | None = None,
         out: torch.Tensor | None = None,
     ) -> None:
-        if mode not in BASIS_MODES:
-            raise ValueError(f"basis must be one of {list(BASIS_MODES)}, got {mode!r}")
+        if mode not in _STORED:
+            raise ValueError(f"basis must be one of {list(_STORED)}, got {mode!r}")
         if mode == "disk" and dtype != torch.float64:
             raise ValueError("basis='disk' stores float64 rows; use it with dtype=float64")
         self.mode, self.b, self.steps, self.n = mode, b, steps, n
