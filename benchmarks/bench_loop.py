@@ -51,6 +51,9 @@ from spectorch.curvature import HessianOperator
 from spectorch.linalg import lanczos
 
 _clock = time.process_time
+#: the Lanczos rows a run may keep (``lanczos``'s ``basis``; "auto" is float32 rows with
+#: partial reorthogonalisation on these float32 operators)
+BASES = ("memory", "float32", "auto")
 
 
 class Diagonal:
@@ -89,30 +92,36 @@ def _timed(op) -> list[float]:
     return times
 
 
-def measure(op, label: str, steps: int, modes: list[str], rounds: int) -> list[dict]:
+def measure(
+    op, label: str, steps: int, modes: list[str], rounds: int, bases: tuple[str, ...] = ("memory",)
+) -> list[dict]:
+    """Each reorthogonalisation of ``modes`` with each basis of ``bases``, interleaved
+    round by round."""
     times = _timed(op)
     lanczos(op, steps, seed=0)  # warm-up (graphs, allocator, the signature read)
-    own = {mode: [] for mode in modes}
-    products = {mode: [] for mode in modes}
+    pairs = [(mode, basis) for mode in modes for basis in bases]
+    own = {pair: [] for pair in pairs}
+    products = {pair: [] for pair in pairs}
     for r in range(rounds):
-        for mode in modes:
+        for mode, basis in pairs:
             times.clear()
             t0 = _clock()
-            lanczos(op, steps, seed=r, reorth=mode)
+            lanczos(op, steps, seed=r, reorth=mode, basis=basis)
             total = _clock() - t0
-            own[mode].append((total - sum(times)) / steps)
-            products[mode].append(sum(times) / len(times))
+            own[mode, basis].append((total - sum(times)) / steps)
+            products[mode, basis].append(sum(times) / len(times))
     return [
         {
             "operator": label,
             "n": op.shape[0],
             "steps": steps,
             "reorth": mode,
-            "own_us": statistics.median(own[mode]) * 1e6,
-            "own_range_us": (min(own[mode]) * 1e6, max(own[mode]) * 1e6),
-            "product_ms": statistics.median(products[mode]) * 1e3,
+            "basis": basis,
+            "own_us": statistics.median(own[mode, basis]) * 1e6,
+            "own_range_us": (min(own[mode, basis]) * 1e6, max(own[mode, basis]) * 1e6),
+            "product_ms": statistics.median(products[mode, basis]) * 1e3,
         }
-        for mode in modes
+        for mode, basis in pairs
     ]
 
 
@@ -134,6 +143,7 @@ def _numbers(parser: argparse.ArgumentParser, option: str, text: str, least: int
 def run_here(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[dict]:
     """Every operator and mode of ``args`` in this process."""
     modes = bench_scale.listed(parser, "--reorth", args.reorth, ("full", "partial"))
+    bases = tuple(bench_scale.listed(parser, "--basis", args.basis, BASES))
     sizes, evictions = (
         _numbers(parser, "--n", args.n, 1),
         _numbers(parser, "--evict-mb", args.evict_mb, 0),
@@ -147,13 +157,13 @@ def run_here(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[
         with kernel:
             op = HessianOperator(model, loss, [batch], cache_graphs="auto")
             steps = args.steps or desc["steps"]
-            rows += measure(op, f"{family} {size} (kept graphs)", steps, modes, args.rounds)
+            rows += measure(op, f"{family} {size} (kept graphs)", steps, modes, args.rounds, bases)
     else:
         steps = args.steps or 30
         for n in sizes:
             for mb in evictions:
                 label = f"diagonal, {mb} MB streamed a product" if mb else "diagonal, hot"
-                rows += measure(Diagonal(n, mb), label, steps, modes, args.rounds)
+                rows += measure(Diagonal(n, mb), label, steps, modes, args.rounds, bases)
     return rows
 
 
@@ -168,7 +178,7 @@ def run_against(args: argparse.Namespace) -> None:
     if not (Path(against) / "spectorch" / "linalg").is_dir():
         raise SystemExit(f"--against: {against} holds no spectorch package (want <checkout>/src)")
     child = ["--n", args.n, "--evict-mb", args.evict_mb, "--rounds", str(args.rounds)]
-    child += ["--reorth", args.reorth, "--json"]
+    child += ["--reorth", args.reorth, "--basis", args.basis, "--json"]
     child += ["--row", args.row] if args.row is not None else []
     child += ["--steps", str(args.steps)] if args.steps is not None else []
     own: dict[tuple, dict[str, list[float]]] = {}
@@ -180,17 +190,18 @@ def run_against(args: argparse.Namespace) -> None:
                 text=True,
             ).stdout  # fmt: skip
             for r in json.loads(out):
-                key = (r["operator"], r["n"], r["steps"], r["reorth"])
+                key = (r["operator"], r["n"], r["steps"], r["reorth"], r.get("basis", "memory"))
                 own.setdefault(key, {"this": [], "against": []})[version].append(r["own_us"])
     print(f"this: {here}; against: {against}; {args.processes} processes each, alternating")
     print(
-        "| operator | n | steps | reorth | own work a step (µs) | against (µs) | against / this |"
+        "| operator | n | steps | reorth | basis | own work a step (µs) | against (µs) | "
+        "against / this |"
     )
-    print("|---|---:|---:|---|---:|---:|---:|")
-    for (label, n, steps, mode), runs in own.items():
+    print("|---|---:|---:|---|---|---:|---:|---:|")
+    for (label, n, steps, mode, basis), runs in own.items():
         a, b = statistics.median(runs["this"]), statistics.median(runs["against"])
         print(
-            f"| {label} | {n:,} | {steps} | {mode} | {a:.0f} ({min(runs['this']):.0f}-"
+            f"| {label} | {n:,} | {steps} | {mode} | {basis} | {a:.0f} ({min(runs['this']):.0f}-"
             f"{max(runs['this']):.0f}) | {b:.0f} ({min(runs['against']):.0f}-"
             f"{max(runs['against']):.0f}) | {b / a:.2f} |"
         )
@@ -205,6 +216,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=bench_scale.positive, default=30)
     parser.add_argument("--reorth", default="full,partial")
     parser.add_argument(
+        "--basis", default="memory", help=f"Lanczos rows, any of {', '.join(BASES)} (memory)"
+    )
+    parser.add_argument(
         "--against", default=None, help="another checkout's src directory to compare with"
     )
     parser.add_argument("--processes", type=bench_scale.positive, default=4)
@@ -212,6 +226,7 @@ def main() -> None:
     args = parser.parse_args()
     # every argument checked here, before any process or model is started
     bench_scale.listed(parser, "--reorth", args.reorth, ("full", "partial"))
+    bench_scale.listed(parser, "--basis", args.basis, BASES)
     _numbers(parser, "--n", args.n, 1)
     _numbers(parser, "--evict-mb", args.evict_mb, 0)
     if args.row is not None:
@@ -225,12 +240,12 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows))
         return
-    print("| operator | n | steps | reorth | own work a step (µs) | product (ms) |")
-    print("|---|---:|---:|---|---:|---:|")
+    print("| operator | n | steps | reorth | basis | own work a step (µs) | product (ms) |")
+    print("|---|---:|---:|---|---|---:|---:|")
     for r in rows:
         low, high = r["own_range_us"]
         print(
-            f"| {r['operator']} | {r['n']:,} | {r['steps']} | {r['reorth']} | "
+            f"| {r['operator']} | {r['n']:,} | {r['steps']} | {r['reorth']} | {r['basis']} | "
             f"{r['own_us']:.0f} ({low:.0f}-{high:.0f}) | {r['product_ms']:.3f} |"
         )
 

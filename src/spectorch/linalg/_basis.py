@@ -182,17 +182,26 @@ class BlockBasis:
             store = dtype if mode == "memory" else torch.float32
             # every row is written (push) before it is read
             self.Q = torch.empty(b, steps, n, dtype=store, device=device) if out is None else out
-        if mode == "memory":
-            # the views a step works on, made once: row j of every recurrence, and rows
-            # j-1 and j of each side by side as the columns of an (n, 2) matrix
+            # the views a step works on, made once: row j of every recurrence
             self._rows = self.Q.unbind(1)
+        if mode == "memory":
+            # and rows j-1 and j of each side by side as the columns of an (n, 2) matrix
             pairs = [self.Q[d].unfold(0, 2, 1) for d in range(b)] if steps > 1 else []
             self._pairs = [p.unbind(0) for p in pairs]
+        else:
+            # the last two vectors in the recurrence dtype, row k in slot k % 2 (the
+            # stored rows are float32 or on disk): the columns of an (n, 2) matrix, so
+            # that the recurrence takes both terms in one pass over w, as in memory mode
+            window = torch.empty(b, 2, n, dtype=dtype, device=device)
+            self._slots = window.unbind(1)
+            self._window = [window[d].T for d in range(b)]
 
     def set(self, j: int, rows: torch.Tensor) -> None:
         """Store row ``j`` of every recurrence from ``rows`` of shape ``(b, n)``."""
         if self.Q is not None:
-            self.Q[:, j] = rows.to(self.Q.dtype)
+            # converted as it is copied: no temporary (at 10⁷ entries a new one is
+            # 40 MB of fresh memory a step)
+            self._rows[j].copy_(rows)
         else:
             for d, f in enumerate(self.files):
                 f.write(j, rows[d])
@@ -200,17 +209,19 @@ class BlockBasis:
     def push(self, j: int, w: torch.Tensor, scale: list[float]) -> torch.Tensor:
         """Store ``w`` times ``scale`` (one factor per row: the reciprocals of the
         norms) as row ``j`` and return it in the recurrence dtype: in ``"memory"``
-        mode a view of the stored rows, written in one pass; otherwise ``w`` itself,
-        scaled in place. A product with the reciprocal rather than a division: on the
+        mode a view of the stored rows, written in one pass; otherwise a view of the
+        window of the last two vectors, then converted into the stored row. ``w`` is
+        left as it was. A product with the reciprocal rather than a division: on the
         CPU a division costs several times a product's arithmetic."""
         factor = scale[0] if self.b == 1 else w.new_tensor(scale)[:, None]
         if self.mode == "memory":
             out = self._rows[j]
             torch.mul(w, factor, out=out)
             return out
-        w = w.mul_(factor)
-        self.set(j, w)
-        return w
+        out = self._slots[j % 2]  # over row j − 2, no longer needed
+        torch.mul(w, factor, out=out)
+        self.set(j, out)
+        return out
 
     def recurrence(
         self,
@@ -221,16 +232,20 @@ class BlockBasis:
         coef: torch.Tensor,
     ) -> None:
         """The three-term recurrence in place: ``w -= α q + β q_prev`` with ``coef`` the
-        ``(b, 2)`` coefficients ``(β, α)`` (no ``β`` term at ``j = 0``). In ``"memory"``
-        mode ``q`` and ``q_prev`` are rows ``j`` and ``j − 1`` of the basis, side by
-        side, so both terms go in one pass over ``w``."""
-        if self.mode == "memory" and j > 0:
+        ``(b, 2)`` coefficients ``(β, α)`` (no ``β`` term at ``j = 0``). ``q`` and
+        ``q_prev`` are side by side, so both terms go in one pass over ``w``: rows
+        ``j − 1`` and ``j`` of the basis in ``"memory"`` mode, else the window's two
+        slots, in the order ``(q_prev, q)`` for odd ``j`` and ``(q, q_prev)`` for even
+        ``j`` (the coefficients reversed)."""
+        if j == 0:
+            w.addcmul_(q, coef[:, 1:], value=-1.0)
+        elif self.mode == "memory":
             for d in range(self.b):
                 w[d].addmv_(self._pairs[d][j - 1], coef[d], alpha=-1.0)
-            return
-        w.addcmul_(q, coef[:, 1:], value=-1.0)
-        if j > 0:
-            w.addcmul_(q_prev, coef[:, :1], value=-1.0)
+        else:
+            for d in range(self.b):
+                c = coef[d] if j % 2 else coef[d].flip(0)
+                w[d].addmv_(self._window[d], c, alpha=-1.0)
 
     def orthogonalize(
         self,

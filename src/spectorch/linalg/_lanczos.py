@@ -396,9 +396,9 @@ def lanczos_block(
     if workspace is not None:
         kept_dtype = torch.float32 if basis == "float32" else dtype
         _check_workspace(workspace, (b, steps, n), kept_dtype, device, basis)
-    # never the caller's tensor: "memory" mode writes q0 / norms into its own rows, the
-    # other modes scale a copy in place
-    q0 = starts.to(device=device, dtype=dtype, copy=basis != "memory")
+    # never the caller's tensor: each mode writes q0 / norms into its own rows (or its
+    # window of the last two vectors) and leaves q0 as it was
+    q0 = starts.to(device=device, dtype=dtype)
     norms = q0.norm(dim=1).tolist()
     if not all(math.isfinite(x) and x > 0 for x in norms):
         raise ValueError("every start vector must be finite and non-zero")
@@ -413,13 +413,10 @@ def lanczos_block(
         names=basis_names,
         out=workspace,
     )
-    q = store.push(0, q0, [1.0 / x for x in norms])  # in memory mode a view of the stored row
-    # never read before it is written (β q_prev enters from step 1); in memory mode the
-    # recurrence reads the basis rows instead, elsewhere it is the first spare buffer
-    if basis == "memory":
-        q_prev = q.new_empty(0)
-    else:
-        q_prev = torch.empty(b, n, dtype=dtype, device=device)
+    q = store.push(0, q0, [1.0 / x for x in norms])  # a view of the stored row (or window)
+    # never read: β q_prev enters from step 1, when q_prev is row 0 (the recurrence reads
+    # it from the basis rows, or the window, beside q)
+    q_prev = q.new_empty(0)
     # the coefficients side by side, (β_{j-1}, α_j) in coefs[:, j]: the three-term
     # recurrence takes its two coefficients as one view, no tensor built per step
     coefs = torch.zeros(b, steps, 2, dtype=dtype, device=device)
@@ -453,9 +450,8 @@ def lanczos_block(
         driven = _coarsest(stored, operator_precision(op))
         levels = [_Orthogonality(n, steps, dtype, driven, stored) for _ in range(b)]
     # An operator that takes out= writes each product into a vector kept from step to
-    # step: at 10⁸ entries a new one costs more (page faults) than the arithmetic.
-    # "memory" mode frees w at every step (push copies it into the basis); the other
-    # modes keep w as the next q, and the old q_prev is the vector freed.
+    # step: at 10⁸ entries a new one costs more (page faults) than the arithmetic. w is
+    # free again at every step (push copies it into the basis, or the window).
     spare = None
     if op.dtype == dtype and accepts_out(op, block=b > 1):
         spare = torch.empty(b, n, dtype=dtype, device=device)
@@ -541,11 +537,8 @@ def lanczos_block(
             if levels is not None:
                 for d in rows:
                     levels[d].kept(j, previous[d])
-            freed = w if basis == "memory" else q_prev
             scale = [1.0 / x if active[d] else 1.0 for d, x in enumerate(bt)]
             q_prev, q = q, store.push(j + 1, w, scale)
-            if spare is not None:
-                spare = freed
     except BaseException:
         store.discard()
         raise
