@@ -163,6 +163,7 @@ class BlockBasis:
         self.dtype, self.device = dtype, device
         self.files: list[DiskRows] = []
         self._converted: torch.Tensor | None = None  # float32 mode's conversion chunk
+        self._update: torch.Tensor | None = None  # and its update chunk, float32
         #: Gram-Schmidt passes so far, and basis rows they read, per recurrence
         self.passes = [0] * b
         self.rows_read = [0] * b
@@ -332,26 +333,35 @@ class BlockBasis:
         return torch.cat(removed) if removed else x.new_zeros(0)
 
     def _converted_pass(self, x: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
-        """Classical Gram-Schmidt of ``x`` against the float32 rows ``Q`` in ``x``'s
-        dtype: the rows are exact in it, so only the storage is float32. A pass in
-        float32 arithmetic (rounding ``x``, accumulating the products in float32) left
-        the Ritz values of a float32 network 7-124x less accurate than a float64 basis
-        gives (``benchmarks/accuracy_basis.py``); converted, they are as accurate."""
+        """Classical Gram-Schmidt of ``x`` against the float32 rows ``Q``: the
+        coefficients ``c = Q x`` in ``x``'s dtype, the rows converted a column chunk at
+        a time (exact in it), and the update ``x -= Qᵀ c`` from the float32 rows as they
+        are, ``c`` rounded to float32. Coefficients accumulated in float32 (a sum over
+        ``n`` entries) left the Ritz values of a float32 network 7-124x less accurate
+        than a float64 basis gives (``benchmarks/accuracy_basis.py``); the update's
+        float32 round-off is ``eps32`` relative to ``‖Qᵀc‖ <= ‖c‖``, which is small but
+        after a cancellation (and DGKS's second pass then removes what it left), below
+        the rounding the float32 rows carry themselves. Converting the rows for the
+        update too made a pass cost about twice a float64 basis's."""
         m, n = Q.shape
         limit = _CONVERT_BYTES.get(x.device.type, _CONVERT_BYTES_ELSE) // x.element_size()
         cols = max(1, min(n, limit // m))
         if self._converted is None or self._converted.numel() < m * cols:
             self._converted = torch.empty(m * cols, dtype=x.dtype, device=x.device)
         c = torch.zeros(m, dtype=x.dtype, device=x.device)
-        for sweep in (0, 1):  # the coefficients, then the update
-            for a in range(0, n, cols):
-                b = min(n, a + cols)
-                chunk = self._converted[: m * (b - a)].view(m, b - a)
-                chunk.copy_(Q[:, a:b])
-                if sweep == 0:
-                    c.addmv_(chunk, x[a:b])
-                else:
-                    x[a:b].addmv_(chunk.T, c, alpha=-1.0)
+        for a in range(0, n, cols):  # the coefficients, in x's dtype
+            b = min(n, a + cols)
+            chunk = self._converted[: m * (b - a)].view(m, b - a)
+            chunk.copy_(Q[:, a:b])
+            c.addmv_(chunk, x[a:b])
+        c32 = c.to(Q.dtype)
+        if self._update is None or self._update.numel() < cols:
+            self._update = torch.empty(cols, dtype=Q.dtype, device=x.device)
+        for a in range(0, n, cols):  # the update, from the rows as stored
+            b = min(n, a + cols)
+            u = self._update[: b - a]
+            torch.mv(Q[:, a:b].T, c32, out=u)
+            x[a:b].sub_(u)
         return c
 
     def result(self, d: int, m: int) -> tuple[torch.Tensor, DiskRows | None]:
