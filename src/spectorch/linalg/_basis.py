@@ -128,9 +128,10 @@ class BlockBasis:
         mode: ``"memory"`` keeps the rows in the recurrence ``dtype`` on its device;
             ``"float32"`` keeps them in float32 (half the memory of float64; the basis
             is then orthogonal to about 1e-7, which bounds how accurately interior
-            Ritz values separate) and reorthogonalises in the recurrence ``dtype``,
-            converting the rows a column chunk at a time (float32 products would add
-            float32 round-off at every pass);
+            Ritz values separate) and reorthogonalises with coefficients in the
+            recurrence ``dtype``, converting the rows a column chunk at a time
+            (summed in float32 they would add float32 round-off at every pass), and
+            the update from the float32 rows as stored;
             ``"disk"`` writes them to ``.npy`` files in ``directory`` and reads them back
             chunk by chunk (block modified Gram-Schmidt), so resident memory no longer
             grows with the number of steps.
