@@ -699,6 +699,8 @@ def test_auto_basis_is_float32_only_where_the_products_are():
         assert resolve_basis(basis, f32, "partial") == basis
     with pytest.raises(ValueError, match="basis must be one of"):
         resolve_basis("ram", f32)
+    with pytest.raises(ValueError, match=r"dtype must be a floating torch\.dtype"):
+        resolve_basis("auto", f32, "partial", "float64")
     res = lanczos(Network(), 3, seed=0, reorth="partial", basis="auto")
     assert res.basis.dtype == torch.float32
     assert lanczos(Network(), 3, seed=0, basis="auto").basis.dtype == torch.float64

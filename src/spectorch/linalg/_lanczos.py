@@ -643,6 +643,8 @@ def resolve_basis(
     """
     if basis not in BASIS_MODES:
         raise ValueError(f"basis must be one of {list(BASIS_MODES)}, got {basis!r}")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     if basis != "auto":
         return basis
     eps32 = torch.finfo(torch.float32).eps
