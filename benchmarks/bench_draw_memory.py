@@ -2,6 +2,7 @@
 
     python benchmarks/bench_draw_memory.py --n 5e7 --draws 5 --basis float32
     python benchmarks/bench_draw_memory.py --n 5e7 --draws 5 --basis memory
+    python benchmarks/bench_draw_memory.py --n 5e7 --draws 5 --basis float32 --scratch none
 
 A density's draws write their Lanczos rows into one basis kept from draw to draw
 (``lanczos_block``'s ``workspace``), so only the first draw touches those rows'
@@ -12,9 +13,12 @@ into ``out=`` and declares a float32 ``compute_dtype`` (``bench_loop.py``'s), in
 workspace of ``--basis`` rows written once before the first draw. For each draw it
 prints the CPU time a step (the diagonal product is a few ms of it), the minor page
 faults (as GB of 4 KB pages) and the system time among them. With float32 rows a
-draw also allocates the float64 window of the last two vectors and the float64
-vector the products are written into; with float64 rows only the latter. One
-process, CPU time, one thread.
+run also needs the float64 window of the last two vectors, the float64 vector the
+products are written into and the float64 start vector; with float64 rows only the
+product vector (the start is drawn into the first row). ``--scratch keep`` (the
+default, as ``spectral_density`` does) keeps them from draw to draw
+(``lanczos_block``'s ``scratch``); ``--scratch none`` makes them anew in every draw,
+as every draw did before. One process, CPU time, one thread.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_loop import Diagonal
 
-from spectorch.linalg import lanczos_block
+from spectorch.linalg import lanczos_block, random_start
 
 
 def _usage() -> tuple[float, int, float]:
@@ -44,6 +48,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--basis", choices=("memory", "float32"), default="float32")
+    parser.add_argument("--scratch", choices=("keep", "none"), default="keep")
     args = parser.parse_args()
     n = int(args.n)
     if n < 2 or args.steps < 2 or args.draws < 1:
@@ -53,12 +58,28 @@ def main() -> None:
     kept = torch.float32 if args.basis == "float32" else torch.float64
     rows = torch.zeros(1, args.steps, n, dtype=kept)  # written once, as a first draw would
     g = torch.Generator().manual_seed(0)
-    print(f"n = {n:,}, {args.steps} steps, {args.basis} rows ({rows.nbytes / 1e9:.2f} GB)")
+    print(
+        f"n = {n:,}, {args.steps} steps, {args.basis} rows ({rows.nbytes / 1e9:.2f} GB), "
+        f"scratch {args.scratch}"
+    )
+    scratch: dict | None = {} if args.scratch == "keep" else None
     for d in range(args.draws):
-        start = torch.randn(1, n, generator=g, dtype=torch.float64)
         before = _usage()
+        if args.basis == "memory":  # drawn into the first row, as the density does
+            start = rows[:, 0]
+        elif scratch is not None:
+            start = scratch.setdefault("starts", torch.empty(1, n, dtype=torch.float64))
+        else:
+            start = torch.empty(1, n, dtype=torch.float64)
+        random_start(n, generator=g, out=start[0])
         result = lanczos_block(
-            op, args.steps, start, basis=args.basis, reorth="partial", workspace=rows
+            op,
+            args.steps,
+            start,
+            basis=args.basis,
+            reorth="partial",
+            workspace=rows,
+            scratch=scratch,
         )
         after = _usage()
         del result, start

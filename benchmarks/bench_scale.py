@@ -333,14 +333,21 @@ def libraries(
 # ---------------------------------------------------------------------- one row
 def _written_rows(rows: list, steps: int, dim: int, kept: torch.dtype = F64) -> bool:
     """The basis rows of a density's draws, of dtype ``kept`` (float32 for float32
-    rows), written (as its first draw does) into ``rows`` (a list) unless it holds
-    such rows already (with ``--basis auto`` full reorthogonalisation's draws keep
-    float64 rows and partial's float32 ones: each writes its own before its run, the
-    other's freed first); whether they were."""
+    rows), and their working vectors, written (as its first draw does) into ``rows``
+    (a list: the rows, the scratch dict) unless it holds such rows already (with
+    ``--basis auto`` full reorthogonalisation's draws keep float64 rows and partial's
+    float32 ones: each writes its own before its run, the other's freed first);
+    whether they were."""
     if rows and rows[0].dtype == kept:
         return False
     rows.clear()
     rows.append(torch.empty(1, steps, dim, dtype=kept, device=DEVICE).fill_(0.0))
+    # and the working vectors of the draws before (lanczos_block's scratch), written too
+    zeros = lambda *shape: torch.zeros(*shape, dtype=F64, device=DEVICE)  # noqa: E731
+    scratch = {"products": zeros(1, dim)}
+    if kept != F64:  # float32 rows: the window of the last two vectors, the start vector
+        scratch |= {"window": zeros(1, 2, dim), "starts": zeros(1, dim)}
+    rows.append(scratch)
     return True
 
 
@@ -361,18 +368,21 @@ def _hold_rows(libs: dict, name: str) -> bool:
 
 def _density_draw(op: Any, steps: int, rows: list, reorth: str) -> Any:
     """One draw of ``spectral_density`` after its first: its start drawn into the first
-    of the rows the earlier draws wrote, the Lanczos run into them (its workspace)."""
-    workspace = rows[0]
+    of the rows the earlier draws wrote, the Lanczos run into them (its workspace), its
+    working vectors those of the draws before (its scratch)."""
+    workspace, scratch = rows
     if workspace.dtype == F64:  # drawn straight into the first row, as the density does
         start = workspace[:, 0]
-        random_start(op.shape[0], kind="rademacher", generator=draw_generator(0, 1),
-                     out=start[0])  # fmt: skip
         basis = "memory"
-    else:  # float32 rows: the start is drawn in float64 and stored by the run
-        start = random_start(op.shape[0], kind="rademacher", generator=draw_generator(0, 1),
-                             device=workspace.device)[None]  # fmt: skip
+    else:  # float32 rows: the start drawn into a float64 vector kept, and stored by the run
+        if "starts" not in scratch:
+            scratch["starts"] = torch.empty(1, op.shape[0], dtype=F64, device=workspace.device)
+        start = scratch["starts"]
         basis = "float32"
-    return lanczos_block(op, steps, start, reorth=reorth, basis=basis, workspace=workspace)[0]
+    random_start(op.shape[0], kind="rademacher", generator=draw_generator(0, 1), out=start[0])
+    return lanczos_block(
+        op, steps, start, reorth=reorth, basis=basis, workspace=workspace, scratch=scratch
+    )[0]
 
 
 def measure_row(

@@ -577,9 +577,49 @@ def test_workspace_keeps_the_basis_and_changes_nothing(spectrum, basis):
         torch.testing.assert_close(space[1], reused[1].basis, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("basis", ["memory", "float32", "disk"])
+def test_scratch_keeps_the_working_vectors_and_changes_nothing(basis, tmp_path):
+    # runs one after another reuse the product vector and (with float32 or disk rows)
+    # the window of the last two vectors; they are filled with NaN in between, so a
+    # value read before it is written would show
+    A = torch.diag(_hessian_like(300))
+    op = _Into(A)  # takes out=: the products go into the kept vector
+    scratch: dict = {}
+    for seed in (1, 2, 3):
+        starts = random_start(300, num=2, generator=_generator(seed))
+        fresh = lanczos_block(op, 30, starts, basis=basis, basis_dir=tmp_path / f"a{seed}")
+        kept = {k: v.data_ptr() for k, v in scratch.items()}
+        reused = lanczos_block(
+            op, 30, starts, basis=basis, basis_dir=tmp_path / f"b{seed}", scratch=scratch
+        )
+        for x, y in zip(fresh, reused, strict=True):
+            assert torch.equal(x.alphas, y.alphas) and torch.equal(x.betas, y.betas)
+            assert torch.equal(x.basis, y.basis)
+        expected = {"products"} | ({"window"} if basis != "memory" else set())
+        assert set(scratch) == expected
+        assert scratch["products"].shape == (2, 300)
+        if basis != "memory":
+            assert scratch["window"].shape == (2, 2, 300)
+        if kept:  # the same memory as the run before
+            assert {k: v.data_ptr() for k, v in scratch.items()} == kept
+        for v in scratch.values():
+            v.fill_(float("nan"))
+    # entries that do not fit (shape, dtype) are replaced, not an error
+    scratch = {"products": torch.empty(3, 300), "window": "not a tensor"}
+    starts = random_start(300, num=2, generator=_generator(1))
+    again = lanczos_block(op, 30, starts, basis=basis, basis_dir=tmp_path / "c", scratch=scratch)
+    plain = lanczos_block(op, 30, starts, basis=basis, basis_dir=tmp_path / "d")
+    for x, y in zip(plain, again, strict=True):
+        assert torch.equal(x.alphas, y.alphas) and torch.equal(x.betas, y.betas)
+    assert scratch["products"].shape == (2, 300) and scratch["products"].dtype == torch.float64
+    if basis != "memory":
+        assert isinstance(scratch["window"], torch.Tensor)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
+        ({"scratch": [1.0]}, "scratch must be a dict or None, got list"),
         ({"workspace": torch.empty(1, 5, 60, dtype=torch.float64)}, r"shape \(2, 6, 60\)"),
         ({"workspace": torch.empty(2, 6, 60, dtype=torch.float32)}, "dtype torch.float64"),
         ({"workspace": torch.empty(2, 60, 6, dtype=torch.float64).mT}, "not contiguous"),

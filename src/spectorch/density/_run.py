@@ -265,6 +265,10 @@ def spectral_density(
     # would be fresh memory, a page fault per 4 KB page of every row (at 10⁸
     # parameters more than the arithmetic on the row); the carried rows get their own
     carried = None
+    # and one set of the runs' working vectors (lanczos_block's scratch), and of the
+    # start vectors where they are not drawn into the rows: with float32 rows a
+    # draw would otherwise make five full-length float64 vectors anew
+    scratch: dict = {}
     device = operator_device(op)  # the starts are built there, from words drawn on the CPU
     total = len(indices)
     bar = tqdm(total=total, initial=total - len(todo), desc="draws", disable=not progress)
@@ -285,11 +289,14 @@ def spectral_density(
                     generator = draw_generator(seed, k)
                     random_start(n, kind=start, generator=generator, device=device, out=row)
             else:
-                starts = [
-                    random_start(n, kind=start, generator=draw_generator(seed, k), device=device)
-                    for k in group
-                ]
-                starts = torch.stack(starts)
+                drawn = scratch.get("starts")
+                if drawn is None or drawn.shape[0] < len(group):
+                    drawn = torch.empty(len(group), n, dtype=torch.float64, device=device)
+                    scratch["starts"] = drawn
+                starts = drawn[: len(group)]
+                for row, k in zip(starts, group, strict=True):
+                    generator = draw_generator(seed, k)
+                    random_start(n, kind=start, generator=generator, device=device, out=row)
             t0 = time.perf_counter()
             results = lanczos_block(
                 op,
@@ -303,6 +310,7 @@ def spectral_density(
                 progress=progress,
                 desc=f"draw {group[0]}",
                 workspace=None if basis == "disk" else space,
+                scratch=scratch,
             )
             seconds = (time.perf_counter() - t0) / len(group)
             try:

@@ -141,6 +141,9 @@ class BlockBasis:
         out: with ``"memory"`` or ``"float32"``, a ``(b, steps, n)`` tensor of the
             stored dtype to keep the rows in instead of a new one (checked by
             :func:`~spectorch.linalg.lanczos_block`, which takes it as ``workspace``).
+        window: with ``"float32"`` or ``"disk"``, a contiguous ``(b, 2, n)`` tensor of
+            ``dtype`` on ``device`` for the last two vectors instead of a new one
+            (``lanczos_block``'s ``scratch``).
     """
 
     def __init__(
@@ -155,6 +158,7 @@ class BlockBasis:
         directory: str | os.PathLike | None = None,
         names: list[str] | None = None,
         out: torch.Tensor | None = None,
+        window: torch.Tensor | None = None,
     ) -> None:
         if mode not in _STORED:
             raise ValueError(f"basis must be one of {list(_STORED)}, got {mode!r}")
@@ -194,7 +198,8 @@ class BlockBasis:
             # the last two vectors in the recurrence dtype, row k in slot k % 2 (the
             # stored rows are float32 or on disk): the columns of an (n, 2) matrix, so
             # that the recurrence takes both terms in one pass over w, as in memory mode
-            window = torch.empty(b, 2, n, dtype=dtype, device=device)
+            if window is None:
+                window = torch.empty(b, 2, n, dtype=dtype, device=device)
             self._slots = window.unbind(1)
             self._window = [window[d].T for d in range(b)]
 

@@ -352,6 +352,7 @@ def lanczos_block(
     progress: bool = False,
     desc: str = "lanczos",
     workspace: torch.Tensor | None = None,
+    scratch: dict | None = None,
 ) -> list[LanczosResult]:
     """Run independent Lanczos recurrences from the rows of ``starts`` side by side.
 
@@ -374,6 +375,15 @@ def lanczos_block(
             than a pass over a used one (a page fault each): at 10⁸ parameters 0.5-2 s
             per basis row on the CPU measured here, more the more the process holds
             (docs/benchmarks.md).
+        scratch: a dict that keeps the run's working vectors from one call to the
+            next: the vector the products are written into and, with float32 or disk
+            rows, the window of the last two vectors in ``dtype`` (keys
+            ``"products"``, ``(b, n)``, and ``"window"``, ``(b, 2, n)``; other keys
+            are left alone). A call takes them from it where their shape, dtype and
+            device fit, else makes them and leaves them there. For runs one after
+            another, as ``workspace``: with float32 rows each run otherwise makes 3
+            full-length float64 vectors anew, 2.4 GB at 10⁸ parameters
+            (``benchmarks/bench_draw_memory.py``).
 
     Returns:
         One :class:`LanczosResult` per row of ``starts``.
@@ -389,6 +399,8 @@ def lanczos_block(
     if breakdown_tol is None:
         breakdown_tol = max(1000, n) * torch.finfo(dtype).eps
     _check_reorth(reorth)
+    if scratch is not None and not isinstance(scratch, dict):
+        raise ValueError(f"scratch must be a dict or None, got {type(scratch).__name__}")
     basis = resolve_basis(basis, op, reorth, dtype)
     reorth = resolve_reorth(reorth, op)
     device = operator_device(op)
@@ -412,6 +424,7 @@ def lanczos_block(
         directory=basis_dir,
         names=basis_names,
         out=workspace,
+        window=None if basis == "memory" else _kept(scratch, "window", (b, 2, n), dtype, device),
     )
     q = store.push(0, q0, [1.0 / x for x in norms])  # a view of the stored row (or window)
     # never read: β q_prev enters from step 1, when q_prev is row 0 (the recurrence reads
@@ -454,7 +467,7 @@ def lanczos_block(
     # free again at every step (push copies it into the basis, or the window).
     spare = None
     if op.dtype == dtype and accepts_out(op, block=b > 1):
-        spare = torch.empty(b, n, dtype=dtype, device=device)
+        spare = _kept(scratch, "products", (b, n), dtype, device)
 
     # no bar object at all without progress: a disabled one costs 17 µs to make, hot
     bar = tqdm(total=steps, desc=desc, leave=False, unit="step") if progress else None
@@ -562,6 +575,28 @@ def lanczos_block(
             )
         )
     return results
+
+
+def _kept(
+    scratch: dict | None, key: str, shape: tuple[int, ...], dtype: torch.dtype, device: Any
+) -> torch.Tensor:
+    """An uninitialised tensor of ``shape``, ``dtype`` on ``device``: ``scratch[key]``
+    where it is one, else a new one, left in ``scratch`` for the next call."""
+    kept = None if scratch is None else scratch.get(key)
+    where = torch.device(device)
+    if (
+        isinstance(kept, torch.Tensor)
+        and tuple(kept.shape) == shape
+        and kept.dtype == dtype
+        and kept.device.type == where.type
+        and (where.index is None or kept.device.index == where.index)
+        and kept.is_contiguous()
+    ):
+        return kept
+    kept = torch.empty(shape, dtype=dtype, device=device)
+    if scratch is not None:
+        scratch[key] = kept
+    return kept
 
 
 def _check_workspace(
