@@ -11,11 +11,12 @@ runs of ``--steps`` steps (partial reorthogonalisation, the density's default on
 float32 networks) on a diagonal operator of ``--n`` entries that writes its product
 into ``out=`` and declares a float32 ``compute_dtype`` (``bench_loop.py``'s), into one
 workspace of ``--basis`` rows written once before the first draw. For each draw it
-prints the CPU time a step (the diagonal product is a few ms of it), the minor page
-faults (as GB of 4 KB pages) and the system time among them. With float32 rows a
-run also needs the float64 window of the last two vectors, the float64 vector the
-products are written into and the float64 start vector; with float64 rows only the
-product vector (the start is drawn into the first row). ``--scratch keep`` (the
+prints the CPU time a step (the loop's own work and the diagonal product, one pass
+over three vectors), the minor page faults (as GB of 4 KB pages) and the system
+time among them. With float32 rows a run also needs the float64 window of the last
+two vectors, the float64 vector the products are written into and the float64
+start vector; with float64 rows only the product vector (the start is drawn into
+the first row). ``--scratch keep`` (the
 default, as ``spectral_density`` does) keeps them from draw to draw
 (``lanczos_block``'s ``scratch``); ``--scratch none`` makes them anew in every draw,
 as every draw did before. One process, CPU time, one thread.
@@ -67,10 +68,12 @@ def main() -> None:
         before = _usage()
         if args.basis == "memory":  # drawn into the first row, as the density does
             start = rows[:, 0]
-        elif scratch is not None:
-            start = scratch.setdefault("starts", torch.empty(1, n, dtype=torch.float64))
+        elif scratch is not None and "starts" in scratch:  # the start vector kept
+            start = scratch["starts"]
         else:
             start = torch.empty(1, n, dtype=torch.float64)
+            if scratch is not None:
+                scratch["starts"] = start
         random_start(n, generator=g, out=start[0])
         result = lanczos_block(
             op,
