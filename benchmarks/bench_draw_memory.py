@@ -14,12 +14,13 @@ workspace of ``--basis`` rows written once before the first draw. For each draw 
 prints the CPU time a step (the loop's own work and the diagonal product, one pass
 over three vectors), the minor page faults (as GB of 4 KB pages) and the system
 time among them. With float32 rows a run also needs the float64 window of the last
-two vectors, the float64 vector the products are written into and the float64
-start vector; with float64 rows only the product vector (the start is drawn into
-the first row). ``--scratch keep`` (the
-default, as ``spectral_density`` does) keeps them from draw to draw
-(``lanczos_block``'s ``scratch``); ``--scratch none`` makes them anew in every draw,
-as every draw did before. One process, CPU time, one thread.
+two vectors and the float64 vector the products are written into; with float64 rows
+only the product vector. ``--scratch keep`` (the default, as ``spectral_density``
+does) keeps them from draw to draw (``lanczos_block``'s ``scratch``) and draws each
+start into the first row, or with float32 rows into the window's first slot;
+``--scratch none`` makes them anew in every draw and, with float32 rows, draws the
+start into a float64 vector of its own, as every draw did before. One process, CPU
+time, one thread.
 """
 
 from __future__ import annotations
@@ -68,12 +69,12 @@ def main() -> None:
         before = _usage()
         if args.basis == "memory":  # drawn into the first row, as the density does
             start = rows[:, 0]
-        elif scratch is not None and "starts" in scratch:  # the start vector kept
-            start = scratch["starts"]
+        elif scratch is not None:  # into the first slot of the window, kept
+            if "window" not in scratch:
+                scratch["window"] = torch.empty(1, 2, n, dtype=torch.float64)
+            start = scratch["window"][:, 0]
         else:
             start = torch.empty(1, n, dtype=torch.float64)
-            if scratch is not None:
-                scratch["starts"] = start
         random_start(n, generator=g, out=start[0])
         result = lanczos_block(
             op,

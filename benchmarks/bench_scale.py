@@ -345,8 +345,8 @@ def _written_rows(rows: list, steps: int, dim: int, kept: torch.dtype = F64) -> 
     # and the working vectors of the draws before (lanczos_block's scratch), written too
     zeros = lambda *shape: torch.zeros(*shape, dtype=F64, device=DEVICE)  # noqa: E731
     scratch = {"products": zeros(1, dim)}
-    if kept != F64:  # float32 rows: the window of the last two vectors, the start vector
-        scratch |= {"window": zeros(1, 2, dim), "starts": zeros(1, dim)}
+    if kept != F64:  # float32 rows: the window of the last two vectors (the start in its first)
+        scratch["window"] = zeros(1, 2, dim)
     rows.append(scratch)
     return True
 
@@ -374,10 +374,10 @@ def _density_draw(op: Any, steps: int, rows: list, reorth: str) -> Any:
     if workspace.dtype == F64:  # drawn straight into the first row, as the density does
         start = workspace[:, 0]
         basis = "memory"
-    else:  # float32 rows: the start drawn into a float64 vector kept, and stored by the run
-        if "starts" not in scratch:
-            scratch["starts"] = torch.empty(1, op.shape[0], dtype=F64, device=workspace.device)
-        start = scratch["starts"]
+    else:  # float32 rows: drawn into the first slot of the window of the last two vectors
+        if "window" not in scratch:
+            scratch["window"] = torch.empty(1, 2, op.shape[0], dtype=F64, device=workspace.device)
+        start = scratch["window"][:, 0]
         basis = "float32"
     random_start(op.shape[0], kind="rademacher", generator=draw_generator(0, 1), out=start[0])
     return lanczos_block(

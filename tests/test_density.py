@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -13,13 +14,14 @@ from conftest import matrix_with_spectrum
 from spectorch.density import (
     SpectralDensity,
     combine_densities,
+    draw_generator,
     eigv_to_density,
     load_density,
     spectral_density,
     tridiag_to_density,
     tridiag_to_eigv,
 )
-from spectorch.linalg import lanczos
+from spectorch.linalg import deflated_trace_sample, lanczos, lanczos_block, random_start
 
 
 def _spectrum(n: int = 300) -> torch.Tensor:
@@ -168,6 +170,34 @@ def test_reused_basis_keeps_the_carried_probe():
     all_ = spectral_density(A, steps=15, draws=5, seed=3, probes_per_pass=5, progress=False)
     assert len(one.trace_samples) == 4
     np.testing.assert_allclose(one.trace_samples, all_.trace_samples, rtol=1e-12)
+
+
+@pytest.mark.parametrize("basis", ["memory", "float32", "disk"])
+@pytest.mark.parametrize("per_pass", [1, 2])
+def test_each_draw_is_the_run_from_its_own_start(basis, per_pass):
+    # the starts are drawn where the runs keep them (the basis's first row; with float32
+    # or disk rows the first slot of the runs' window), the last group is smaller, and
+    # the previous draw's first rows are carried as stored: every draw is still the run
+    # from draw_generator's vector, bit for bit, and so is each deflated trace sample
+    A = matrix_with_spectrum(_spectrum(60))
+    dens = spectral_density(
+        A, steps=15, draws=5, seed=3, basis=basis, probes_per_pass=per_pass, progress=False
+    )
+    runs = []
+    for first in range(0, 5, per_pass):
+        group = range(first, min(5, first + per_pass))
+        starts = torch.stack([random_start(60, generator=draw_generator(3, k)) for k in group])
+        runs += lanczos_block(A, 15, starts, basis=basis)
+    ts = [r.tridiagonal.numpy() for r in runs]
+    samples = []
+    for previous, res in itertools.pairwise(runs):
+        q0, q1 = previous.row(0), previous.row(1)
+        z, az = 60**0.5 * q0, 60**0.5 * (previous.alphas[0] * q0 + previous.betas[0] * q1)
+        samples.append(deflated_trace_sample(res, res.tridiagonal, z, az))
+    want = SpectralDensity.from_tridiagonals(ts, 60, steps=15, trace_samples=samples)
+    for a, b in zip(want.nodes + want.weights, dens.nodes + dens.weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(want.trace_samples, dens.trace_samples)
 
 
 @pytest.mark.parametrize(

@@ -616,6 +616,46 @@ def test_scratch_keeps_the_working_vectors_and_changes_nothing(basis, tmp_path):
         assert isinstance(scratch["window"], torch.Tensor)
 
 
+@pytest.mark.parametrize("basis", ["float32", "disk"])
+def test_scratch_with_more_rows_lends_its_first(basis, tmp_path):
+    # a density's last group may be smaller than the others: its run takes the first
+    # rows of the kept vectors, and a start drawn into the window's first slot is
+    # normalised there, with the run the same as from a vector of its own
+    A = torch.diag(_hessian_like(300))
+    op = _Into(A)
+    scratch = {
+        "products": torch.full((3, 300), float("nan"), dtype=torch.float64),
+        "window": torch.full((3, 2, 300), float("nan"), dtype=torch.float64),
+    }
+    kept = {k: v.data_ptr() for k, v in scratch.items()}
+    starts = random_start(300, num=2, generator=_generator(6))
+    plain = lanczos_block(op, 30, starts, basis=basis, basis_dir=tmp_path / "a")
+    scratch["window"][:2, 0] = starts
+    inside = lanczos_block(
+        op, 30, scratch["window"][:2, 0], basis=basis, basis_dir=tmp_path / "b", scratch=scratch
+    )
+    assert {k: v.data_ptr() for k, v in scratch.items()} == kept
+    assert scratch["window"].shape == (3, 2, 300)
+    for x, y in zip(plain, inside, strict=True):
+        assert torch.equal(x.alphas, y.alphas) and torch.equal(x.betas, y.betas)
+        assert torch.equal(x.basis, y.basis)
+
+
+@pytest.mark.parametrize(
+    ("basis", "dtype"), [("memory", torch.float64), ("float32", torch.float64),
+                         ("float32", torch.float32), ("disk", torch.float64)]
+)  # fmt: skip
+def test_lanczos_draws_its_start_where_the_run_keeps_it(basis, dtype, tmp_path):
+    # lanczos draws its start into the basis's first row or, with float32 or disk rows,
+    # the window's first slot: the run is the one from the same vector passed in
+    A = torch.diag(_hessian_like(300))
+    got = lanczos(A, 30, seed=4, basis=basis, dtype=dtype, reorth="partial")
+    start = random_start(300, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    want = lanczos_block(A, 30, start[None], basis=basis, dtype=dtype, reorth="partial")[0]
+    assert torch.equal(got.alphas, want.alphas) and torch.equal(got.betas, want.betas)
+    assert torch.equal(got.basis, want.basis)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -265,9 +265,10 @@ def spectral_density(
     # would be fresh memory, a page fault per 4 KB page of every row (at 10⁸
     # parameters more than the arithmetic on the row); the carried rows get their own
     carried = None
-    # and one set of the runs' working vectors (lanczos_block's scratch), and of the
-    # start vectors where they are not drawn into the rows: with float32 rows a
-    # draw would otherwise make five full-length float64 vectors anew
+    # and one set of the runs' working vectors (lanczos_block's scratch), the start
+    # vectors drawn into the first row of their basis or, with float32 or disk rows,
+    # into the first slot of the runs' window: with float32 rows a draw would otherwise
+    # make five full-length float64 vectors anew
     scratch: dict = {}
     device = operator_device(op)  # the starts are built there, from words drawn on the CPU
     total = len(indices)
@@ -280,15 +281,25 @@ def spectral_density(
                     kept = dtype if basis == "memory" else torch.float32
                     shape = (len(group), steps, n)
                     workspace = torch.empty(shape, dtype=kept, device=operator_device(op))
-                if carried is None:
-                    carried = torch.empty(2, n, dtype=torch.float64, device=workspace.device)
+                if carried is None:  # as the rows are stored (float32 rows: half the memory)
+                    carried = torch.empty(2, n, dtype=workspace.dtype, device=workspace.device)
                 space = workspace[: len(group)]  # the last group may be smaller
             if basis == "memory" and dtype == torch.float64:  # straight into the basis rows
                 starts = space[:, 0]
                 for row, k in zip(starts, group, strict=True):
                     generator = draw_generator(seed, k)
                     random_start(n, kind=start, generator=generator, device=device, out=row)
-            else:
+            elif dtype == torch.float64:  # float32 or disk rows: into the first slot of
+                # the runs' window of their last two vectors (lanczos_block's scratch)
+                window = scratch.get("window")
+                if window is None or window.shape[0] < len(group):
+                    window = torch.empty(len(group), 2, n, dtype=dtype, device=device)
+                    scratch["window"] = window
+                starts = window[: len(group), 0]
+                for row, k in zip(starts, group, strict=True):
+                    generator = draw_generator(seed, k)
+                    random_start(n, kind=start, generator=generator, device=device, out=row)
+            else:  # drawn in float64 and rounded to the recurrence's dtype by the run
                 drawn = scratch.get("starts")
                 if drawn is None or drawn.shape[0] < len(group):
                     drawn = torch.empty(len(group), n, dtype=torch.float64, device=device)
@@ -327,9 +338,10 @@ def spectral_density(
                         run.save_draw(k, res, T, save_vectors, seconds, sample)
                 last = results[-1]
                 if last.steps >= 2:
-                    rows = (last.row(0), last.row(1))
                     if carried is not None:  # the next group overwrites the workspace
-                        rows = (carried[0].copy_(rows[0]), carried[1].copy_(rows[1]))
+                        rows = (carried[0].copy_(last.basis[0]), carried[1].copy_(last.basis[1]))
+                    else:
+                        rows = (last.row(0), last.row(1))
                     carry = {group[-1]: (*rows, last.alphas[0], last.betas[0])}
             finally:
                 for res in results:  # disk files not handed over to ``out``
@@ -368,8 +380,9 @@ def _probe_of(
         if res.steps < 2:
             return None
         q0, q1, a0, b0 = res.row(0), res.row(1), res.alphas[0], res.betas[0]
-    elif k in carry:
+    elif k in carry:  # the rows as stored (float32 rows: exact in float64)
         q0, q1, a0, b0 = carry[k]
+        q0, q1 = q0.to(torch.float64), q1.to(torch.float64)
     else:
         if run is None:
             return None

@@ -301,7 +301,7 @@ def lanczos(
     """
     op = as_operator(op)
     n = op.shape[0]
-    workspace = None
+    workspace = scratch = None
     _check_reorth(reorth)
     if isinstance(dtype, torch.dtype) and dtype.is_floating_point:  # else lanczos_block says
         basis = resolve_basis(basis, op, reorth, dtype)
@@ -311,13 +311,19 @@ def lanczos(
         starts = start.reshape(1, n)
     else:
         device = operator_device(op)
-        if basis == "memory" and dtype == torch.float64:
-            # drawn straight into the basis's first row: no full-length vector more
-            # (the arguments checked first, as lanczos_block would)
+        if (basis == "memory" and dtype == torch.float64) or basis in ("float32", "disk"):
+            # drawn straight into the basis's first row, or with float32 or disk rows
+            # into the first slot of the run's window of its last two vectors (in
+            # dtype): no full-length vector more, 0.8 GB of fresh memory at 10⁸
+            # entries (the arguments checked first, as lanczos_block would)
             _check_steps(steps, n)
             _check_start(start)
-            workspace = torch.empty(1, steps, n, dtype=dtype, device=device)
-            starts = workspace[:, 0]
+            if basis == "memory":
+                workspace = torch.empty(1, steps, n, dtype=dtype, device=device)
+                starts = workspace[:, 0]
+            else:
+                scratch = {"window": torch.empty(1, 2, n, dtype=dtype, device=device)}
+                starts = scratch["window"][:, 0]
             generator = make_generator(generator, seed)
             random_start(n, kind=start, generator=generator, dtype=dtype, device=device,
                          out=starts[0])  # fmt: skip
@@ -335,6 +341,7 @@ def lanczos(
         progress=progress,
         desc=desc,
         workspace=workspace,
+        scratch=scratch,
     )[0]
 
 
@@ -379,11 +386,15 @@ def lanczos_block(
             next: the vector the products are written into and, with float32 or disk
             rows, the window of the last two vectors in ``dtype`` (keys
             ``"products"``, ``(b, n)``, and ``"window"``, ``(b, 2, n)``; other keys
-            are left alone). A call takes them from it where their shape, dtype and
-            device fit, else makes them and leaves them there. For runs one after
-            another, as ``workspace``: with float32 rows each run otherwise makes 3
-            full-length float64 vectors anew, 2.4 GB at 10⁸ parameters
-            (``benchmarks/bench_draw_memory.py``).
+            are left alone). A call takes them from it where their shape (or their
+            first ``b`` rows, where they have more), dtype and device fit, else makes
+            them and leaves them there. For runs one after another, as ``workspace``:
+            with float32 rows each run otherwise makes 3 full-length float64 vectors
+            anew, 2.4 GB at 10⁸ parameters (``benchmarks/bench_draw_memory.py``).
+            ``starts`` may be the window's first slot (``scratch["window"][:, 0]``),
+            as a basis's first row may be in ``workspace``: the start vectors are
+            then drawn where the run keeps them, no vector more, and normalised in
+            place (:func:`lanczos` and the density draw theirs so).
 
     Returns:
         One :class:`LanczosResult` per row of ``starts``.
@@ -408,8 +419,9 @@ def lanczos_block(
     if workspace is not None:
         kept_dtype = torch.float32 if basis == "float32" else dtype
         _check_workspace(workspace, (b, steps, n), kept_dtype, device, basis)
-    # never the caller's tensor: each mode writes q0 / norms into its own rows (or its
-    # window of the last two vectors) and leaves q0 as it was
+    # each mode writes q0 / norms into its own rows (or its window of the last two
+    # vectors) and leaves the caller's starts as they were, unless they are that row
+    # (workspace's first, the window's first slot: drawn there, normalised in place)
     q0 = starts.to(device=device, dtype=dtype)
     norms = q0.norm(dim=1).tolist()
     if not all(math.isfinite(x) and x > 0 for x in norms):
@@ -581,10 +593,14 @@ def _kept(
     scratch: dict | None, key: str, shape: tuple[int, ...], dtype: torch.dtype, device: Any
 ) -> torch.Tensor:
     """An uninitialised tensor of ``shape``, ``dtype`` on ``device``: ``scratch[key]``
-    where it is one, else a new one, left in ``scratch`` for the next call."""
+    where it is one, or its first ``shape[0]`` rows where it has more (the last, smaller
+    group of a density's draws), else a new one, left in ``scratch`` for the next call."""
     if scratch is not None and key in scratch:
+        kept = scratch[key]
+        if isinstance(kept, torch.Tensor) and kept.ndim == len(shape) and kept.shape[0] > shape[0]:
+            kept = kept[: shape[0]]  # (a leading slice of a contiguous tensor is one)
         try:  # the test a lent buffer passes (workspace=, out=)
-            return checks.buffer(key, scratch[key], shape, dtype, device)
+            return checks.buffer(key, kept, shape, dtype, device)
         except (TypeError, ValueError):
             pass  # does not fit: a new one replaces it
     kept = torch.empty(shape, dtype=dtype, device=device)
