@@ -172,22 +172,25 @@ def test_reused_basis_keeps_the_carried_probe():
     np.testing.assert_allclose(one.trace_samples, all_.trace_samples, rtol=1e-12)
 
 
-@pytest.mark.parametrize("basis", ["memory", "float32", "disk"])
+@pytest.mark.parametrize(
+    ("basis", "dtype"), [("memory", torch.float64), ("float32", torch.float64),
+                         ("disk", torch.float64), ("memory", torch.float32)]
+)  # fmt: skip
 @pytest.mark.parametrize("per_pass", [1, 2])
-def test_each_draw_is_the_run_from_its_own_start(basis, per_pass):
+def test_each_draw_is_the_run_from_its_own_start(basis, dtype, per_pass):
     # the starts are drawn where the runs keep them (the basis's first row; with float32
     # or disk rows the first slot of the runs' window), the last group is smaller, and
     # the previous draw's first rows are carried as stored: every draw is still the run
     # from draw_generator's vector, bit for bit, and so is each deflated trace sample
+    # (a float32 recurrence: the float64 vector rounded by the run)
     A = matrix_with_spectrum(_spectrum(60))
-    dens = spectral_density(
-        A, steps=15, draws=5, seed=3, basis=basis, probes_per_pass=per_pass, progress=False
-    )
+    kw = dict(steps=15, draws=5, seed=3, basis=basis, dtype=dtype, probes_per_pass=per_pass)
+    dens = spectral_density(A, progress=False, **kw)
     runs = []
     for first in range(0, 5, per_pass):
         group = range(first, min(5, first + per_pass))
         starts = torch.stack([random_start(60, generator=draw_generator(3, k)) for k in group])
-        runs += lanczos_block(A, 15, starts, basis=basis)
+        runs += lanczos_block(A, 15, starts, basis=basis, dtype=dtype)
     ts = [r.tridiagonal.numpy() for r in runs]
     samples = []
     for previous, res in itertools.pairwise(runs):

@@ -284,30 +284,22 @@ def spectral_density(
                 if carried is None:  # as the rows are stored (float32 rows: half the memory)
                     carried = torch.empty(2, n, dtype=workspace.dtype, device=workspace.device)
                 space = workspace[: len(group)]  # the last group may be smaller
-            if basis == "memory" and dtype == torch.float64:  # straight into the basis rows
+            # the float64 starts drawn where the runs keep them: the basis's first rows,
+            # or with float32 or disk rows the first slot of the runs' window of their
+            # last two vectors (lanczos_block's scratch); for another recurrence dtype
+            # into a kept buffer, rounded to that dtype by the run
+            if basis == "memory" and dtype == torch.float64:
                 starts = space[:, 0]
-                for row, k in zip(starts, group, strict=True):
-                    generator = draw_generator(seed, k)
-                    random_start(n, kind=start, generator=generator, device=device, out=row)
-            elif dtype == torch.float64:  # float32 or disk rows: into the first slot of
-                # the runs' window of their last two vectors (lanczos_block's scratch)
-                window = scratch.get("window")
-                if window is None or window.shape[0] < len(group):
-                    window = torch.empty(len(group), 2, n, dtype=dtype, device=device)
-                    scratch["window"] = window
-                starts = window[: len(group), 0]
-                for row, k in zip(starts, group, strict=True):
-                    generator = draw_generator(seed, k)
-                    random_start(n, kind=start, generator=generator, device=device, out=row)
-            else:  # drawn in float64 and rounded to the recurrence's dtype by the run
-                drawn = scratch.get("starts")
-                if drawn is None or drawn.shape[0] < len(group):
-                    drawn = torch.empty(len(group), n, dtype=torch.float64, device=device)
-                    scratch["starts"] = drawn
-                starts = drawn[: len(group)]
-                for row, k in zip(starts, group, strict=True):
-                    generator = draw_generator(seed, k)
-                    random_start(n, kind=start, generator=generator, device=device, out=row)
+            else:
+                key, shape = ("window", (2, n)) if dtype == torch.float64 else ("starts", (n,))
+                buffer = scratch.get(key)
+                if buffer is None or buffer.shape[0] < len(group):
+                    buffer = torch.empty(len(group), *shape, dtype=torch.float64, device=device)
+                    scratch[key] = buffer
+                starts = buffer[: len(group), 0] if key == "window" else buffer[: len(group)]
+            for row, k in zip(starts, group, strict=True):
+                generator = draw_generator(seed, k)
+                random_start(n, kind=start, generator=generator, device=device, out=row)
             t0 = time.perf_counter()
             results = lanczos_block(
                 op,
