@@ -69,6 +69,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -495,7 +496,22 @@ def measure_row(
             for name, lib in libs.items():
                 if "prepare" not in lib:
                     results[name].update(_memory(lib))
-    return desc | {"results": results} | ({"skipped": skipped} if skipped else {})
+    row = desc | {"results": results, "host": host()}
+    return row | ({"skipped": skipped} if skipped else {})
+
+
+def host() -> str:
+    """The machine a row ran on: the CPU's model name (or the GPU's), so that a table
+    merged from several results files says which rows came from which host."""
+    if DEVICE.type == "cuda":
+        return torch.cuda.get_device_name(DEVICE)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _repeats(product: Any, least: float = 0.3) -> int:
@@ -603,7 +619,10 @@ def main() -> None:
         report(rows)
         print("\nrows from (their settings may differ):")
         for row in rows:
-            print(f"- {row['family']} {row['size']}: {row['source']} {row.get('settings', '')}")
+            print(
+                f"- {row['family']} {row['size']}: {row['source']} on "
+                f"{row.get('host', 'a host not recorded')} {row.get('settings', '')}"
+            )
         return
     peers = [p for p in args.peers.split(",") if p]
     if args.device == "cuda":
@@ -763,13 +782,21 @@ def run_row(script: str, family: str, size: str, args: argparse.Namespace) -> di
 
 
 def _read(path: Path, settings: dict) -> dict:
+    """The rows of ``path`` measured with ``settings`` on this host: a resumed run
+    does not mix another machine's timings into its table."""
     done: dict[tuple[str, str], dict] = {}
+    here = host()
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                if row.get("settings") == settings:
-                    done[(row["family"], row["size"])] = row
+                if row.get("settings") != settings:
+                    continue
+                if row.get("host", here) != here:  # rows before the key: reused as before
+                    print(f"{row['family']} {row['size']}: measured on {row['host']!r}, "
+                          f"not this host ({here!r}): measured again")  # fmt: skip
+                    continue
+                done[(row["family"], row["size"])] = row
     return done
 
 
@@ -852,6 +879,7 @@ def report(rows: list[dict]) -> None:
               "round-off for the loss between neighbours too (fifteenth round): it "
               "reorthogonalised on every step from about 8·10^6 parameters, more often "
               "than spectorch does now")  # fmt: skip
+    summary(rows)
     print("\n### peers, ratio peer / spectorch (above 1: spectorch is faster or leaner)\n")
     print("| model | parameters | library | product | product vs spectorch | step | "
           "step/product | product memory | step memory vs full / partial |")  # fmt: skip
@@ -879,6 +907,41 @@ def report(rows: list[dict]) -> None:
     for row in rows:
         for name, error in row.get("skipped", {}).items():
             print(f"\n{row['family']} {row['size']}: {name} failed, left out: {error}")
+
+
+def summary(rows: list[dict]) -> None:
+    """Step/product by family and size, a density's first draw / its later draws, for
+    each reorthogonalisation, and the hosts the rows ran on: the issue's criterion
+    (at most 1.1) at a glance."""
+    sizes = sorted({row["size"] for row in rows}, key=float)
+    cells = {(row["family"], row["size"]): row for row in rows}
+    families = [f for f in FAMILIES if any(row["family"] == f for row in rows)]
+    for mode, first in (("partial", "spectorch-partial"), ("full", "spectorch")):
+        default = ", the density's default on these operators" if mode == "partial" else ""
+        print(f"\n### step/product, {mode} reorthogonalisation{default}: first draw / "
+              "later draws (median over the runs)\n")  # fmt: skip
+        print("| family | " + " | ".join(f"10^{int(math.log10(float(z)))}" for z in sizes) + " |")
+        print("|---|" + "---|" * len(sizes))
+        worst = []
+        for family in families:
+            line = []
+            for size in sizes:
+                row = cells.get((family, size))
+                if row is None:
+                    line.append("")
+                    continue
+                r = row["results"]
+                ratios = [r[first]["step_over_product"]]
+                later = r.get(f"spectorch-draw-{mode}")
+                ratios.append(later["step_over_product"] if later else None)
+                worst += [x for x in ratios if x is not None]
+                line.append(" / ".join(_fmt(x) for x in ratios))
+            print(f"| {family} | " + " | ".join(line) + " |")
+        if worst:
+            print(f"\nhighest {max(worst):.2f}; cells above 1.1: "
+                  f"{sum(x > 1.1 for x in worst)} of {len(worst)}")  # fmt: skip
+    hosts = sorted({row.get("host", "not recorded") for row in rows})
+    print("\nhosts: " + "; ".join(hosts))
 
 
 def _enough(row: dict, r: dict) -> str:
