@@ -6,8 +6,10 @@ and GPTs.
 
 One row per (family, size). Each row runs in its own process (so that its peak memory
 is its own) and is appended to ``<out>/results.jsonl``; a rerun skips the rows already
-there with the same settings, so an interrupted run resumes. ``--report`` prints the
-tables of docs/benchmarks.md from that file, ``--report-from a,b,...`` one table from
+there with the same settings, so an interrupted run resumes; each row records its host
+(the CPU's model name, or the GPU's), and a row that another host measured is measured
+again. ``--report`` prints the tables of docs/benchmarks.md from that file, ending with
+step/product by family and size and the hosts, ``--report-from a,b,...`` one table from
 several such files (or rows printed by ``--row``), whatever their settings.
 
 The models (float32, eval mode) and data, all generated or shipped with scikit-learn:
