@@ -656,7 +656,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.jsonl"
     settings = settings_of(args, peers, paired=True)
-    done = _read(path, settings)
+    done = _read(path, settings, None if args.report else host())
     if not args.report:
         for size in sizes:
             for family in families:
@@ -783,18 +783,19 @@ def run_row(script: str, family: str, size: str, args: argparse.Namespace) -> di
     return row
 
 
-def _read(path: Path, settings: dict) -> dict:
-    """The rows of ``path`` measured with ``settings`` on this host: a resumed run
-    does not mix another machine's timings into its table."""
+def _read(path: Path, settings: dict, here: str | None = None) -> dict:
+    """The rows of ``path`` measured with ``settings``; with ``here`` (a resumed run's
+    host) only those measured there, so that a run does not mix another machine's
+    timings into its table (``--report`` alone prints every host's)."""
     done: dict[tuple[str, str], dict] = {}
-    here = host()
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
                 if row.get("settings") != settings:
                     continue
-                if row.get("host", here) != here:  # rows before the key: reused as before
+                # rows from before the host key are reused as before
+                if here is not None and row.get("host", here) != here:
                     print(f"{row['family']} {row['size']}: measured on {row['host']!r}, "
                           f"not this host ({here!r}): measured again")  # fmt: skip
                     continue
