@@ -6,7 +6,7 @@ call it makes.
     python benchmarks/bench_overhead.py --device cuda   # wall time, synchronised
     python benchmarks/bench_overhead.py --device cuda --tables kernels --sizes 1e8 --steps 8
 
-Four tables by default, each library call timed once per round with the rounds interleaved,
+Five tables by default, each library call timed once per round with the rounds interleaved,
 medians:
 
 * ``step``: :func:`~spectorch.linalg.lanczos` on a diagonal operator of ``n`` entries
@@ -20,6 +20,14 @@ medians:
   ``torch.autograd.grad`` of the gradient's kept graph built by plain autograd (what
   PyHessian's kept product is): the difference is what spectorch adds per product
   (checks, the float64 result, the closed-form cross-entropy's graph is cheaper);
+* ``rebuilt``: the same models' Hessian product without kept graphs
+  (``cache_graphs=False``) against plain autograd building the gradient's graph and
+  differentiating it once (what hessian-eigenthings' and PyHessian's ``dataloader=``
+  products do), each with the page faults it takes (fresh memory the kernel maps in,
+  ``getrusage``'s minor faults): the difference is spectorch's fixed cost per product
+  plus whatever fresh memory one of them was given and the other was not (run it again
+  under ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776``,
+  which keeps freed memory for reuse, to take the faults out);
 * ``kernels`` (not by default): ``torch.profiler``'s table of one Lanczos run at the
   largest ``--sizes`` (on a GPU by device time), to see which operations its own
   work spends;
@@ -214,6 +222,61 @@ def product_table(families: list[str], rounds: int) -> None:
         )
 
 
+def rebuilt_table(families: list[str], rounds: int) -> None:
+    import resource
+
+    import bench_scale
+
+    from spectorch.curvature import HessianOperator
+
+    def faults() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    bench_scale.DEVICE = DEVICE
+    print(
+        "\n## rebuilt: a Hessian product that builds its gradient graph again, at 10^4 parameters\n"
+    )
+    print(
+        "| model | spectorch `cache_graphs=False` (ms) | plain autograd (ms) | difference (ms) "
+        "| page faults a product, spectorch / plain |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for family in families:
+        model, peer_model, batch, loss, desc = bench_scale.build(family, "1e4")
+        kernel = sdpa_kernel(SDPBackend.MATH) if family == "gpt" else nullcontext()
+        with kernel:
+            op = HessianOperator(model, loss, [batch], cache_graphs=False)
+            v = torch.randn(op.shape[0], dtype=torch.float64, device=DEVICE)
+            out = torch.empty_like(v)
+            params = [p for p in peer_model.parameters() if p.requires_grad]
+            inputs, targets = (batch, batch[:, 1:].reshape(-1)) if family == "gpt" else batch
+            ce = torch.nn.CrossEntropyLoss()
+            tangents = [torch.randn_like(p) for p in params]
+
+            def plain(m=peer_model, x=inputs, y=targets, p=params, t=tangents, ce=ce) -> Any:
+                grads = torch.autograd.grad(ce(m(x), y), p, create_graph=True)
+                return torch.autograd.grad(grads, p, grad_outputs=t)
+
+            calls = {"spectorch": lambda op=op, v=v, out=out: op.matvec(v, out=out), "plain": plain}
+            counted: dict[str, list[int]] = {k: [] for k in calls}
+
+            def counting(f: Any, into: list[int]) -> Any:
+                def call() -> Any:
+                    before = faults()
+                    f()
+                    into.append(faults() - before)
+
+                return call
+
+            t = _median_interleaved({k: counting(f, counted[k]) for k, f in calls.items()}, rounds)
+        ms = {k: x * 1e3 for k, x in t.items()}
+        pf = {k: statistics.median(x[1:]) for k, x in counted.items()}  # not the warm-up's
+        print(
+            f"| {family} ({desc['model']}) | {ms['spectorch']:.2f} | {ms['plain']:.2f} | "
+            f"{ms['spectorch'] - ms['plain']:+.2f} | {pf['spectorch']:,.0f} / {pf['plain']:,.0f} |"
+        )
+
+
 def loss_table(shapes: list[tuple[int, int]], rounds: int) -> None:
     from spectorch.curvature._objectives import cross_entropy_sum  # in its __all__
 
@@ -255,9 +318,9 @@ def main() -> None:
     parser.add_argument("--families", default="mlp,gpt,cnn", help="models of the product table")
     parser.add_argument(
         "--tables",
-        default="step,start,product,loss",
-        help="any of step, start, product, loss, kernels (the last: a profile of one "
-        "Lanczos run at the largest --sizes)",
+        default="step,start,product,rebuilt,loss",
+        help="any of step, start, product, rebuilt, loss, kernels (the last: a profile of "
+        "one Lanczos run at the largest --sizes)",
     )
     parser.add_argument(
         "--logits", default="1797x10,512x10,1024x256", help="rows x classes of the loss table"
@@ -269,10 +332,10 @@ def main() -> None:
     if DEVICE.type == "cpu":
         torch.set_num_threads(1)
     tables = args.tables.split(",")
-    unknown = set(tables) - {"step", "start", "product", "loss", "kernels"}
+    unknown = set(tables) - {"step", "start", "product", "rebuilt", "loss", "kernels"}
     if unknown:
         parser.error(f"--tables: unknown {sorted(unknown)}; expected step, start, product, "
-                     "loss or kernels")  # fmt: skip
+                     "rebuilt, loss or kernels")  # fmt: skip
     sizes = [int(float(x)) for x in args.sizes.split(",")]
     starts = [int(float(x)) for x in args.start_sizes.split(",")]
     print(f"device {DEVICE}, torch {torch.__version__}, tables {', '.join(tables)}")
@@ -284,6 +347,8 @@ def main() -> None:
         start_table(starts, max(3, args.rounds // 7))
     if "product" in tables:
         product_table(args.families.split(","), args.rounds)
+    if "rebuilt" in tables:
+        rebuilt_table(args.families.split(","), args.rounds)
     if "loss" in tables:
         shapes = [tuple(int(a) for a in x.split("x")) for x in args.logits.split(",")]
         loss_table(shapes, max(args.rounds, 101))
