@@ -49,6 +49,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -184,40 +185,60 @@ def start_table(sizes: list[int], rounds: int) -> None:
         del kept, calls
 
 
-def product_table(families: list[str], rounds: int) -> None:
+def _rows(families: list[str], **settings: Any) -> Any:
+    """For each family, ``bench_scale.py``'s model at 10^4 parameters and spectorch's
+    Hessian operator on it (``settings``), inside the attention kernel its rows use:
+    a namespace with ``family``, ``desc``, ``matvec`` (the operator's product into a kept
+    vector, as Lanczos calls it), ``model`` (the peers' view), ``params``, ``inputs``
+    and ``targets``."""
     import bench_scale
 
+    from spectorch.curvature import HessianOperator
+
     bench_scale.DEVICE = DEVICE
+    for family in families:
+        model, peer_model, batch, loss, desc = bench_scale.build(family, "1e4")
+        kernel = sdpa_kernel(SDPBackend.MATH) if family == "gpt" else nullcontext()
+        with kernel:
+            op = HessianOperator(model, loss, [batch], **settings)
+            v = torch.randn(op.shape[0], dtype=torch.float64, device=DEVICE)
+            out = torch.empty_like(v)
+            inputs, targets = (batch, batch[:, 1:].reshape(-1)) if family == "gpt" else batch
+            yield SimpleNamespace(
+                family=family,
+                desc=desc,
+                matvec=lambda op=op, v=v, out=out: op.matvec(v, out=out),
+                model=peer_model,
+                params=[p for p in peer_model.parameters() if p.requires_grad],
+                inputs=inputs,
+                targets=targets,
+            )
+
+
+def product_table(families: list[str], rounds: int) -> None:
     print("\n## product: a kept Hessian product at 10^4 parameters\n")
     print(
         "| model | parameter tensors | spectorch `matvec(v, out=)` (ms) | autograd.grad of "
         "the kept gradient graph (ms) | difference (ms) |"
     )
     print("|---|---:|---:|---:|---:|")
-    for family in families:
-        model, peer_model, batch, loss, desc = bench_scale.build(family, "1e4")
-        kernel = sdpa_kernel(SDPBackend.MATH) if family == "gpt" else nullcontext()
-        with kernel:
-            from spectorch.curvature import HessianOperator
-
-            op = HessianOperator(model, loss, [batch])
-            v = torch.randn(op.shape[0], dtype=torch.float64, device=DEVICE)
-            out = torch.empty_like(v)
-            params = [p for p in peer_model.parameters() if p.requires_grad]
-            inputs, targets = (batch, batch[:, 1:].reshape(-1)) if family == "gpt" else batch
-            ce = torch.nn.CrossEntropyLoss()
-            grads = torch.autograd.grad(ce(peer_model(inputs), targets), params, create_graph=True)
-            tangents = [torch.randn_like(p) for p in params]
-            calls = {
-                "spectorch": lambda op=op, v=v, out=out: op.matvec(v, out=out),
-                "bare": lambda g=grads, p=params, t=tangents: torch.autograd.grad(
-                    g, p, grad_outputs=t, retain_graph=True
-                ),
-            }
-            t = _median_interleaved(calls, rounds)
+    ce = torch.nn.CrossEntropyLoss()
+    for row in _rows(families):
+        params = row.params
+        grads = torch.autograd.grad(
+            ce(row.model(row.inputs), row.targets), params, create_graph=True
+        )
+        tangents = [torch.randn_like(p) for p in params]
+        calls = {
+            "spectorch": row.matvec,
+            "bare": lambda g=grads, p=params, t=tangents: torch.autograd.grad(
+                g, p, grad_outputs=t, retain_graph=True
+            ),
+        }
+        t = _median_interleaved(calls, rounds)
         ms = {k: x * 1e3 for k, x in t.items()}
         print(
-            f"| {family} ({desc['model']}) | {len(params)} | "
+            f"| {row.family} ({row.desc['model']}) | {len(params)} | "
             f"{ms['spectorch']:.2f} | {ms['bare']:.2f} | {ms['spectorch'] - ms['bare']:+.2f} |"
         )
 
@@ -225,14 +246,9 @@ def product_table(families: list[str], rounds: int) -> None:
 def rebuilt_table(families: list[str], rounds: int) -> None:
     import resource
 
-    import bench_scale
-
-    from spectorch.curvature import HessianOperator
-
     def faults() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
-    bench_scale.DEVICE = DEVICE
     print(
         "\n## rebuilt: a Hessian product that builds its gradient graph again, at 10^4 parameters\n"
     )
@@ -241,38 +257,30 @@ def rebuilt_table(families: list[str], rounds: int) -> None:
         "| page faults a product, spectorch / plain |"
     )
     print("|---|---:|---:|---:|---:|")
-    for family in families:
-        model, peer_model, batch, loss, desc = bench_scale.build(family, "1e4")
-        kernel = sdpa_kernel(SDPBackend.MATH) if family == "gpt" else nullcontext()
-        with kernel:
-            op = HessianOperator(model, loss, [batch], cache_graphs=False)
-            v = torch.randn(op.shape[0], dtype=torch.float64, device=DEVICE)
-            out = torch.empty_like(v)
-            params = [p for p in peer_model.parameters() if p.requires_grad]
-            inputs, targets = (batch, batch[:, 1:].reshape(-1)) if family == "gpt" else batch
-            ce = torch.nn.CrossEntropyLoss()
-            tangents = [torch.randn_like(p) for p in params]
+    ce = torch.nn.CrossEntropyLoss()
+    for row in _rows(families, cache_graphs=False):
+        tangents = [torch.randn_like(p) for p in row.params]
 
-            def plain(m=peer_model, x=inputs, y=targets, p=params, t=tangents, ce=ce) -> Any:
-                grads = torch.autograd.grad(ce(m(x), y), p, create_graph=True)
-                return torch.autograd.grad(grads, p, grad_outputs=t)
+        def plain(m=row.model, x=row.inputs, y=row.targets, p=row.params, t=tangents) -> Any:
+            grads = torch.autograd.grad(ce(m(x), y), p, create_graph=True)
+            return torch.autograd.grad(grads, p, grad_outputs=t)
 
-            calls = {"spectorch": lambda op=op, v=v, out=out: op.matvec(v, out=out), "plain": plain}
-            counted: dict[str, list[int]] = {k: [] for k in calls}
+        calls = {"spectorch": row.matvec, "plain": plain}
+        counted: dict[str, list[int]] = {k: [] for k in calls}
 
-            def counting(f: Any, into: list[int]) -> Any:
-                def call() -> Any:
-                    before = faults()
-                    f()
-                    into.append(faults() - before)
+        def counting(f: Any, into: list[int]) -> Any:
+            def call() -> Any:
+                before = faults()
+                f()
+                into.append(faults() - before)
 
-                return call
+            return call
 
-            t = _median_interleaved({k: counting(f, counted[k]) for k, f in calls.items()}, rounds)
+        t = _median_interleaved({k: counting(f, counted[k]) for k, f in calls.items()}, rounds)
         ms = {k: x * 1e3 for k, x in t.items()}
         pf = {k: statistics.median(x[1:]) for k, x in counted.items()}  # not the warm-up's
         print(
-            f"| {family} ({desc['model']}) | {ms['spectorch']:.2f} | {ms['plain']:.2f} | "
+            f"| {row.family} ({row.desc['model']}) | {ms['spectorch']:.2f} | {ms['plain']:.2f} | "
             f"{ms['spectorch'] - ms['plain']:+.2f} | {pf['spectorch']:,.0f} / {pf['plain']:,.0f} |"
         )
 
