@@ -11,8 +11,11 @@ medians:
 
 * ``step``: :func:`~spectorch.linalg.lanczos` on a diagonal operator of ``n`` entries
   (its product is one multiplication), full and partial reorthogonalisation: time per
-  step, the reads of a value to the host per step (on a GPU each waits for the device)
-  and the tensor operations per step (``torch.profiler``'s aten calls, views included);
+  step; the basis rows its reorthogonalisation read per step and what reading them
+  twice (a classical Gram-Schmidt pass's two reads) costs at this machine's read
+  speed, timed as a sum over as many rows in the same rounds (the floor of that work);
+  the reads of a value to the host per step (on a GPU each waits for the device) and
+  the tensor operations per step (``torch.profiler``'s aten calls, views included);
 * ``start``: :func:`~spectorch.linalg.random_start` of ``n`` entries into a new
   tensor and into a kept one (``out=``, as Lanczos draws it into its basis);
 * ``product``: the kept Hessian product of ``bench_scale.py``'s models at 10^4
@@ -125,18 +128,37 @@ def _count_ops(f: Any) -> int:
 
 def step_table(sizes: list[int], steps: int, rounds: int) -> None:
     print(f"\n## step: Lanczos's own work per step ({steps} steps, diagonal operator)\n")
-    print("| n | reorth | µs per step | reads to the host per step | tensor operations per step |")
-    print("|---:|---|---:|---:|---:|")
+    print(
+        "| n | reorth | µs per step | basis rows read per step | those reads at this "
+        "machine's read speed (µs) | reads to the host per step | tensor operations per step |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|")
     for n in sizes:
         op = Diagonal(torch.linspace(0.0, 1.0, n, dtype=torch.float64, device=DEVICE))
         calls = {
             r: (lambda r=r, op=op: lanczos(op, steps, seed=0, reorth=r))
             for r in ("full", "partial")
         }
+        # the floor of a pass: the time to read rows like the basis's once (a sum over
+        # them, which reads each entry once), timed in the same rounds
+        rows = torch.ones(steps, n, dtype=torch.float64, device=DEVICE)
+        calls["read"] = lambda rows=rows: rows.sum()
         t = _median_interleaved(calls, rounds)
+        per_row = t.pop("read") / steps  # seconds to read one row
         for r, f in calls.items():
+            if r == "read":
+                continue
+            result = f()
+            # a Gram-Schmidt pass reads each of its rows twice (the coefficients, then
+            # the update)
+            read = result.reorth_rows / steps
+            floor = 2 * read * per_row * result.basis.element_size() / rows.element_size()
             reads, ops = _count_reads(f) / steps, _count_ops(f) / steps
-            print(f"| {n:,} | {r} | {t[r] / steps * 1e6:.0f} | {reads:.2f} | {ops:.1f} |")
+            print(
+                f"| {n:,} | {r} | {t[r] / steps * 1e6:.0f} | {read:.1f} | {floor * 1e6:.0f} "
+                f"| {reads:.2f} | {ops:.1f} |"
+            )
+        del rows, calls
 
 
 def kernel_table(n: int, steps: int, rows: int = 15) -> None:
