@@ -13,7 +13,9 @@ medians:
   (its product is one multiplication), full and partial reorthogonalisation: time per
   step; the basis rows its reorthogonalisation read per step and what reading them
   twice (a classical Gram-Schmidt pass's two reads) costs at this machine's read
-  speed, timed as a sum over as many rows in the same rounds (the floor of that work);
+  speed, timed as a sum over as many rows in the same rounds (the floor of that work
+  once the rows no longer fit in the processor's cache; below that the pass may beat
+  a sum over rows read cold);
   the reads of a value to the host per step (on a GPU each waits for the device) and
   the tensor operations per step (``torch.profiler``'s aten calls, views included);
 * ``start``: :func:`~spectorch.linalg.random_start` of ``n`` entries into a new
@@ -145,9 +147,8 @@ def step_table(sizes: list[int], steps: int, rounds: int) -> None:
         calls["read"] = lambda rows=rows: rows.sum()
         t = _median_interleaved(calls, rounds)
         per_row = t.pop("read") / steps  # seconds to read one row
+        del calls["read"]
         for r, f in calls.items():
-            if r == "read":
-                continue
             result = f()
             # a Gram-Schmidt pass reads each of its rows twice (the coefficients, then
             # the update)
