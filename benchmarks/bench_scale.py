@@ -10,7 +10,9 @@ there with the same settings, so an interrupted run resumes; each row records it
 (the CPU's model name, or the GPU's), and a row that another host measured is measured
 again. ``--report`` prints the tables of docs/benchmarks.md from that file, ending with
 step/product by family and size and the hosts, ``--report-from a,b,...`` one table from
-several such files (or rows printed by ``--row``), whatever their settings.
+several such files (or rows printed by ``--row``), whatever their settings, and with
+``--pooled`` also the median step/product over every Lanczos run the files hold for
+each row in several of them (a row measured again with more runs).
 
 The models (float32, eval mode) and data, all generated or shipped with scikit-learn:
 
@@ -615,10 +617,21 @@ def main() -> None:
         "their settings (a results.jsonl, or a row process's output); a row in a later "
         "file replaces the same row in an earlier one",
     )
+    parser.add_argument(
+        "--pooled",
+        action="store_true",
+        help="with --report-from: also print, for each row in several of the files, "
+        "spectorch's step/product by the median over all their Lanczos runs (each run "
+        "over the products around it) instead of the last file's",
+    )
     args = parser.parse_args()
+    if args.pooled and not args.report_from:
+        parser.error("--pooled: only with --report-from")
     if args.report_from:
         rows = _merge(args.report_from.split(","), parser)
         report(rows)
+        if args.pooled:
+            pooled(args.report_from.split(","))
         print("\nrows from (their settings may differ):")
         for row in rows:
             print(
@@ -819,6 +832,49 @@ def _merge(files: list[str], parser: argparse.ArgumentParser) -> list[dict]:
     if not rows:
         parser.error(f"--report-from: no rows in {files}")
     return [rows[k] for k in sorted(rows, key=lambda k: (FAMILIES.index(k[0]), float(k[1])))]
+
+
+POOLED = (
+    ("spectorch", "full, first draw"),
+    ("spectorch-draw-full", "full, later draws"),
+    ("spectorch-partial", "partial, first draw"),
+    ("spectorch-draw-partial", "partial, later draws"),
+)
+
+
+def pooled(files: list[str]) -> None:
+    """spectorch's step/product for each (family, size) in several of ``files``: the
+    median (and range) over every Lanczos run the files hold for it."""
+    runs: dict[tuple[str, str], dict] = {}
+    for name in files:
+        for line in Path(name).read_text().splitlines():
+            if not line.startswith("{"):
+                continue
+            row = json.loads(line)
+            if "family" not in row or "results" not in row:
+                continue
+            held = runs.setdefault((row["family"], row["size"]), {"files": 0, "row": row})
+            held["files"] += 1
+            for key, _ in POOLED:
+                got = row["results"].get(key, {}).get("step_over_product_runs", [])
+                held.setdefault(key, []).extend(got)
+    several = {k: v for k, v in runs.items() if v["files"] > 1}
+    if not several:
+        print("\n(--pooled: no row is in more than one file)")
+        return
+    print("\n### step/product pooled: the median (range) over every run of the files\n")
+    print("| model | parameters | files | runs | " + " | ".join(h for _, h in POOLED) + " |")
+    print("|---|---:|---:|---:|" + "---|" * len(POOLED))
+    order = sorted(several, key=lambda k: (FAMILIES.index(k[0]), float(k[1])))
+    for k in order:
+        held = several[k]
+        cells = []
+        for key, _ in POOLED:
+            v = held.get(key, [])
+            cells.append(f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" if v else "–")
+        count = len(held.get("spectorch", []))
+        print(f"| {k[0]} | {held['row']['parameters']:,} | {held['files']} | {count} | "
+              + " | ".join(cells) + " |")  # fmt: skip
 
 
 def _fmt(x: float | None, unit: str = "") -> str:
