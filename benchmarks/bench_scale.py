@@ -843,17 +843,22 @@ POOLED = (
 
 
 def pooled(files: list[str]) -> None:
-    """spectorch's step/product for each (family, size) in several of ``files``: the
-    median (and range) over every Lanczos run the files hold for it."""
-    runs: dict[tuple[str, str], dict] = {}
-    for name in files:
+    """spectorch's step/product for each row in several of ``files``: the median (and
+    range) over every Lanczos run the files hold for it. Only runs of one host, device,
+    basis, data and number of steps are pooled; a row measured otherwise in another
+    file is a line of its own."""
+    runs: dict[tuple, dict] = {}
+    for name in dict.fromkeys(files):  # a file named twice is read once
         for line in Path(name).read_text().splitlines():
             if not line.startswith("{"):
                 continue
             row = json.loads(line)
             if "family" not in row or "results" not in row:
                 continue
-            held = runs.setdefault((row["family"], row["size"]), {"files": 0, "row": row})
+            basis = row.get("settings", {}).get("basis", "memory")
+            key = (row["family"], row["size"], row.get("host", "–"), row.get("device", "cpu"),
+                   basis, row.get("samples"), row.get("steps"))  # fmt: skip
+            held = runs.setdefault(key, {"files": 0, "row": row})
             held["files"] += 1
             for key, _ in POOLED:
                 got = row["results"].get(key, {}).get("step_over_product_runs", [])
@@ -863,8 +868,9 @@ def pooled(files: list[str]) -> None:
         print("\n(--pooled: no row is in more than one file)")
         return
     print("\n### step/product pooled: the median (range) over every run of the files\n")
-    print("| model | parameters | files | runs | " + " | ".join(h for _, h in POOLED) + " |")
-    print("|---|---:|---:|---:|" + "---|" * len(POOLED))
+    print("| model | parameters | host | basis | files | runs | "
+          + " | ".join(h for _, h in POOLED) + " |")  # fmt: skip
+    print("|---|---:|---|---|---:|---:|" + "---|" * len(POOLED))
     order = sorted(several, key=lambda k: (FAMILIES.index(k[0]), float(k[1])))
     for k in order:
         held = several[k]
@@ -873,8 +879,9 @@ def pooled(files: list[str]) -> None:
             v = held.get(key, [])
             cells.append(f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" if v else "–")
         count = len(held.get("spectorch", []))
-        print(f"| {k[0]} | {held['row']['parameters']:,} | {held['files']} | {count} | "
-              + " | ".join(cells) + " |")  # fmt: skip
+        where = k[2] if k[3] == "cpu" else f"{k[2]} ({k[3]})"
+        print(f"| {k[0]} | {held['row']['parameters']:,} | {where} | {k[4]} | {held['files']} "
+              f"| {count} | " + " | ".join(cells) + " |")  # fmt: skip
 
 
 def _fmt(x: float | None, unit: str = "") -> str:
