@@ -615,7 +615,8 @@ def main() -> None:
         metavar="FILES",
         help="only print one table from these comma-separated results files, whatever "
         "their settings (a results.jsonl, or a row process's output); a row in a later "
-        "file replaces the same row in an earlier one",
+        "file replaces the same row in an earlier one, and a row's memory half run alone "
+        "(--row FAMILY:SIZE --memory) adds its peaks to that row of an earlier file",
     )
     parser.add_argument(
         "--pooled",
@@ -661,6 +662,8 @@ def main() -> None:
             args.basis,
         )
         row["settings"] = settings_of(args, peers, paired=True)  # a row saved alone says how it ran
+        if args.memory:  # the memory half says which row it is (--report-from joins them)
+            row |= {"row": args.row, "host": host()}
         print(json.dumps(row))
         return
     families = listed(parser, "--families", args.families, FAMILIES)
@@ -790,7 +793,8 @@ def run_row(script: str, family: str, size: str, args: argparse.Namespace) -> di
     if mem.returncode != 0:
         raise SystemExit(f"{family} {size} (memory) failed:\n{mem.stderr[-3000:]}")
     for name, m in json.loads(mem.stdout.strip().splitlines()[-1]).items():
-        row["results"].setdefault(name, {}).update(m)
+        if name != "settings" and isinstance(m, dict):  # a library's peaks, not the labels
+            row["results"].setdefault(name, {}).update(m)
     row["wall_s"] = time.time() - t0
     row["allocator"] = args.allocator
     return row
@@ -818,20 +822,59 @@ def _read(path: Path, settings: dict, here: str | None = None) -> dict:
 
 def _merge(files: list[str], parser: argparse.ArgumentParser) -> list[dict]:
     """The rows of several results files, the last of each (family, size), in the
-    table's order."""
+    table's order. A row's memory half run alone (``--row ... --memory``) adds its
+    peaks to that row from an earlier file, when both ran with the same settings; one
+    written before it named its row joins the one row of the file just before it."""
     rows: dict[tuple[str, str], dict] = {}
+    last: list[tuple[str, str]] = []  # the rows of the file before
     for name in files:
         path = Path(name)
         if not path.is_file():
             parser.error(f"--report-from: {name} is not a file")
+        here = []
         for line in path.read_text().splitlines():
-            if line.startswith("{"):
-                row = json.loads(line)
-                if "family" in row and "results" in row:
-                    rows[(row["family"], row["size"])] = row | {"source": name}
+            if not line.startswith("{"):
+                continue
+            row = json.loads(line)
+            if "family" in row and "results" in row:
+                rows[(row["family"], row["size"])] = row | {"source": name}
+                here.append((row["family"], row["size"]))
+            elif "results" not in row and "spectorch" in row:  # a memory half
+                _join_memory(rows, last, row, name, parser)
+        last = here
     if not rows:
         parser.error(f"--report-from: no rows in {files}")
     return [rows[k] for k in sorted(rows, key=lambda k: (FAMILIES.index(k[0]), float(k[1])))]
+
+
+def _join_memory(
+    rows: dict, last: list, half: dict, name: str, parser: argparse.ArgumentParser
+) -> None:
+    """Add a memory half's peaks (``half``, read from ``name``) to its row in ``rows``."""
+    if "row" in half:
+        key = tuple(half["row"].split(":"))
+    elif len(last) == 1:  # written before the halves named their row
+        key = last[0]
+    else:
+        parser.error(f"--report-from: {name} is a memory half that does not name its row; "
+                     "name it right after a file that holds that one row")  # fmt: skip
+    row = rows.get(key)
+    if row is None:
+        parser.error(f"--report-from: {name} is the memory half of {':'.join(key)}, which "
+                     "no file before it holds")  # fmt: skip
+    if half.get("settings") != row.get("settings"):
+        parser.error(
+            f"--report-from: {name} ran with other settings than its row in "
+            f"{row['source']}: {half.get('settings')} against {row.get('settings')}"
+        )
+    if half.get("host", row.get("host")) != row.get("host"):
+        parser.error(f"--report-from: {name} ran on {half['host']}, its row in "
+                     f"{row['source']} on {row.get('host')}")  # fmt: skip
+    results = {k: dict(v) for k, v in row["results"].items()}
+    for lib, peaks in half.items():
+        if lib in results and isinstance(peaks, dict):
+            results[lib].update(peaks)
+    rows[key] = row | {"results": results, "source": f"{row['source']} + {name}"}
 
 
 POOLED = (
