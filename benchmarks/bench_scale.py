@@ -792,12 +792,19 @@ def run_row(script: str, family: str, size: str, args: argparse.Namespace) -> di
     mem = subprocess.run([*base, "--memory"], capture_output=True, text=True, env=env)
     if mem.returncode != 0:
         raise SystemExit(f"{family} {size} (memory) failed:\n{mem.stderr[-3000:]}")
-    for name, m in json.loads(mem.stdout.strip().splitlines()[-1]).items():
-        if name != "settings" and isinstance(m, dict):  # a library's peaks, not the labels
-            row["results"].setdefault(name, {}).update(m)
+    _add_peaks(row["results"], json.loads(mem.stdout.strip().splitlines()[-1]))
     row["wall_s"] = time.time() - t0
     row["allocator"] = args.allocator
     return row
+
+
+def _add_peaks(results: dict, half: dict) -> None:
+    """Add a memory half's peaks to a timed row's ``results``: only the libraries the
+    timed half measured (a peer it left out stays out, not a row of peaks alone), and
+    not the half's labels (its settings, row and host)."""
+    for name, peaks in half.items():
+        if name in results and isinstance(peaks, dict):
+            results[name].update(peaks)
 
 
 def _read(path: Path, settings: dict, here: str | None = None) -> dict:
@@ -871,9 +878,7 @@ def _join_memory(
         parser.error(f"--report-from: {name} ran on {half['host']}, its row in "
                      f"{row['source']} on {row.get('host')}")  # fmt: skip
     results = {k: dict(v) for k, v in row["results"].items()}
-    for lib, peaks in half.items():
-        if lib in results and isinstance(peaks, dict):
-            results[lib].update(peaks)
+    _add_peaks(results, half)
     rows[key] = row | {"results": results, "source": f"{row['source']} + {name}"}
 
 
