@@ -26,7 +26,7 @@ The models (float32, eval mode) and data, all generated or shipped with scikit-l
 
 The data of a row is one batch, the same for every library; the largest sizes use
 fewer samples and fewer Lanczos steps (the table says how many; ``--steps`` sets every
-row's, such as a density's default 90). Timings are CPU time
+row's, such as a density's default 90, and ``--samples`` every row's data). Timings are CPU time
 (``time.process_time``) on one thread, every library timed once per round with the
 rounds interleaved, medians reported (5 product rounds, 3 from 10^7 on; Lanczos runs
 in every round up to 10^5, two rounds at 10^6, one above, or ``--lanczos-rounds``;
@@ -117,6 +117,9 @@ SAMPLES = {
     "cnn": {"1e4": 512, "1e5": 256, "1e6": 64, "1e7": 32, "1e8": 32},
     "gpt": {"1e4": 16, "1e5": 16, "1e6": 16, "1e7": 32, "1e8": 32},
 }
+#: scikit-learn's digits: the MLPs' and the CNNs' data (the GPTs' windows have no bound
+#: here: the standard library's source holds far more)
+DIGITS = 1797
 STEPS = {"1e4": 30, "1e5": 30, "1e6": 30, "1e7": 20, "1e8": 8}
 
 
@@ -165,12 +168,17 @@ def _width(target: float, count: Any) -> int:
     return lo
 
 
-def build(family: str, size: str) -> tuple[nn.Module, nn.Module, Any, Any, dict]:
+def build(
+    family: str, size: str, samples: int | None = None
+) -> tuple[nn.Module, nn.Module, Any, Any, dict]:
     """``(model, the model the peers see, batch, spectorch's loss, description)``.
-    The model is deterministic (seed 0) and untrained: the benchmark is about cost."""
+    The model is deterministic (seed 0) and untrained: the benchmark is about cost.
+    ``samples``: digits, images or windows instead of the row's own (SAMPLES)."""
     torch.manual_seed(0)
     target = float(size)
-    samples = SAMPLES[family][size]
+    samples = SAMPLES[family][size] if samples is None else samples
+    if family in ("mlp", "cnn") and not 1 <= samples <= DIGITS:
+        raise ValueError(f"samples must be between 1 and {DIGITS} (the digits), got {samples}")
     if family in ("mlp", "cnn"):
         from sklearn.datasets import load_digits
 
@@ -399,9 +407,10 @@ def measure_row(
     lanczos_rounds: int | None = None,
     steps: int | None = None,
     basis: str = "memory",
+    samples: int | None = None,
 ) -> dict:
     torch.set_num_threads(1)
-    model, peer_model, batch, loss, desc = build(family, size)
+    model, peer_model, batch, loss, desc = build(family, size, samples)
     if steps is not None:  # --steps: instead of the size's own (STEPS)
         desc["steps"] = steps
     steps = desc["steps"]
@@ -596,6 +605,14 @@ def main() -> None:
         help="Lanczos steps of every row (default: 30 up to 1e6, 20 at 1e7, 8 at 1e8)",
     )
     parser.add_argument(
+        "--samples",
+        type=positive,
+        default=None,
+        help="the data of every row: digits (MLP), images (CNN) or 64-byte windows (GPT) "
+        "instead of each row's own (all 1,797 digits for the MLPs; 512 down to 32 images; "
+        "16 windows up to 1e6, 32 from 1e7 on)",
+    )
+    parser.add_argument(
         "--basis",
         choices=("memory", "float32", "auto"),
         default="memory",
@@ -641,6 +658,11 @@ def main() -> None:
             )
         return
     peers = [p for p in args.peers.split(",") if p]
+    if args.samples is not None and args.samples > DIGITS:
+        families = [args.row.split(":")[0]] if args.row else args.families.split(",")
+        if {"mlp", "cnn"} & set(families):
+            parser.error(f"--samples: at most {DIGITS} for the MLPs and the CNNs (the "
+                         f"digits), got {args.samples}")  # fmt: skip
     if args.device == "cuda":
         if not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is available to this torch")
@@ -660,6 +682,7 @@ def main() -> None:
             args.lanczos_rounds,
             args.steps,
             args.basis,
+            args.samples,
         )
         row["settings"] = settings_of(args, peers, paired=True)  # a row saved alone says how it ran
         if args.memory:  # the memory half says which row it is (--report-from joins them)
@@ -746,6 +769,8 @@ def settings_of(args: argparse.Namespace, peers: list[str], paired: bool = False
         settings["lanczos_rounds"] = args.lanczos_rounds
     if getattr(args, "steps", None) is not None:  # likewise
         settings["steps"] = args.steps
+    if getattr(args, "samples", None) is not None:  # likewise
+        settings["samples"] = args.samples
     if getattr(args, "basis", "memory") != "memory":  # likewise: float64 rows before it
         settings["basis"] = args.basis
     if args.allocator != "default":  # earlier results, without the key, are "default"
@@ -774,6 +799,8 @@ def run_row(script: str, family: str, size: str, args: argparse.Namespace) -> di
         base += ["--lanczos-rounds", str(args.lanczos_rounds)]
     if getattr(args, "steps", None) is not None:
         base += ["--steps", str(args.steps)]
+    if getattr(args, "samples", None) is not None:
+        base += ["--samples", str(args.samples)]
     if getattr(args, "basis", "memory") != "memory":
         base += ["--basis", args.basis]
     t0 = time.time()
