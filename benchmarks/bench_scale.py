@@ -28,9 +28,9 @@ The data of a row is one batch, the same for every library; the largest sizes us
 fewer samples and fewer Lanczos steps (the table says how many; ``--steps`` sets every
 row's, such as a density's default 90, and ``--samples`` every row's data). Timings
 are CPU time (``time.process_time``) on one thread, every library timed once per round
-with the rounds interleaved, medians reported (5 product rounds, 3 from 10^7 on; Lanczos runs
-in every round up to 10^5, two rounds at 10^6, one above, or ``--lanczos-rounds``;
-each run's step is in the results file too); each product timing is the mean of
+with the rounds interleaved, medians reported (5 product rounds, 3 from 10^7 on;
+Lanczos runs in every round up to 10^5, two rounds at 10^6, one above, or
+``--lanczos-rounds``; each run's step is in the results file too); each product timing is the mean of
 enough products in a row for 0.3 s (at most 15), as a run's step is a mean. "step" is
 a Lanczos run of the row's steps (the library's own Lanczos with full
 reorthogonalisation; spectorch's also with ``reorth="partial"``, the density's default
