@@ -24,25 +24,25 @@ The models (float32, eval mode) and data, all generated or shipped with scikit-l
   kernel, since the CPU's default one has no second derivative and the peers fail
   with it.
 
-The data of a row is one batch, the same for every library; the largest sizes use
-fewer samples and fewer Lanczos steps (the table says how many; ``--steps`` sets every
-row's, such as a density's default 90, and ``--samples`` every row's data). Timings
-are CPU time (``time.process_time``) on one thread, every library timed once per round
-with the rounds interleaved, medians reported (5 product rounds, 3 from 10^7 on;
-Lanczos runs in every round up to 10^5, two rounds at 10^6, one above, or
-``--lanczos-rounds``; each run's step is in the results file too); each product timing is the mean of
-enough products in a row for 0.3 s (at most 15), as a run's step is a mean. "step" is
-a Lanczos run of the row's steps (the library's own Lanczos with full
-reorthogonalisation; spectorch's also with ``reorth="partial"``, the density's default
-on these operators) divided by its steps, with a new basis as a density's first draw
-has; spectorch's are also timed as a density's later draws (``spectorch-draw-full``,
+The data of a row is one batch, the same for every library; the largest sizes use fewer
+samples and fewer Lanczos steps (the table says how many; ``--steps`` sets every row's,
+such as a density's default 90, and ``--samples`` every row's data). Timings are CPU
+time (``time.process_time``) on one thread, every library timed once per round with the
+rounds interleaved, medians reported (5 product rounds, 3 from 10^7 on; Lanczos runs in
+every round up to 10^5, two rounds at 10^6, one above, or ``--lanczos-rounds``; each
+run's step is in the results file too); each product timing is the mean of enough
+products in a row for 0.3 s (at most 15), as a run's step is a mean. "step" is a Lanczos
+run of the row's steps (the library's own Lanczos with full reorthogonalisation;
+spectorch's also with ``reorth="partial"``, the density's default on these operators)
+divided by its steps, with a new basis as a density's first draw has; spectorch's are
+also timed as a density's later draws (``spectorch-draw-full``,
 ``spectorch-draw-partial``: the run into basis rows written before, as
-``spectral_density`` runs its draws after the first; the rows are held only around
-those runs, and every run's basis is freed before the products after it);
-"step/product" divides each run's step by the same library's product timed just
-before and just after that run (their mean), and reports the median over the runs:
-the machine's speed drifts between rounds by more than a step's own work, and a run
-drifts with the products around it.
+``spectral_density`` runs its draws after the first; the rows are held only around those
+runs, and every run's basis is freed before the products after it); "step/product"
+divides each run's step by the same library's product timed just before and just after
+that run (their mean), and reports the median over the runs: the machine's speed drifts
+between rounds by more than a step's own work, and a run drifts with the products around
+it.
 Spectorch's products inside its runs are timed too: "own work" is the run less those
 products, per step, and "1 + own/product" the step/product that work makes.
 Peak memory is the resident set above the start, sampled every 2 ms, in a second
