@@ -74,6 +74,7 @@ import json
 import math
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -809,7 +810,7 @@ def run_row(script: str, family: str, size: str, args: argparse.Namespace) -> di
         env["GLIBC_TUNABLES"] = ALLOCATORS[args.allocator]
     timed = subprocess.run(base, capture_output=True, text=True, env=env)
     if timed.returncode != 0:
-        raise SystemExit(f"{family} {size} failed:\n{timed.stderr[-3000:]}")
+        raise SystemExit(_failed(f"{family} {size}", timed))
     row = json.loads(timed.stdout.strip().splitlines()[-1])
     if gpu:  # the row measured its memory itself, from the allocator
         row["wall_s"] = time.time() - t0
@@ -818,11 +819,27 @@ def run_row(script: str, family: str, size: str, args: argparse.Namespace) -> di
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     mem = subprocess.run([*base, "--memory"], capture_output=True, text=True, env=env)
     if mem.returncode != 0:
-        raise SystemExit(f"{family} {size} (memory) failed:\n{mem.stderr[-3000:]}")
+        raise SystemExit(_failed(f"{family} {size} (memory)", mem))
     _add_peaks(row["results"], json.loads(mem.stdout.strip().splitlines()[-1]))
     row["wall_s"] = time.time() - t0
     row["allocator"] = args.allocator
     return row
+
+
+def _failed(what: str, proc: subprocess.CompletedProcess) -> str:
+    """Why a row's process failed: its error, or the signal that ended it. A row killed
+    by SIGKILL was, most likely, the kernel's out-of-memory killer's: every library's
+    graphs and vectors are held in one process for the whole row (the GPT at 10^8
+    with every peer and its 32 windows is more than 23 GB)."""
+    if proc.returncode >= 0:
+        return f"{what} failed:\n{proc.stderr[-3000:]}"
+    name = signal.Signals(-proc.returncode).name
+    text = f"{what} was killed by {name}"
+    if -proc.returncode == signal.SIGKILL:
+        text += (" (most likely by the kernel's out-of-memory killer: the row's libraries"
+                 " do not fit this machine's memory together; run the row with fewer"
+                 " samples, --samples, or fewer peers in one process, --peers)")  # fmt: skip
+    return f"{text}\n{proc.stderr[-3000:]}".rstrip()
 
 
 def _add_peaks(results: dict, half: dict) -> None:
