@@ -833,7 +833,10 @@ def _failed(what: str, proc: subprocess.CompletedProcess) -> str:
     with every peer and its 32 windows is more than 23 GB)."""
     if proc.returncode >= 0:
         return f"{what} failed:\n{proc.stderr[-3000:]}"
-    name = signal.Signals(-proc.returncode).name
+    try:
+        name = signal.Signals(-proc.returncode).name
+    except ValueError:  # a signal the enum does not name (a real-time one)
+        name = f"signal {-proc.returncode}"
     text = f"{what} was killed by {name}"
     if -proc.returncode == signal.SIGKILL:
         text += (" (most likely by the kernel's out-of-memory killer: the row's libraries"
