@@ -54,7 +54,12 @@ default's in the results file. ``--basis float32`` keeps spectorch's Lanczos row
 in float32 (``lanczos(basis="float32")``: half the memory, reorthogonalised in
 float64), likewise kept apart; ``--basis auto`` as the density does by default
 (``basis="auto"``: float32 rows with partial reorthogonalisation on these float32
-networks, float64 rows with full).
+networks, float64 rows with full). ``--one-graph`` holds one library's kept gradient
+graph at a time (spectorch's, PyHessian's ``data=`` path's), each built again, untimed,
+before its library is timed after the other's: for a row where both graphs and a
+Lanczos basis do not fit in memory together (the GPT at 10^8 with its 32 windows on
+23 GB); its rows are kept apart too, and each says whether every spectorch operator it
+built kept its graphs (``cached``).
 
 ``--device cuda`` runs the rows on the first GPU: times are wall time with the device
 synchronised before and after each timed call, every library runs one Lanczos run as
@@ -70,6 +75,7 @@ row, and the row names it and the error.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -237,13 +243,25 @@ def build(
 
 # ---------------------------------------------------------------------- libraries
 def libraries(
-    model, peer_model, batch, loss, family: str, steps: int, peers: list[str], basis: str = "memory"
+    model,
+    peer_model,
+    batch,
+    loss,
+    family: str,
+    steps: int,
+    peers: list[str],
+    basis: str = "memory",
+    one_graph: bool = False,
 ) -> dict:
     """``{name: {"product": f, "lanczos": f or None}}`` on the same model and data;
     spectorch's Lanczos runs keep their rows as ``basis`` says (``lanczos``'s
     ``basis``: ``"memory"``, float64 rows, ``"float32"``, or ``"auto"``, the
     density's default: float32 rows with partial reorthogonalisation on these float32
-    networks, float64 ones with full)."""
+    networks, float64 ones with full). The libraries that keep a gradient graph
+    (spectorch's ``"auto"`` operator, PyHessian's ``data=``) carry ``"kept"``: how
+    :func:`_hold_graph` builds it again and frees it; with ``one_graph`` it does, so
+    that only one such graph is held at a time (PyHessian's is then built at its first
+    use), else every graph is kept for the whole row."""
     params = [p for p in model.parameters() if p.requires_grad]
     dim = sum(p.numel() for p in params)
     v64 = torch.randn(dim, generator=torch.Generator().manual_seed(0), dtype=F64)
@@ -264,12 +282,27 @@ def libraries(
     libs["gradient"] = {"product": gradient, "lanczos": None}
     for name, cache in (("spectorch", "auto"), ("spectorch-nocache", False)):
         op = HessianOperator(model, loss, data, cache_graphs=cache)
-        libs[name] = {"product": lambda op=op: op.matvec(v64), "op": op}
+        # the functions read the operator from the row's entry: --one-graph replaces it
+        lib = libs[name] = {"op": op}
+        lib["product"] = lambda lib=lib: lib["op"].matvec(v64)
         if cache:
-            libs[name]["lanczos"] = lambda op=op: lanczos(op, steps, seed=0, basis=basis)
+
+            def remake(lib: dict = lib) -> None:
+                lib["op"] = HessianOperator(model, loss, data, cache_graphs="auto")
+                lib["op"].matvec(v64)  # its graphs kept here, untimed
+
+            def free(lib: dict = lib) -> None:
+                lib["cached"].append(lib["op"].caching)
+                lib["op"] = None
+
+            lib["kept"] = {"make": remake, "free": free}
+            lib["cached"] = []  # whether each operator the row used kept every graph
+            lib["lanczos"] = lambda lib=lib: lanczos(lib["op"], steps, seed=0, basis=basis)
             libs["spectorch-partial"] = {
                 "product": None,
-                "lanczos": lambda op=op: lanczos(op, steps, seed=0, reorth="partial", basis=basis),
+                "lanczos": lambda lib=lib: lanczos(
+                    lib["op"], steps, seed=0, reorth="partial", basis=basis
+                ),
                 "of": name,
             }
             # a density's draws after its first: into the basis rows it already wrote,
@@ -280,7 +313,9 @@ def libraries(
                 kept = torch.float32 if resolve_basis(basis, op, mode) == "float32" else F64
                 libs[f"spectorch-draw-{mode}"] = {
                     "product": None,
-                    "lanczos": lambda op=op, m=mode, r=rows: _density_draw(op, steps, r, m),
+                    "lanczos": lambda lib=lib, m=mode, r=rows: _density_draw(
+                        lib["op"], steps, r, m
+                    ),
                     "prepare": lambda rows=rows, k=kept: _written_rows(rows, steps, dim, k),
                     "release": lambda rows=rows: _released(rows),
                     "of": name,
@@ -315,15 +350,31 @@ def libraries(
                 # PyHessian differentiates its gradient in .grad: none may be left there
                 peer_model.zero_grad(set_to_none=True)
                 if name == "pyhessian":  # data=: its gradient's graph kept for good
-                    c = pyhessian_hessian(peer_model, ce, data=(inputs, targets), cuda=cuda)
-                    product = lambda c=c: hessian_vector_product(c.gradsH, c.params, vl)  # noqa: E731
+                    lib = libs[name] = {}
+
+                    def build(lib: dict = lib, cuda: bool = cuda) -> None:
+                        peer_model.zero_grad(set_to_none=True)
+                        xy = (inputs, targets)
+                        lib["c"] = pyhessian_hessian(peer_model, ce, data=xy, cuda=cuda)
+
+                    def free(lib: dict = lib) -> None:
+                        lib["c"] = None  # and its gradient, whose graph .grad holds
+                        peer_model.zero_grad(set_to_none=True)
+
+                    lib["kept"] = {"make": build, "free": free}
+                    lib["c"] = None
+                    if not one_graph:
+                        build()
+                    lib["product"] = lambda lib=lib: hessian_vector_product(
+                        lib["c"].gradsH, lib["c"].params, vl
+                    )
+                    lib["lanczos"] = lambda lib=lib: lib["c"].density(iter=steps, n_v=1)
                 else:  # dataloader=: the graph built again in every product
                     c = pyhessian_hessian(peer_model, ce, dataloader=[(inputs, targets)], cuda=cuda)
-                    product = lambda c=c: c.dataloader_hv_product(vl)  # noqa: E731
-                libs[name] = {
-                    "product": product,
-                    "lanczos": lambda c=c: c.density(iter=steps, n_v=1),
-                }
+                    libs[name] = {
+                        "product": lambda c=c: c.dataloader_hv_product(vl),
+                        "lanczos": lambda c=c: c.density(iter=steps, n_v=1),
+                    }
             elif name == "curvlinops":
                 from curvlinops import HessianLinearOperator
                 from curvlinops.papyan2020traces.spectrum import lanczos_approximate_spectrum
@@ -341,10 +392,35 @@ def libraries(
                 raise SystemExit(f"unknown peer {name!r}")
         except ImportError:
             print(f"{name} is not installed: skipped", file=sys.stderr)
+    for lib in libs.values():
+        if "kept" in lib:
+            lib["kept"]["one"] = one_graph
     return libs
 
 
 # ---------------------------------------------------------------------- one row
+def _held(lib: dict) -> bool:
+    """Whether a library's kept graph (``"kept"``) is built: spectorch's operator, or
+    PyHessian's object."""
+    return lib.get("op", lib.get("c")) is not None
+
+
+def _hold_graph(libs: dict, name: str) -> bool:
+    """``--one-graph``: before ``name`` is timed, build the kept gradient graph of the
+    library it times (its ``"of"``) if it was freed, freeing every other library's
+    first, so that only one is held at a time (a library that keeps none changes
+    nothing); whether a graph was built. Without ``--one-graph`` nothing is freed."""
+    owner = libs[libs[name].get("of", name)]
+    if "kept" not in owner or not owner["kept"]["one"] or _held(owner):
+        return False
+    for lib in libs.values():
+        if lib is not owner and "kept" in lib and _held(lib):
+            lib["kept"]["free"]()
+    gc.collect()
+    owner["kept"]["make"]()
+    return True
+
+
 def _written_rows(rows: list, steps: int, dim: int, kept: torch.dtype = F64) -> bool:
     """The basis rows of a density's draws, of dtype ``kept`` (float32 for float32
     rows), and their working vectors, written (as its first draw does) into ``rows``
@@ -409,6 +485,7 @@ def measure_row(
     steps: int | None = None,
     basis: str = "memory",
     samples: int | None = None,
+    one_graph: bool = False,
 ) -> dict:
     torch.set_num_threads(1)
     model, peer_model, batch, loss, desc = build(family, size, samples)
@@ -420,15 +497,21 @@ def measure_row(
         return sdpa_kernel(SDPBackend.MATH) if family == "gpt" else nullcontext()
 
     with kernel():
-        libs = libraries(model, peer_model, batch, loss, family, steps, peers, basis)
+        libs = libraries(model, peer_model, batch, loss, family, steps, peers, basis, one_graph)
         if memory:  # a density's draw holds its basis from before: no step memory
-            return {name: _memory(lib) for name, lib in libs.items() if "prepare" not in lib}
+            peaks = {}
+            for name, lib in libs.items():
+                if "prepare" not in lib:
+                    _hold_graph(libs, name)
+                    peaks[name] = _memory(lib)
+            return peaks
         # warm-up (spectorch's graphs are kept from here on; on a GPU a Lanczos run too,
         # for the allocator and the kernels' first launches); a peer that fails is left
         # out of the row and named in it
         skipped = {}
         for name, lib in list(libs.items()):
             try:
+                _hold_graph(libs, name)
                 if lib["product"] is not None:
                     lib["product"]()
                 if DEVICE.type == "cuda" and lib.get("lanczos") is not None:
@@ -455,18 +538,24 @@ def measure_row(
             lanczos_rounds = 1 if big else 2 if size == "1e6" else rounds
             if DEVICE.type == "cuda":
                 lanczos_rounds = rounds
-        reps = {name: _repeats(libs[name]["product"]) for name in product}
+        reps = {}
+        for name in product:
+            _hold_graph(libs, name)
+            reps[name] = _repeats(libs[name]["product"])
         for r in range(max(product_rounds, lanczos_rounds)):
             # rounds beyond the products' (--lanczos-rounds) time only Lanczos runs
             before = {}
             for name in product if r < product_rounds else ():
+                _hold_graph(libs, name)
                 before[name] = _timed(libs[name]["product"], reps[name])
                 product[name].append(before[name])
             if r < lanczos_rounds:
                 for name in step:
                     of = libs[name].get("of", name)
-                    # the rows written or freed before the product before the run is timed
-                    if _hold_rows(libs, name) or of not in before:
+                    # the rows written or freed, and a kept graph built (--one-graph),
+                    # before the product before the run is timed
+                    changed = _hold_rows(libs, name)
+                    if _hold_graph(libs, name) or changed or of not in before:
                         before[of] = _timed(libs[of]["product"], reps[of])
                     inner = _time_products(libs[of].get("op"))
                     t0 = _clock()
@@ -504,11 +593,17 @@ def measure_row(
         if name in passes:
             r.update(passes[name])
         results[name] = r
-    results["spectorch"]["cached"] = bool(libs["spectorch"]["op"].caching)
+    # whether spectorch's operator kept every graph (with --one-graph: every operator
+    # it built)
+    ours = libs["spectorch"]
+    if ours["op"] is not None:
+        ours["cached"].append(ours["op"].caching)
+    results["spectorch"]["cached"] = all(ours["cached"])
     if DEVICE.type == "cuda":  # the allocator's peak is exact: no second process
         with kernel():
             for name, lib in libs.items():
                 if "prepare" not in lib:
+                    _hold_graph(libs, name)
                     results[name].update(_memory(lib))
     row = desc | {"results": results, "host": host()}
     return row | ({"skipped": skipped} if skipped else {})
@@ -622,6 +717,14 @@ def main() -> None:
         "density's default: float32 with partial reorthogonalisation, float64 with full)",
     )
     parser.add_argument(
+        "--one-graph",
+        action="store_true",
+        help="hold one library's kept gradient graph at a time (spectorch's, PyHessian's "
+        "data= path's): each built again, untimed, before its library is timed after "
+        "another's, the other freed first; for rows where both do not fit in memory "
+        "(the GPT at 1e8 with its 32 windows on 23 GB)",
+    )
+    parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
         default="cpu",
@@ -684,6 +787,7 @@ def main() -> None:
             args.steps,
             args.basis,
             args.samples,
+            args.one_graph,
         )
         row["settings"] = settings_of(args, peers, paired=True)  # a row saved alone says how it ran
         if args.memory:  # the memory half says which row it is (--report-from joins them)
@@ -774,6 +878,8 @@ def settings_of(args: argparse.Namespace, peers: list[str], paired: bool = False
         settings["samples"] = args.samples
     if getattr(args, "basis", "memory") != "memory":  # likewise: float64 rows before it
         settings["basis"] = args.basis
+    if getattr(args, "one_graph", False):  # likewise: every graph kept for the whole row
+        settings["one_graph"] = True
     if args.allocator != "default":  # earlier results, without the key, are "default"
         settings["allocator"] = args.allocator
     device = getattr(args, "device", "cpu")  # bench_compile.py has no --device
@@ -804,6 +910,8 @@ def run_row(script: str, family: str, size: str, args: argparse.Namespace) -> di
         base += ["--samples", str(args.samples)]
     if getattr(args, "basis", "memory") != "memory":
         base += ["--basis", args.basis]
+    if getattr(args, "one_graph", False):
+        base.append("--one-graph")
     t0 = time.time()
     env = dict(os.environ)
     if ALLOCATORS[args.allocator]:
