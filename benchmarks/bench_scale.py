@@ -288,7 +288,13 @@ def libraries(
         if cache:
 
             def remake(lib: dict = lib) -> None:
-                lib["op"] = HessianOperator(model, loss, data, cache_graphs="auto")
+                # graphs kept or not as the row's first operator ("auto") decided, with
+                # only the models and the data in memory: a later one's budget reads the
+                # memory available when it is built, and on the GPT at 1e8 (graphs near a
+                # quarter of 23 GB) one stopped keeping graphs in a round of the first
+                # --one-graph row, while the others kept them
+                first = lib["cached"][0]  # the first operator's, recorded when it was freed
+                lib["op"] = HessianOperator(model, loss, data, cache_graphs=first)
                 lib["op"].matvec(v64)  # its graphs kept here, untimed
 
             def free(lib: dict = lib) -> None:
