@@ -768,6 +768,9 @@ def main() -> None:
             )
         return
     peers = [p for p in args.peers.split(",") if p]
+    if args.one_graph and "pyhessian" not in peers:
+        parser.error("--one-graph: only with pyhessian in --peers (the one peer that keeps a "
+                     f"gradient graph beside spectorch's), got --peers {args.peers!r}")  # fmt: skip
     if args.samples is not None and args.samples > DIGITS:
         families = [args.row.split(":")[0]] if args.row else args.families.split(",")
         if {"mlp", "cnn"} & set(families):
